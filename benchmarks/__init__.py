@@ -1,0 +1,1 @@
+"""Benchmarks: printed figures and ratios (`make bench`), never timed assertions."""

@@ -1,0 +1,24 @@
+"""`python -m benchmarks [NAME [OPTIONS]]`: every benchmark module's main(), or the named one with its options."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import benchmarks
+
+
+def main() -> None:
+    names = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__))
+    wanted = sys.argv[1:2] if len(sys.argv) > 1 else names
+    if wanted[0] not in names:
+        raise SystemExit(f"unknown benchmark {wanted[0]!r}; available: {', '.join(names)}")
+    options = sys.argv[2:]
+    for name in wanted:
+        print(f"\n=== benchmark: {name}", flush=True)
+        sys.argv = [f"python -m benchmarks {name}", *options]  # a benchmark's main() parses its own options
+        importlib.import_module(f"benchmarks.{name}").main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Any single-label image competition laid out as folders (State Farm, dogs vs cats, ...).
+
+DATA/train/<class>/*.{jpg,jpeg,png}; DATA/test/public/* and DATA/test/private/* (files directly in
+DATA/test/ count as public). Submission `id,<classes in sorted order>`; the id is the path relative to
+DATA/test with forward slashes. Metric: --metric logloss (default) or accuracy.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from competitions.single_label import ProbabilityTableCompetition, list_class_folder_items, visible_files
+from pipeline.registry import register
+
+HINT = "expected DATA/train/<class>/<images> and DATA/test/[public|private]/<images>; `make demo COMP=imagefolder` makes an example"
+
+
+@register
+class ImageFolder(ProbabilityTableCompetition):
+    name = "imagefolder"
+    metrics = ("logloss", "accuracy")
+    id_column = "id"
+
+    def check_layout(self, data_dir: Path) -> None:
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise ValueError(f"data folder {data_dir} does not exist; {HINT}")
+        for name in ("train", "test"):
+            if not (data_dir / name).is_dir():
+                raise ValueError(f"{data_dir} has no {name}/ folder; {HINT}")
+
+    def class_names(self, data_dir: Path) -> list[str]:
+        train = Path(data_dir) / "train"
+        return sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def train_items(self, data_dir: Path) -> pd.DataFrame:
+        return list_class_folder_items(Path(data_dir) / "train", known_classes=None)
+
+    def test_items(self, data_dir: Path) -> pd.DataFrame:
+        test = Path(data_dir) / "test"
+        rows = [(str(p.resolve()), p.name, "public") for p in visible_files(test)]
+        for group in ("public", "private"):
+            if (test / group).is_dir():
+                rows += [(str(p.resolve()), f"{group}/{p.name}", group) for p in visible_files(test / group)]
+        return pd.DataFrame(rows, columns=["path", "id", "group"])
+
+    def make_sample(self, out_dir: Path, seed: int = 0) -> None:
+        from competitions.samples.imagefolder import write_imagefolder_sample
+
+        write_imagefolder_sample(Path(out_dir), seed=seed)

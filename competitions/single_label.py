@@ -1,0 +1,78 @@
+"""Shared parts of single-label competitions scored on a probability table (`id,<class>,...`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, log_loss
+
+from pipeline.registry import Competition
+
+KAGGLE_LOGLOSS_EPS = 1e-15
+
+
+def kaggle_log_loss(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """Kaggle's multi-class log loss: each row divided by its sum, then clipped to [eps, 1 - eps]."""
+    prob = np.asarray(y_prob, dtype=np.float64)
+    prob = prob / prob.sum(axis=1, keepdims=True)
+    prob = np.clip(prob, KAGGLE_LOGLOSS_EPS, 1 - KAGGLE_LOGLOSS_EPS)
+    return float(log_loss(np.argmax(y_true, axis=1), prob, labels=list(range(prob.shape[1]))))
+
+
+class ProbabilityTableCompetition(Competition):
+    """Submission: an id column then one probability column per class; solution: one-hot rows + Usage."""
+
+    id_column: ClassVar[str] = "id"
+    metrics: ClassVar[tuple[str, ...]] = ("logloss", "accuracy")
+
+    def metric(self, y_true: np.ndarray, y_submitted: np.ndarray) -> float:
+        if self.metric_name == "accuracy":
+            return float(accuracy_score(np.argmax(y_true, axis=1), np.argmax(y_submitted, axis=1)))
+        return kaggle_log_loss(y_true, y_submitted)
+
+    def to_submission(self, ids: list[str], y_submitted: np.ndarray, classes: list[str]) -> pd.DataFrame:
+        table = pd.DataFrame(np.asarray(y_submitted, dtype=np.float64), columns=classes)
+        table.insert(0, self.id_column, ids)
+        return table
+
+    def from_submission(self, submission: pd.DataFrame, classes: list[str]) -> tuple[list[str], np.ndarray]:
+        expected = [self.id_column, *classes]
+        if list(submission.columns) != expected:
+            raise ValueError(f"submission header must be {','.join(expected)}; got {','.join(map(str, submission.columns))}")
+        values = submission[classes].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        return submission[self.id_column].astype(str).tolist(), values
+
+    def from_solution(self, solution: pd.DataFrame, classes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        expected = {self.id_column, *classes, "Usage"}
+        if set(solution.columns) != expected:
+            raise ValueError(f"solution columns must be {self.id_column},{','.join(classes)},Usage; got {','.join(solution.columns)}")
+        y_true = solution[classes].astype(float).to_numpy(dtype=np.float32)
+        return solution[self.id_column].astype(str).tolist(), y_true, solution["Usage"].to_numpy()
+
+
+def list_class_folder_items(train_dir: Path, known_classes: list[str] | None) -> pd.DataFrame:
+    """Train items from `train_dir/<class>/*`: every visible file (unreadable ones are found by the scan)."""
+    folders = sorted(p for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(f"{train_dir} has no class folders; expected {train_dir}/<class name>/<image files>")
+    if known_classes is not None:
+        unknown = [p.name for p in folders if p.name not in known_classes]
+        if unknown:
+            raise ValueError(
+                f"{train_dir} has class folders {unknown} that are not classes of this competition; "
+                f"the classes are {known_classes}: rename or remove those folders"
+            )
+    rows = []
+    for folder in folders:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise ValueError(f"class folder {folder} is empty; add its images or remove the folder")
+        rows += [(str(p.resolve()), (folder.name,)) for p in files]
+    return pd.DataFrame(rows, columns=["path", "labels"])
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """Files of a test folder in sorted (deterministic) order, hidden files left out."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))

@@ -1,0 +1,71 @@
+"""Backbones (a small CNN trained from scratch, or any keras.applications model) and classification heads."""
+from __future__ import annotations
+
+import importlib
+
+import keras
+from keras import layers
+
+SMALL_CNN = "small-cnn"
+
+
+def application_names() -> list[str]:
+    return sorted(name for name in dir(keras.applications) if name[:1].isupper() and callable(getattr(keras.applications, name)))
+
+
+def _application(name: str):
+    if name not in application_names():
+        raise ValueError(f"unknown --backbone {name!r}; use {SMALL_CNN} or a keras.applications model: {', '.join(application_names())}")
+    return getattr(keras.applications, name)
+
+
+def pretrained_backbone(name: str, image_size: int, weights: str) -> keras.Model:
+    """uint8-range images -> pooled embedding, with the model's own preprocessing inside."""
+    constructor = _application(name)
+    preprocess = importlib.import_module(constructor.__module__).preprocess_input
+    base = constructor(include_top=False, weights="imagenet" if weights == "imagenet" else None,
+                       input_shape=(image_size, image_size, 3), pooling="avg")
+    if weights not in ("imagenet", "none"):
+        base.load_weights(weights)
+    inputs = keras.Input((image_size, image_size, 3))
+    outputs = base(layers.Lambda(preprocess, name="preprocess")(inputs))
+    return keras.Model(inputs, outputs, name=f"{name}_backbone")
+
+
+def small_cnn(image_size: int) -> keras.Model:
+    """Four conv blocks, batch norm, global pooling: about 16M multiply-adds at 64 px, seconds per epoch on a CPU."""
+    inputs = keras.Input((image_size, image_size, 3))
+    x = layers.Rescaling(1 / 255.0)(inputs)
+    for filters in (16, 32, 64, 128):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        # momentum 0.9, not Keras' 0.99: small data sets give few steps, and slow moving averages would
+        # leave inference-time statistics far from the trained ones for many epochs
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D()(x)
+    outputs = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, outputs, name="small_cnn")
+
+
+def image_classifier(backbone: keras.Model, n_classes: int, multi_label: bool, trainable_backbone: bool = True) -> keras.Model:
+    """Augmentation (training only) -> backbone -> dropout -> softmax or sigmoid head."""
+    backbone.trainable = trainable_backbone
+    inputs = keras.Input(backbone.input_shape[1:])
+    # Noise for the student (and the teacher): flips, and lighting changes since cameras and nights differ
+    x = layers.RandomFlip("horizontal_and_vertical")(inputs)
+    x = layers.RandomBrightness(0.3)(x)
+    x = layers.RandomContrast(0.3)(x)
+    x = backbone(x) if trainable_backbone else backbone(x, training=False)  # frozen: batch norm stays in inference mode
+    return _head(inputs, x, n_classes, multi_label)
+
+
+def feature_classifier(n_features: int, n_classes: int, multi_label: bool) -> keras.Model:
+    """The head alone, trained on cached embeddings of a frozen backbone."""
+    inputs = keras.Input((n_features,))
+    return _head(inputs, inputs, n_classes, multi_label)
+
+
+def _head(inputs, x, n_classes: int, multi_label: bool) -> keras.Model:
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(n_classes, activation="sigmoid" if multi_label else "softmax", name="head")(x)
+    return keras.Model(inputs, outputs)

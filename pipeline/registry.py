@@ -1,0 +1,134 @@
+"""Competition plugins: the interface the engine relies on, and a name -> plugin registry.
+
+A plugin knows one competition's files, labels, metric and submission format; the engine knows none of
+that. Plugins live in `competitions/` and register themselves on import with `@register`.
+"""
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import numpy as np
+import pandas as pd
+
+TRAIN_COLUMNS = ("path", "labels")  # labels: tuple of class names (exactly one for single-label)
+TEST_COLUMNS = ("path", "id", "group")  # group: "public" or "private" (the leaderboard it counts for)
+GROUPS = ("public", "private")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class Competition(abc.ABC):
+    """One Kaggle competition: where its files are, what a label is, how it is scored and submitted.
+
+    `y_true` and predictions are float matrices of shape (n_items, n_classes) in the order of
+    `class_names()`: one-hot rows for single-label competitions, 0/1 rows for multi-label ones.
+    """
+
+    name: ClassVar[str]
+    multi_label: ClassVar[bool] = False
+    metrics: ClassVar[tuple[str, ...]]  # the first one is the default
+    kaggle_slug: ClassVar[str | None] = None  # the competition's name in Kaggle URLs and the API
+
+    def __init__(self, metric: str | None = None) -> None:
+        if metric is not None and metric not in self.metrics:
+            raise ValueError(
+                f"--metric {metric!r} is not available for {self.name}; choose one of {', '.join(self.metrics)}"
+            )
+        self.metric_name = metric or self.metrics[0]
+
+    # ---- data ------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def check_layout(self, data_dir: Path) -> None:
+        """Raise ValueError naming what is missing under `data_dir` and how to get it."""
+
+    @abc.abstractmethod
+    def class_names(self, data_dir: Path) -> list[str]:
+        """Class (or tag) names in submission column order."""
+
+    @abc.abstractmethod
+    def train_items(self, data_dir: Path) -> pd.DataFrame:
+        """Columns TRAIN_COLUMNS; `path` absolute, `labels` a tuple of class names."""
+
+    @abc.abstractmethod
+    def test_items(self, data_dir: Path) -> pd.DataFrame:
+        """Columns TEST_COLUMNS, in a deterministic order; `id` is the submission id."""
+
+    def expected_ids(self, data_dir: Path) -> list[str] | None:
+        """Ids (and their order) the submission must contain, from the sample submission; None = the test items."""
+        return None
+
+    # ---- scoring and submission ------------------------------------------------------------------
+    @property
+    def greater_is_better(self) -> bool:
+        return self.metric_name not in ("logloss",)
+
+    def fit_decision(self, y_true: np.ndarray, y_prob: np.ndarray) -> dict:
+        """Parameters that turn probabilities into what is submitted (e.g. per-tag thresholds), fit on the holdout."""
+        return {}
+
+    def decide(self, y_prob: np.ndarray, decision: dict) -> np.ndarray:
+        """What gets submitted for these probabilities: probabilities themselves by default."""
+        return y_prob
+
+    @abc.abstractmethod
+    def metric(self, y_true: np.ndarray, y_submitted: np.ndarray) -> float:
+        """The leaderboard metric on what is submitted (the output of `decide`)."""
+
+    @abc.abstractmethod
+    def to_submission(self, ids: list[str], y_submitted: np.ndarray, classes: list[str]) -> pd.DataFrame:
+        """The submission table, columns in Kaggle's order."""
+
+    @abc.abstractmethod
+    def from_submission(self, submission: pd.DataFrame, classes: list[str]) -> tuple[list[str], np.ndarray]:
+        """Parse a submission table back to (ids, y_submitted); ValueError naming the first bad row/column."""
+
+    @abc.abstractmethod
+    def from_solution(self, solution: pd.DataFrame, classes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Parse Kaggle's post-competition solution.csv to (ids, y_true, usage) with usage 'Public'/'Private'."""
+
+    # ---- bundled sample --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def make_sample(self, out_dir: Path, seed: int = 0) -> None:
+        """Write a small data set in this competition's layout to out_dir/data and its answers to out_dir/solution.csv."""
+
+
+_REGISTRY: dict[str, type[Competition]] = {}
+
+
+def register(cls: type[Competition]) -> type[Competition]:
+    """Class decorator: make a plugin available under `cls.name`."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"two competition plugins are named {cls.name!r}: {_REGISTRY[cls.name]} and {cls}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_competitions() -> list[str]:
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def get_competition(name: str, metric: str | None = None) -> Competition:
+    """The plugin called `name`; an unknown name lists the valid ones."""
+    _load_plugins()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown competition {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](metric=metric)
+
+
+def _load_plugins() -> None:
+    import competitions  # noqa: F401  (its __init__ imports every plugin, which registers itself)
+
+
+def target_matrix(labels: pd.Series, classes: list[str], source: Callable[[int], str] | None = None) -> np.ndarray:
+    """Rows of 0/1 targets in `classes` order from tuples of class names; unknown names are a ValueError."""
+    index = {name: i for i, name in enumerate(classes)}
+    y = np.zeros((len(labels), len(classes)), dtype=np.float32)
+    for row, names in enumerate(labels):
+        for name in names:
+            if name not in index:
+                where = source(row) if source else f"row {row}"
+                raise ValueError(f"{where}: label {name!r} is not one of the known classes {classes}")
+            y[row, index[name]] = 1.0
+    return y

@@ -1,0 +1,100 @@
+"""Disk caches keyed by everything that determines their content: the teacher's predictions, and the
+embeddings of a frozen pretrained backbone. Changing only pseudo-label settings never retrains the teacher."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import RunConfig
+from pipeline.files import sha256_of
+
+CACHE_VERSION = 1  # bump when training or prediction code changes what a cached teacher would contain
+
+
+@dataclass
+class Teacher:
+    holdout_probs: np.ndarray
+    test_probs: np.ndarray
+    info: dict
+    seconds: float
+    cache_status: str  # "hit" or "miss"
+
+
+def _key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _weights_identity(cfg: RunConfig) -> str:
+    return cfg.weights if cfg.weights in ("imagenet", "none") else sha256_of(Path(cfg.weights))
+
+
+def teacher_key(cfg: RunConfig, spec, fingerprint: str) -> str:
+    return _key({
+        "version": CACHE_VERSION, "data": fingerprint, "competition": cfg.competition, "backbone": cfg.backbone,
+        "weights": _weights_identity(cfg), "fine_tune": cfg.fine_tune, "image_size": cfg.image_size,
+        "epochs": cfg.epochs, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction, "n_classes": spec.n_classes, "multi_label": spec.multi_label,
+    })
+
+
+def get_or_train(cfg: RunConfig, spec, items) -> Teacher:
+    """The cached teacher's holdout and test predictions, or train it now and cache them."""
+    from pipeline import train
+
+    folder = Path(cfg.cache_dir) / cfg.competition / "teachers" / teacher_key(cfg, spec, items.fingerprint)
+    if (folder / "info.json").is_file():
+        print(f"teacher: cached in {folder} (delete it to retrain)", flush=True)
+        info = json.loads((folder / "info.json").read_text())
+        return Teacher(np.load(folder / "holdout_probs.npy"), np.load(folder / "test_probs.npy"), info, 0.0, "hit")
+    started = time.perf_counter()
+    model, info = train.fit(spec, "teacher", [(items.x_train, items.y_train)], items.x_holdout, items.y_holdout, cfg.seed)
+    holdout_probs = train.predict(model, items.x_holdout, cfg)
+    test_probs = train.predict(model, items.x_test, cfg)
+    seconds = time.perf_counter() - started
+    with _staging(folder) as staging:
+        np.save(staging / "holdout_probs.npy", holdout_probs)
+        np.save(staging / "test_probs.npy", test_probs)
+        model.save(staging / "teacher.keras")
+        (staging / "info.json").write_text(json.dumps({**info, "train_seconds": round(seconds, 2)}, indent=2))
+    return Teacher(holdout_probs, test_probs, info, seconds, "miss")
+
+
+def get_or_embed(cfg: RunConfig, paths: np.ndarray, fingerprint: str) -> np.ndarray:
+    """Embeddings of every image by the frozen backbone, computed once per data/backbone/weights/size."""
+    from pipeline import models, train
+
+    key = _key({"version": CACHE_VERSION, "data": fingerprint, "paths": hashlib.sha256("\n".join(paths).encode()).hexdigest(),
+                "backbone": cfg.backbone, "weights": _weights_identity(cfg), "image_size": cfg.image_size})
+    folder = Path(cfg.cache_dir) / cfg.competition / "features" / key
+    if (folder / "features.npy").is_file():
+        print(f"features: cached in {folder}", flush=True)
+        return np.load(folder / "features.npy", mmap_mode="r")
+    backbone = models.pretrained_backbone(cfg.backbone, cfg.image_size, cfg.weights)
+    features = train.embed(backbone, paths, cfg, "train+test")
+    with _staging(folder) as staging:
+        np.save(staging / "features.npy", features)
+    return features
+
+
+class _staging:
+    """A temporary sibling folder renamed into place only when complete, so a crash leaves no half cache."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __enter__(self) -> Path:
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", dir=self.folder.parent))
+        return self.tmp
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None and not self.folder.exists():
+            self.tmp.rename(self.folder)
+        shutil.rmtree(self.tmp, ignore_errors=True)

@@ -1,0 +1,105 @@
+"""Every registered plugin, tested from the registry: its sample, layout, items and submission round trip."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.registry import GROUPS, get_competition, list_competitions, target_matrix
+from pipeline.submission import read_solution, score_against_solution, validate_submission
+
+
+def test_unknown_competition_lists_the_valid_names():
+    with pytest.raises(ValueError) as error:
+        get_competition("titanic")
+    for name in list_competitions():
+        assert name in str(error.value)
+
+
+def test_unknown_metric_is_refused():
+    with pytest.raises(ValueError, match="logloss"):
+        get_competition("fisheries", metric="auc")
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    made = {}
+    for name in list_competitions():
+        out = tmp_path_factory.mktemp(name)
+        get_competition(name).make_sample(out, seed=1)
+        made[name] = out
+    return made
+
+
+@pytest.mark.parametrize("name", list_competitions())
+def test_sample_has_the_competition_layout_and_a_perfect_submission_scores_perfectly(name, samples):
+    competition = get_competition(name)
+    data = samples[name] / "data"
+    competition.check_layout(data)
+    classes = competition.class_names(data)
+    train, test = competition.train_items(data), competition.test_items(data)
+    assert len(train) >= 100 and set(test["group"]) == set(GROUPS)
+    assert test["id"].is_unique
+    y = target_matrix(train["labels"], classes)
+    assert (y.sum(axis=1) >= 1).all() if competition.multi_label else (y.sum(axis=1) == 1).all()
+
+    solution = read_solution(samples[name] / "solution.csv")
+    ids, truth, usage = competition.from_solution(solution, classes)
+    expected = competition.expected_ids(data) or test["id"].tolist()
+    assert sorted(ids) == sorted(expected)
+    perfect = competition.to_submission(ids, truth, classes)
+    validate_submission(perfect, competition, classes, expected)
+    round_trip_ids, values = competition.from_submission(perfect, classes)
+    assert round_trip_ids == ids and np.allclose(values, truth)
+    scores = score_against_solution(competition, perfect, solution, classes)
+    best = 1.0 if competition.greater_is_better else 0.0
+    assert scores["public"] == pytest.approx(best, abs=1e-6) and scores["private"] == pytest.approx(best, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", list_competitions())
+def test_missing_data_folder_says_how_to_get_it(name, tmp_path):
+    with pytest.raises(ValueError) as error:
+        get_competition(name).check_layout(tmp_path / "nowhere")
+    assert "nowhere" in str(error.value) and "make" in str(error.value)
+
+
+def test_fisheries_layout_errors_name_the_folder(tmp_path, samples):
+    import shutil
+
+    fisheries = get_competition("fisheries")
+    data = tmp_path / "data"
+    shutil.copytree(samples["fisheries"] / "data", data)
+    (data / "train" / "TUNA").mkdir()
+    (data / "train" / "TUNA" / "x.jpg").write_bytes((data / "train" / "ALB").iterdir().__next__().read_bytes())
+    with pytest.raises(ValueError, match="TUNA"):
+        fisheries.train_items(data)
+    shutil.rmtree(data / "train" / "TUNA")
+    for image in (data / "train" / "LAG").iterdir():
+        image.unlink()
+    with pytest.raises(ValueError, match="LAG is empty"):
+        fisheries.train_items(data)
+    shutil.rmtree(data / "test_stg1")
+    with pytest.raises(ValueError, match="test_stg1"):
+        fisheries.check_layout(data)
+
+
+def test_fisheries_ids_follow_kaggle_naming(samples):
+    test = get_competition("fisheries").test_items(samples["fisheries"] / "data")
+    private = test[test["group"] == "private"]["id"]
+    public = test[test["group"] == "public"]["id"]
+    assert private.str.match(r"^test_stg2/image_\d{5}\.jpg$").all()
+    assert public.str.match(r"^img_\d{5}\.jpg$").all()
+    header = pd.read_csv(samples["fisheries"] / "data" / "sample_submission_stg2.csv", nrows=0).columns.tolist()
+    assert header == ["image", "ALB", "BET", "DOL", "LAG", "NoF", "OTHER", "SHARK", "YFT"]
+
+
+def test_imagefolder_ids_are_paths_relative_to_test(tmp_path):
+    from PIL import Image
+
+    for path in ("train/cat/1.png", "train/dog/1.png", "test/loose.png", "test/private/2.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    folder = get_competition("imagefolder")
+    test = folder.test_items(tmp_path)
+    assert dict(zip(test["id"], test["group"])) == {"loose.png": "public", "private/2.png": "private"}
+    assert folder.class_names(tmp_path) == ["cat", "dog"]

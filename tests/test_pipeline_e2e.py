@@ -1,0 +1,158 @@
+"""End to end on a tiny fisheries sample: real images on disk, real (small) Keras training."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.registry import get_competition
+from pipeline.submission import load_submission
+from tests.conftest import tiny_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tensorflow")]
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data_with_bad_images(tiny_fisheries, tmp_path_factory) -> Path:
+    """The tiny sample plus one corrupt train image, one text file in train and one truncated test image."""
+    data = tmp_path_factory.mktemp("bad") / "data"
+    shutil.copytree(tiny_fisheries / "data", data)
+    (data / "train" / "ALB" / "corrupt.jpg").write_bytes(b"not a jpeg at all")
+    (data / "train" / "BET" / "notes.txt").write_text("a stray file")
+    victim = sorted((data / "test_stg1").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated JPEG
+    return data
+
+
+@pytest.fixture(scope="module")
+def base_run(data_with_bad_images, tiny_fisheries, tmp_path_factory):
+    from pipeline.run import run_pipeline
+
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(data_with_bad_images, tmp, solution=str(tiny_fisheries / "solution.csv"), output=str(tmp / "copy.csv"))
+    return cfg, run_pipeline(cfg)
+
+
+def test_run_writes_a_valid_submission_with_every_expected_id(base_run, data_with_bad_images):
+    cfg, result = base_run
+    fisheries = get_competition("fisheries")
+    table = load_submission(result.run_dir / "submission.csv", fisheries, data_with_bad_images)
+    expected = fisheries.expected_ids(data_with_bad_images)
+    assert table["image"].tolist() == expected
+    assert (Path(cfg.output).read_bytes() == (result.run_dir / "submission.csv").read_bytes())
+    for name in ("config.json", "metrics.json", "report.html", "confidence.png", "teacher_submission.csv", "pseudo_labels.csv"):
+        assert (result.run_dir / name).is_file(), name
+    assert (result.run_dir / "confidence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_record_scores_counts_and_unreadable_images(base_run):
+    _, result = base_run
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert set(metrics["holdout"]) == {"teacher", "student"}
+    assert all(np.isfinite(v) for v in metrics["holdout"].values())
+    assert set(metrics["leaderboard"]["student"]) == {"public", "private"}
+    assert sorted(Path(p).name for p in metrics["items"]["unreadable_train"]) == ["corrupt.jpg", "notes.txt"]
+    assert len(metrics["items"]["unreadable_test"]) == 1
+    pseudo = metrics["pseudo"]
+    assert pseudo["selected"] == sum(pseudo["by_group"].values()) > 0
+    assert pseudo["target"] == round(metrics["items"]["train"] * 0.25 / 0.75)
+
+
+def test_unreadable_test_image_still_gets_a_row_from_the_class_prior(base_run):
+    _, result = base_run
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    bad_name = Path(metrics["items"]["unreadable_test"][0]).name
+    table = pd.read_csv(result.run_dir / "submission.csv")
+    row = table[table["image"] == bad_name].iloc[0, 1:].to_numpy(dtype=float)
+    teacher = pd.read_csv(result.run_dir / "teacher_submission.csv")
+    assert np.allclose(row, teacher[teacher["image"] == bad_name].iloc[0, 1:].to_numpy(dtype=float), atol=1e-5)
+    assert row.argmax() == 0  # ALB, the majority class of the train prior
+    assert abs(row.sum() - 1) < 1e-4
+
+
+def test_only_test_items_are_pseudo_labeled_never_the_holdout(base_run):
+    _, result = base_run
+    selected = pd.read_csv(result.run_dir / "pseudo_labels.csv")
+    test_ids = set(pd.read_csv(result.run_dir / "submission.csv")["image"])
+    assert set(selected["id"]) <= test_ids
+    assert selected["id"].is_unique and set(selected["group"]) <= {"public", "private"}
+
+
+def test_same_seed_gives_the_same_submission_and_teacher_is_reused(base_run, data_with_bad_images, tmp_path):
+    from pipeline.run import run_pipeline
+
+    cfg, first = base_run
+    again = run_pipeline(cfg.replace(runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"), output=None))
+    assert again.metrics["teacher_cache"] == "miss"
+    assert (again.run_dir / "submission.csv").read_bytes() == (first.run_dir / "submission.csv").read_bytes()
+    teacher_only = run_pipeline(cfg.replace(runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"), output=None, pseudo_ratio=0.0))
+    assert teacher_only.metrics["teacher_cache"] == "hit"
+    assert teacher_only.metrics["pseudo"]["selected"] == 0
+    # ratio 0 is plain supervised training: the submission is the teacher's
+    assert (teacher_only.run_dir / "submission.csv").read_bytes() == (first.run_dir / "teacher_submission.csv").read_bytes()
+
+
+def test_out_of_fold_students_and_private_only_pseudo_labels(tiny_fisheries, tmp_path):
+    from pipeline.run import run_pipeline
+
+    cfg = tiny_config(tiny_fisheries / "data", tmp_path, epochs=2, pseudo_folds=2, pseudo_groups=("private",), pseudo_labels="hard")
+    result = run_pipeline(cfg)
+    selected = pd.read_csv(result.run_dir / "pseudo_labels.csv")
+    assert set(selected["group"]) == {"private"} and set(selected["student"]) == {1, 2}
+    assert result.metrics["pseudo"]["by_group"]["public"] == 0
+    folds = result.metrics["pseudo"]["folds"]
+    assert len(folds) == 2 and all(f["selected"] > 0 for f in folds)
+
+
+def test_imagefolder_with_accuracy(tmp_path):
+    from pipeline.run import run_pipeline
+
+    get_competition("imagefolder").make_sample(tmp_path / "s", seed=0)
+    cfg = tiny_config(tmp_path / "s" / "data", tmp_path, competition="imagefolder", metric="accuracy",
+                      epochs=2, solution=str(tmp_path / "s" / "solution.csv"))
+    result = run_pipeline(cfg)
+    assert 0.0 <= result.metrics["leaderboard"]["student"]["private"] <= 1.0 and result.metrics["greater_is_better"]
+    header = pd.read_csv(result.run_dir / "submission.csv", nrows=0).columns.tolist()
+    assert header == ["id", "ALB", "LAG", "NoF", "SHARK"]
+
+
+def test_frozen_pretrained_backbone_runs_in_feature_cache_mode_from_a_weights_file(tiny_fisheries, tmp_path):
+    import keras
+
+    from pipeline.run import run_pipeline
+
+    weights = tmp_path / "mobilenet.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg", alpha=1.0).save_weights(weights)
+    cfg = tiny_config(tiny_fisheries / "data", tmp_path, backbone="MobileNetV2", weights=str(weights), epochs=2)
+    first = run_pipeline(cfg)
+    assert list((tmp_path / "cache" / "fisheries" / "features").iterdir())
+    second = run_pipeline(cfg.replace(pseudo_ratio=0.1))
+    assert second.metrics["teacher_cache"] == "hit" and first.metrics["teacher_cache"] == "miss"
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_cli_rejects_out_of_range_options_and_missing_data(tiny_fisheries, tmp_path):
+    out = run_cli("submit", "--competition", "fisheries", "--data", str(tiny_fisheries / "data"), "--pseudo-ratio", "1.5", "--no-ledger")
+    assert out.returncode == 2 and "--pseudo-ratio must be between 0.0 and 0.9, got 1.5" in out.stderr
+    out = run_cli("submit", "--competition", "fisheries", "--data", str(tmp_path / "missing"), "--no-ledger", "--runs-dir", str(tmp_path))
+    assert out.returncode == 2 and "missing" in out.stderr and "make demo" in out.stderr
+    out = run_cli("submit", "--competition", "kaggle-titanic", "--data", ".", "--no-ledger")
+    assert out.returncode == 2 and "fisheries" in out.stderr
+
+
+def test_cli_help_lists_every_option_with_defaults():
+    out = run_cli("submit", "--help")
+    for option in ("--pseudo-ratio", "--pseudo-groups", "--pseudo-folds", "--pseudo-labels", "--backbone", "--weights",
+                   "--image-size", "--val-fraction", "--run-name", "--output", "--solution", "--seed"):
+        assert option in out.stdout
+    assert "default: 0.25" in out.stdout

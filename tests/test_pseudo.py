@@ -1,0 +1,129 @@
+"""Pseudo-label selection: pure numpy invariants (ratio, quotas per group, threshold, class caps, folds)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline.pseudo import PseudoSettings, assign_folds, confidence_and_classes, select_pseudo_labels, target_count
+
+
+def random_probs(n: int, k: int, seed: int = 0) -> np.ndarray:
+    logits = np.random.default_rng(seed).normal(0, 2, (n, k))
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def select(probs, test_groups, n_train=300, share=None, eligible=None, **settings):
+    share = np.full(probs.shape[1], 1 / probs.shape[1]) if share is None else share
+    eligible = np.ones(len(probs), bool) if eligible is None else eligible
+    return select_pseudo_labels(probs, test_groups, eligible, n_train, share, PseudoSettings(**settings))
+
+
+def test_target_count_gives_the_requested_share_of_the_combined_set():
+    for n_train, ratio in ((300, 0.25), (3000, 1 / 3), (10, 0.5)):
+        n = target_count(n_train, ratio)
+        assert abs(n / (n_train + n) - ratio) < 1 / n_train
+    assert target_count(300, 0.0) == 0
+
+
+def test_ratio_zero_selects_nothing_and_says_so():
+    probs = random_probs(100, 4)
+    selection = select(probs, np.array(["public"] * 100), ratio=0.0)
+    assert len(selection) == 0
+    assert "teacher only" in selection.stop_reason
+
+
+def test_quotas_are_proportional_to_group_sizes():
+    probs = random_probs(400, 4)
+    groups = np.array(["public"] * 100 + ["private"] * 300)
+    selection = select(probs, groups, n_train=300, ratio=0.25, class_cap=100)
+    assert len(selection) == 100
+    assert (selection.group == "public").sum() == 25 and (selection.group == "private").sum() == 75
+    assert selection.stop_reason == "target reached"
+
+
+def test_only_the_chosen_groups_are_pseudo_labeled():
+    probs = random_probs(200, 3)
+    groups = np.array(["public", "private"] * 100)
+    selection = select(probs, groups, n_train=150, ratio=0.25, groups=("private",), class_cap=100)
+    assert len(selection) == 50 and set(selection.group) == {"private"}
+
+
+def test_most_confident_items_are_taken_and_threshold_is_respected():
+    probs = random_probs(200, 5, seed=1)
+    groups = np.array(["public"] * 200)
+    confidence = probs.max(axis=1)
+    selection = select(probs, groups, n_train=90, ratio=0.25, class_cap=100)
+    cut = np.sort(confidence)[::-1][len(selection) - 1]
+    assert (confidence[selection.index] >= cut).all()
+    strict = select(probs, groups, n_train=300, ratio=0.25, threshold=0.9, class_cap=100)
+    assert (strict.confidence >= 0.9).all() and len(strict) == (confidence >= 0.9).sum()
+    assert "threshold" in strict.stop_reason
+
+
+def test_class_cap_keeps_the_favourite_class_from_flooding():
+    probs = np.full((300, 2), 0.1)
+    probs[:, 0] = 0.9  # the teacher calls everything class 0
+    probs[250:] = [0.2, 0.8]
+    share = np.array([0.5, 0.5])
+    selection = select(probs, np.array(["public"] * 300), n_train=300, share=share, ratio=0.25, class_cap=1.0)
+    counts = np.bincount([c[0] for c in selection.classes], minlength=2)
+    assert counts[0] <= np.ceil(0.5 * 100) and counts[1] == 50
+    assert selection.per_group["public"]["skipped_by_class_cap"] > 0
+
+
+def test_hard_and_soft_targets():
+    probs = random_probs(50, 3)
+    groups = np.array(["public"] * 50)
+    hard = select(probs, groups, n_train=60, ratio=0.25, labels="hard", class_cap=100)
+    soft = select(probs, groups, n_train=60, ratio=0.25, labels="soft", class_cap=100)
+    np.testing.assert_array_equal(hard.index, soft.index)
+    assert set(np.unique(hard.targets)) == {0.0, 1.0}
+    np.testing.assert_allclose(soft.targets, probs[soft.index], rtol=1e-6)
+
+
+def test_ineligible_items_are_never_selected():
+    probs = random_probs(100, 3)
+    eligible = np.arange(100) % 2 == 0
+    selection = select(probs, np.array(["public"] * 100), n_train=3000, eligible=eligible, ratio=0.25, class_cap=100)
+    assert eligible[selection.index].all() and len(selection) == 50
+    assert "ran out" in selection.stop_reason
+
+
+def test_summary_counts_add_up():
+    probs = random_probs(120, 4)
+    groups = np.array(["public"] * 40 + ["private"] * 80)
+    selection = select(probs, groups, n_train=150, ratio=0.25)
+    summary = selection.summary(["a", "b", "c", "d"])
+    assert summary["selected"] == len(selection) == sum(summary["by_group"].values()) == sum(summary["by_class"].values())
+    assert (selection.round == 1).all()
+
+
+def test_multi_label_confidence_needs_every_tag_clear_of_its_threshold():
+    probs = np.array([[0.97, 0.02], [0.97, 0.45], [0.5, 0.5]])
+    confidence, hard = confidence_and_classes(probs, multi_label=True, thresholds=np.array([0.5, 0.5]))
+    assert confidence[0] > 0.9 > confidence[1] and confidence[2] == 0
+    np.testing.assert_array_equal(hard, [[1, 0], [1, 0], [1, 1]])
+
+
+def test_folds_spread_each_group_evenly():
+    groups = np.array(["public"] * 10 + ["private"] * 21)
+    fold = assign_folds(groups, 3, seed=0)
+    for g in ("public", "private"):
+        counts = np.bincount(fold[groups == g], minlength=3)
+        assert counts.max() - counts.min() <= 1
+    np.testing.assert_array_equal(fold, assign_folds(groups, 3, seed=0))
+
+
+def test_mismatched_lengths_are_a_value_error():
+    with pytest.raises(ValueError, match="one row per test item"):
+        select(random_probs(5, 2), np.array(["public"] * 4))
+
+
+def test_selection_module_does_not_import_tensorflow():
+    code = "import sys, pipeline.pseudo; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
