@@ -6,8 +6,6 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, log_loss
-
 from pipeline.registry import Competition
 
 KAGGLE_LOGLOSS_EPS = 1e-15
@@ -15,6 +13,8 @@ KAGGLE_LOGLOSS_EPS = 1e-15
 
 def kaggle_log_loss(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     """Kaggle's multi-class log loss: each row divided by its sum, then clipped to [eps, 1 - eps]."""
+    from sklearn.metrics import log_loss  # imported here: scikit-learn costs a second at CLI start-up
+
     prob = np.asarray(y_prob, dtype=np.float64)
     prob = prob / prob.sum(axis=1, keepdims=True)
     prob = np.clip(prob, KAGGLE_LOGLOSS_EPS, 1 - KAGGLE_LOGLOSS_EPS)
@@ -28,6 +28,8 @@ class ProbabilityTableCompetition(Competition):
     metrics: ClassVar[tuple[str, ...]] = ("logloss", "accuracy")
 
     def metric(self, y_true: np.ndarray, y_submitted: np.ndarray) -> float:
+        from sklearn.metrics import accuracy_score  # imported here: scikit-learn costs a second at CLI start-up
+
         if self.metric_name == "accuracy":
             return float(accuracy_score(np.argmax(y_true, axis=1), np.argmax(y_submitted, axis=1)))
         return kaggle_log_loss(y_true, y_submitted)

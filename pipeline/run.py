@@ -61,10 +61,10 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     cfg.save(run_dir / "config.json")
     print(f"run {run_id}: {cfg.competition} from {data_dir}", flush=True)
     ledger = _open_ledger(cfg)
+    if ledger:  # recorded before anything can fail, so every failure is in the ledger too
+        ledger.start_run(run_id, cfg.competition, cfg.to_dict(), None, cfg.seed)
     try:
         items = load_items(competition, data_dir, cfg)
-        if ledger:
-            ledger.start_run(run_id, cfg.competition, cfg.to_dict(), items.fingerprint, cfg.seed)
         metrics = _train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started)
     except BaseException as error:
         if ledger:

@@ -1,10 +1,10 @@
 """A small, procedural data set in the exact Kaggle fisheries layout, with answers.
 
 Fish species differ in body shape, size, colour and fins (the three tunas look alike on purpose); scenes
-are decks of several boats seen by fixed cameras; classes are as imbalanced as on Kaggle. The public test
-set (stage 1) comes from the training boats; the private one (stage 2) is half from boats never seen in
-training and half shot at night through a green night-vision camera: the shift that pseudo-labeling on
-the test set can adapt to, and that the shift check should flag.
+are decks of several boats seen by fixed cameras, by day and (15%) at night through a green night-vision
+camera; classes are as imbalanced as on Kaggle. The public test set (stage 1) is drawn like train; the
+private one (stage 2) is half from boats never seen in training and 40% at night: the shift that
+pseudo-labeling the test set can adapt to, and that the shift check should flag.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ class SampleSize:
     private: int = 400
     train_boats: int = 6
     new_boats: int = 3
-    night_share_train: float = 0.06
-    night_share_private: float = 0.5
+    night_share_train: float = 0.15
+    night_share_private: float = 0.4
     new_boat_share_private: float = 0.5
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pipeline.config import RunConfig
 
@@ -54,12 +55,28 @@ def register(subparsers) -> None:
     add_run_options(parser)
     parser.add_argument("--output", help="also write the submission CSV here")
     parser.add_argument("--run-name", help="the run folder's name (default: time, ratio, groups, seed)")
+    parser.add_argument("--upload", action="store_true",
+                        help="upload the validated submission to Kaggle, wait for its score and record it (needs credentials)")
+    parser.add_argument("--message", default="", help="with --upload: the Kaggle description (run id and sha256 are added)")
+    parser.add_argument("--poll-timeout", type=float, default=600,
+                        help="with --upload: seconds to wait for the score (`make scores` fetches it later)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.message and not args.upload:
+        raise ValueError("--message is the Kaggle submission's description; it needs --upload")
     cfg = config_from_args(args, output=args.output, run_name=args.run_name)
+    if args.upload:
+        from pipeline.kaggle_client import find_credentials
+
+        find_credentials()  # no credentials: fail now, not after training
     from pipeline.run import run_pipeline
 
-    run_pipeline(cfg)
+    result = run_pipeline(cfg)
+    if args.upload:
+        from pipeline.kaggle_client import upload_run_submission
+
+        upload_run_submission(cfg.competition, result.run_dir / "submission.csv", Path(cfg.data), result.run_id,
+                              args.message, Path(cfg.ledger) if cfg.ledger else None, poll_timeout_s=args.poll_timeout)
     return 0
