@@ -37,6 +37,8 @@ class RunConfig:
     pseudo_groups: tuple[str, ...] = GROUPS
     pseudo_labels: str = "soft"  # hard | soft
     pseudo_folds: int = 1  # K > 1: out-of-fold students, each predicting the fold it did not train on
+    student_init: str = "teacher"  # teacher: fine-tune the teacher's weights | scratch: a fresh model (Noisy Student)
+    student_epochs: int = 8  # maximum student epochs when it starts from the teacher (scratch uses --epochs)
     on_shift: str = "warn"  # warn | fail | ignore
     runs_dir: str = str(SUBMISSIONS_DIR)
     cache_dir: str = str(CACHE_DIR)
@@ -51,13 +53,16 @@ class RunConfig:
         if self.pseudo_class_cap <= 0:
             raise ValueError("--pseudo-class-cap must be > 0 (a multiple of each class's train share)")
         for name, value, low in (("--image-size", self.image_size, 16), ("--epochs", self.epochs, 1),
-                                 ("--batch-size", self.batch_size, 1), ("--pseudo-folds", self.pseudo_folds, 1)):
+                                 ("--batch-size", self.batch_size, 1), ("--pseudo-folds", self.pseudo_folds, 1),
+                                 ("--student-epochs", self.student_epochs, 1)):
             if int(value) != value or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate!r}")
         if self.pseudo_labels not in ("hard", "soft"):
             raise ValueError(f"--pseudo-labels must be 'hard' or 'soft', got {self.pseudo_labels!r}")
+        if self.student_init not in ("teacher", "scratch"):
+            raise ValueError(f"--student-init must be 'teacher' or 'scratch', got {self.student_init!r}")
         if self.on_shift not in ("warn", "fail", "ignore"):
             raise ValueError(f"--on-shift must be warn, fail or ignore, got {self.on_shift!r}")
         if not self.pseudo_groups or any(g not in GROUPS for g in self.pseudo_groups):

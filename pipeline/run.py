@@ -6,6 +6,7 @@ import platform
 import re
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -57,18 +58,18 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     run_dir = Path(cfg.runs_dir) / cfg.competition / run_id
     if run_dir.exists():
         raise ValueError(f"run folder {run_dir} already exists; pick another --run-name")
+    ledger = _open_ledger(cfg)  # a corrupt ledger stops the run before it leaves a folder behind
     run_dir.mkdir(parents=True)
     cfg.save(run_dir / "config.json")
     print(f"run {run_id}: {cfg.competition} from {data_dir}", flush=True)
-    ledger = _open_ledger(cfg)
     if ledger:  # recorded before anything can fail, so every failure is in the ledger too
         ledger.start_run(run_id, cfg.competition, cfg.to_dict(), None, cfg.seed)
     try:
         items = load_items(competition, data_dir, cfg)
         metrics = _train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started)
-    except BaseException as error:
+    except BaseException:
         if ledger:
-            ledger.fail_run(run_id, f"{type(error).__name__}: {error}")
+            ledger.fail_run(run_id, traceback.format_exc())
         raise
     if ledger:
         ledger.finish_run(run_id, metrics, Path(metrics["submission"]["path"]), metrics["timings"]["total_s"])
@@ -191,8 +192,11 @@ def _students(cfg: RunConfig, spec, competition: Competition, items: Items, teac
             fold_holdout, info = teacher.holdout_probs, {"trained": False, "reason": selection.stop_reason}
             test_probs[predict_rows] = teacher.test_probs[predict_rows]
         else:
+            from_teacher = cfg.student_init == "teacher"
             model, info = train.fit(spec, label, [(items.x_train, items.y_train), (items.x_test[selection.index], selection.targets)],
-                                    items.x_holdout, items.y_holdout, cfg.seed + 1000 * (fold + 1))
+                                    items.x_holdout, items.y_holdout, cfg.seed + 1000 * (fold + 1),
+                                    epochs=cfg.student_epochs if from_teacher else cfg.epochs,
+                                    init_weights=teacher.weights if from_teacher else None)
             fold_holdout = train.predict(model, items.x_holdout, cfg)
             test_probs[predict_rows] = train.predict(model, items.x_test[predict_rows], cfg)
         decision = competition.fit_decision(items.y_holdout, fold_holdout)

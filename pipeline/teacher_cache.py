@@ -15,7 +15,8 @@ import numpy as np
 from pipeline.config import RunConfig
 from pipeline.files import sha256_of
 
-CACHE_VERSION = 1  # bump when training or prediction code changes what a cached teacher would contain
+CACHE_VERSION = 2  # bump when training or prediction code changes what a cached teacher would contain
+WEIGHTS = "teacher.weights.h5"
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Teacher:
     info: dict
     seconds: float
     cache_status: str  # "hit" or "miss"
+    weights: Path  # the trained teacher's weights (students can start from them)
 
 
 def _key(parts: dict) -> str:
@@ -52,18 +54,18 @@ def get_or_train(cfg: RunConfig, spec, items) -> Teacher:
     if (folder / "info.json").is_file():
         print(f"teacher: cached in {folder} (delete it to retrain)", flush=True)
         info = json.loads((folder / "info.json").read_text())
-        return Teacher(np.load(folder / "holdout_probs.npy"), np.load(folder / "test_probs.npy"), info, 0.0, "hit")
+        return Teacher(np.load(folder / "holdout_probs.npy"), np.load(folder / "test_probs.npy"), info, 0.0, "hit", folder / WEIGHTS)
     started = time.perf_counter()
-    model, info = train.fit(spec, "teacher", [(items.x_train, items.y_train)], items.x_holdout, items.y_holdout, cfg.seed)
+    model, info = train.fit(spec, "teacher", [(items.x_train, items.y_train)], items.x_holdout, items.y_holdout, cfg.seed, cfg.epochs)
     holdout_probs = train.predict(model, items.x_holdout, cfg)
     test_probs = train.predict(model, items.x_test, cfg)
     seconds = time.perf_counter() - started
     with _staging(folder) as staging:
         np.save(staging / "holdout_probs.npy", holdout_probs)
         np.save(staging / "test_probs.npy", test_probs)
-        model.save(staging / "teacher.keras")
+        model.save_weights(staging / WEIGHTS)
         (staging / "info.json").write_text(json.dumps({**info, "train_seconds": round(seconds, 2)}, indent=2))
-    return Teacher(holdout_probs, test_probs, info, seconds, "miss")
+    return Teacher(holdout_probs, test_probs, info, seconds, "miss", folder / WEIGHTS)
 
 
 def get_or_embed(cfg: RunConfig, paths: np.ndarray, fingerprint: str) -> np.ndarray:

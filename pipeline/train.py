@@ -5,6 +5,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -54,14 +55,18 @@ class EpochLog(keras.callbacks.Callback):
               f"holdout loss {logs.get('val_loss', float('nan')):.4f} ({time.perf_counter() - self.start:.0f}s)", flush=True)
 
 
-def fit(spec: ModelSpec, name: str, parts: list[tuple[np.ndarray, np.ndarray]], x_val: np.ndarray, y_val: np.ndarray, seed: int) -> tuple[keras.Model, dict]:
+def fit(spec: ModelSpec, name: str, parts: list[tuple[np.ndarray, np.ndarray]], x_val: np.ndarray, y_val: np.ndarray, seed: int,
+        epochs: int, init_weights: Path | None = None) -> tuple[keras.Model, dict]:
     """Train on one or more (x, targets) parts mixed in every batch in proportion to their sizes.
 
     The holdout picks the epoch (early stopping on its loss, best weights restored); it is never trained on.
+    `init_weights` starts from saved weights (the teacher's) instead of a random initialisation.
     """
     cfg = spec.cfg
     seed_everything(seed)
     model = spec.build()
+    if init_weights is not None:
+        model.load_weights(init_weights)
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=spec.loss)
     sizes = [len(x) for x, _ in parts]
     streams = [data.training_stream(x, y, cfg.image_size, seed + k) for k, (x, y) in enumerate(parts)]
@@ -70,8 +75,8 @@ def fit(spec: ModelSpec, name: str, parts: list[tuple[np.ndarray, np.ndarray]], 
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=6, restore_best_weights=True)
     with warnings.catch_warnings():  # Keras warns that a tf.data input ignores shuffle=True; ours is shuffled
         warnings.filterwarnings("ignore", message=".*shuffle=True.*")
-        history = model.fit(batches, epochs=cfg.epochs, steps_per_epoch=math.ceil(sum(sizes) / cfg.batch_size),
-                            validation_data=validation, callbacks=[stopper, EpochLog(name, cfg.epochs)], verbose=0)
+        history = model.fit(batches, epochs=epochs, steps_per_epoch=math.ceil(sum(sizes) / cfg.batch_size),
+                            validation_data=validation, callbacks=[stopper, EpochLog(name, epochs)], verbose=0)
     losses = history.history["val_loss"]
     return model, {"epochs_run": len(losses), "best_epoch": int(np.argmin(losses)) + 1, "best_holdout_loss": float(np.min(losses))}
 

@@ -29,6 +29,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pseudo-groups", default=",".join(d.pseudo_groups), help="which leaderboard groups to pseudo-label: public,private | public | private")
     parser.add_argument("--pseudo-labels", choices=("hard", "soft"), default=d.pseudo_labels, help="0/1 targets or the teacher's probabilities")
     parser.add_argument("--pseudo-folds", type=int, default=d.pseudo_folds, help="K > 1: out-of-fold students (fold k predicted by a student that never saw its pseudo-labels)")
+    parser.add_argument("--student-init", choices=("teacher", "scratch"), default=d.student_init,
+                        help="start the student from the teacher's weights (fast) or from scratch (Noisy Student style)")
+    parser.add_argument("--student-epochs", type=int, default=d.student_epochs, help="maximum student epochs with --student-init teacher")
     parser.add_argument("--on-shift", choices=("warn", "fail", "ignore"), default=d.on_shift, help="what a FAIL of the shift check does")
     parser.add_argument("--runs-dir", default=d.runs_dir, help="where run folders go")
     parser.add_argument("--cache-dir", default=d.cache_dir, help="teacher and feature caches")
@@ -42,7 +45,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> RunConfig:
         batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, val_fraction=args.val_fraction,
         pseudo_ratio=args.pseudo_ratio, pseudo_threshold=args.pseudo_threshold, pseudo_class_cap=args.pseudo_class_cap,
         pseudo_groups=tuple(g.strip() for g in args.pseudo_groups.split(",") if g.strip()), pseudo_labels=args.pseudo_labels,
-        pseudo_folds=args.pseudo_folds, on_shift=args.on_shift, runs_dir=args.runs_dir, cache_dir=args.cache_dir,
+        pseudo_folds=args.pseudo_folds, student_init=args.student_init, student_epochs=args.student_epochs, on_shift=args.on_shift, runs_dir=args.runs_dir, cache_dir=args.cache_dir,
         ledger=None if args.no_ledger else RunConfig(competition="", data="").ledger,
     )
     values.update(overrides)

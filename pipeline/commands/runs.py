@@ -1,0 +1,75 @@
+"""`python -m pipeline runs list|show|score`: read the run ledger and record Kaggle scores typed by hand."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from pipeline.config import LEDGER_PATH
+from pipeline.ledger import Ledger
+
+LIST_COLUMNS = ["run_id", "status", "started_at", "pseudo_ratio", "pseudo_groups", "holdout_teacher",
+                "holdout_student", "lb_student_public", "lb_student_private", "kaggle_public", "kaggle_private",
+                "wall_time_s"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("runs", help="list, show and score recorded runs (the run ledger)",
+                                   description=__doc__)
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", help="one line per recorded run, oldest first")
+    listing.add_argument("--competition", help="only runs of this competition")
+    listing.set_defaults(func=list_runs)
+
+    show = actions.add_parser("show", help="everything recorded about one run, as JSON")
+    show.add_argument("run_id", metavar="RUN", help="run id (a unique prefix is enough)")
+    show.set_defaults(func=show_run)
+
+    score = actions.add_parser("score", help="record the Kaggle public/private scores of a run's submission")
+    score.add_argument("run_id", metavar="RUN", help="run id (a unique prefix is enough)")
+    score.add_argument("--public", type=float, help="public leaderboard score shown by Kaggle")
+    score.add_argument("--private", type=float, help="private leaderboard score shown by Kaggle")
+    score.set_defaults(func=score_run)
+
+    for sub in (listing, show, score):
+        sub.add_argument("--ledger", type=Path, default=LEDGER_PATH, help="ledger file (default: %(default)s)")
+
+
+def list_runs(args: argparse.Namespace) -> int:
+    runs = Ledger(args.ledger).runs(args.competition)
+    if runs.empty:
+        print(f"no runs recorded in {args.ledger}" + (f" for {args.competition}" if args.competition else ""))
+        return 0
+    for competition, group in runs.groupby("competition", sort=True):
+        print(f"== {competition} ({len(group)} runs)")
+        print(group[LIST_COLUMNS].to_string(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}"))
+        for row in group[group["status"] == "failed"].itertuples():
+            last_line = (row.error or "").strip().splitlines()[-1:] or ["(no error text)"]
+            print(f"  {row.run_id} failed: {last_line[0]}")
+    return 0
+
+
+def show_run(args: argparse.Namespace) -> int:
+    print(json.dumps(Ledger(args.ledger).run(args.run_id), indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def score_run(args: argparse.Namespace) -> int:
+    """Kaggle scores typed by hand become a submission row of the run, like scores synced from Kaggle."""
+    if args.public is None and args.private is None:
+        raise ValueError("runs score needs --public and/or --private (the scores Kaggle shows for the submission)")
+    for name in ("public", "private"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"--{name} must be a finite number, got {value!r}")
+    ledger = Ledger(args.ledger)
+    run = ledger.run(args.run_id)
+    if not run["submission_sha256"]:
+        raise ValueError(f"run {run['run_id']} has no submission recorded (status {run['status']}); "
+                         "only a finished run's submission can have Kaggle scores")
+    ledger.add_submission(run["run_id"], run["submission_sha256"], None, "scores typed by hand (runs score)",
+                          "complete", args.public, args.private)
+    print(f"recorded for {run['run_id']}: public {args.public}, private {args.private}")
+    return 0

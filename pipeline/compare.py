@@ -1,0 +1,368 @@
+"""Compare the recorded runs of one competition: holdout vs public vs private, gains over each run's teacher,
+how well the scores agree across runs (Spearman), and whether a public gain is bigger than its noise.
+
+A public gain is "noise" when the 95% paired-bootstrap interval of (student - teacher) on the public rows
+contains 0: the same rows resampled with replacement for both submissions, scored with the competition's
+own metric. That is the check a leaderboard climber should make before trusting a public improvement
+(the spirit of Blum & Hardt's Ladder): the private leaderboard has other rows.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from pipeline.files import sha256_of, write_bytes_atomic
+from pipeline.ledger import Ledger
+from pipeline.registry import Competition, get_competition
+from pipeline.submission import read_solution, score_against_solution
+
+SORT_KEYS = ("holdout", "public", "private")
+FORMATS = ("table", "csv", "json", "markdown")
+LEVEL = 0.95
+
+
+@dataclass
+class Comparison:
+    competition: str
+    metric: str
+    greater_is_better: bool
+    sort: str
+    table: pd.DataFrame  # one row per done run, best first by `sort`
+    correlations: dict = field(default_factory=dict)  # name -> {rho, p, n, note}
+    notes: list[str] = field(default_factory=list)
+    plot: Path | None = None
+
+
+def compare_runs(ledger: Ledger, competition: str, sort: str = "public", solution: Path | None = None,
+                 metric: str | None = None, run_ids: list[str] | None = None, resamples: int = 1000,
+                 seed: int = 0) -> Comparison:
+    """Build the comparison of the done runs of `competition` (or only `run_ids`); fills in local leaderboard
+    scores and bootstrap intervals the ledger lacks when a solution file is known, and records them."""
+    if sort not in SORT_KEYS:
+        raise ValueError(f"--sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
+    if resamples != 0 and resamples < 100:
+        raise ValueError(f"--resamples must be 0 (no noise check) or at least 100 for a 95% interval, got {resamples}")
+    runs = ledger.runs(competition)
+    if run_ids is not None:
+        runs = runs[runs["run_id"].isin(run_ids)]
+    done = runs[runs["status"] == "done"]
+    if done.empty:
+        raise ValueError(f"ledger {ledger.path} has no finished runs of {competition!r}"
+                         f"{' among the given ids' if run_ids is not None else ''}; "
+                         f"run `make submit COMP={competition}` or `make sweep COMP={competition}` first")
+    metrics_used = sorted(done["metric"].dropna().unique())
+    if metric is None and len(metrics_used) > 1:
+        raise ValueError(f"runs of {competition} use different metrics ({', '.join(metrics_used)}); "
+                         "choose one with --metric")
+    plugin = get_competition(competition, metric or (metrics_used[0] if metrics_used else None))
+    same_metric = done["metric"].isna() | (done["metric"] == plugin.metric_name)
+    notes = [f"{int((runs['status'] == s).sum())} {s} run(s) left out (only done runs are compared)"
+             for s in ("running", "failed") if (runs["status"] == s).any()]
+    if not same_metric.all():
+        notes.append(f"{int((~same_metric).sum())} run(s) scored with another metric than {plugin.metric_name} left out")
+    done = done[same_metric]
+
+    solutions: dict[Path, pd.DataFrame] = {}
+    rows = []
+    for run in done.itertuples(index=False):
+        record = ledger.run(run.run_id)
+        rows.append(_row(ledger, plugin, run, record, solution, solutions, resamples, seed, notes))
+    table = pd.DataFrame(rows)
+    numeric = [c for c in table.columns if c not in ("run_id", "groups", "verdict", "board_source")]
+    table[numeric] = table[numeric].astype(float)  # None -> NaN so that sorting and plotting treat it as missing
+    ascending = not plugin.greater_is_better
+    table = table.sort_values(sort, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
+    correlations = {
+        "holdout_vs_public": _spearman(table["holdout"], table["public"]),
+        "public_vs_private": _spearman(table["public"], table["private"]),
+    }
+    return Comparison(competition, plugin.metric_name, plugin.greater_is_better, sort, table, correlations, notes)
+
+
+def _row(ledger: Ledger, plugin: Competition, run, record: dict, solution: Path | None,
+         solutions: dict[Path, pd.DataFrame], resamples: int, seed: int, notes: list[str]) -> dict:
+    """One table row; local leaderboard scores and the bootstrap come from the run folder and the solution."""
+    config = record["config"] or {}
+    run_dir = Path(run.submission_path).parent
+    student_csv, teacher_csv = run_dir / "submission.csv", run_dir / "teacher_submission.csv"
+    solution_path = Path(solution) if solution else (Path(config["solution"]) if config.get("solution") else None)
+    board = {"teacher": {"public": run.lb_teacher_public, "private": run.lb_teacher_private},
+             "student": {"public": run.lb_student_public, "private": run.lb_student_private}}
+    source = "local" if _known(run.lb_student_public) else ("kaggle" if _known(run.kaggle_public) else "-")
+    gain_ci: dict = {"verdict": "n/a: no solution file (pass --solution)"}
+
+    if solution_path is not None and not solution_path.is_file():
+        gain_ci = {"verdict": f"n/a: solution {solution_path} not found"}
+    elif solution_path is not None:
+        if solution_path not in solutions:
+            solutions[solution_path] = read_solution(solution_path)
+        missing = [p.name for p in (student_csv, teacher_csv) if not p.is_file()]
+        if missing:
+            gain_ci = {"verdict": f"n/a: {', '.join(missing)} missing in {run_dir}"}
+        else:
+            try:
+                gain_ci = _local_scores(ledger, plugin, run, record, solution_path, solutions[solution_path],
+                                        student_csv, teacher_csv, board, resamples, seed, notes)
+            except ValueError as error:
+                raise ValueError(f"run {run.run_id} ({run_dir}): {error}") from error
+            board = gain_ci.pop("board")
+            source = "local"
+
+    public = board["student"]["public"] if source == "local" else run.kaggle_public
+    private = board["student"]["private"] if source == "local" else run.kaggle_private
+    teacher_public, teacher_private = board["teacher"]["public"], board["teacher"]["private"]
+    return {
+        "run_id": run.run_id, "ratio": run.pseudo_ratio, "groups": run.pseudo_groups,
+        "holdout": run.holdout_student, "holdout_gain": _gain(plugin, run.holdout_student, run.holdout_teacher),
+        "public": public, "public_gain": _gain(plugin, public, teacher_public),
+        "public_gain_low": gain_ci.get("low"), "public_gain_high": gain_ci.get("high"), "verdict": gain_ci["verdict"],
+        "private": private, "private_gain": _gain(plugin, private, teacher_private),
+        "teacher_holdout": run.holdout_teacher, "teacher_public": teacher_public, "teacher_private": teacher_private,
+        "board_source": source, "pseudo_selected": run.pseudo_selected, "wall_time_s": run.wall_time_s,
+    }
+
+
+def _local_scores(ledger: Ledger, plugin: Competition, run, record: dict, solution_path: Path,
+                  solution: pd.DataFrame, student_csv: Path, teacher_csv: Path, board: dict, resamples: int,
+                  seed: int, notes: list[str]) -> dict:
+    """Leaderboard scores (computed and recorded when the ledger lacks them) and the public-gain interval
+    (cached in the ledger, keyed by the exact files and settings it was computed from)."""
+    classes = plugin.class_names(Path((record["config"] or {}).get("data", "")))
+    tables = {"student": _read_csv(student_csv), "teacher": _read_csv(teacher_csv)}
+    if not _known(run.lb_student_public):
+        board = {name: score_against_solution(plugin, table, solution, classes) for name, table in tables.items()}
+        ledger.set_leaderboard(run.run_id, board)
+        notes.append(f"{run.run_id}: scored against {solution_path} and recorded in the ledger")
+    key = {"student_sha256": sha256_of(student_csv), "teacher_sha256": sha256_of(teacher_csv),
+           "solution_sha256": sha256_of(solution_path), "resamples": resamples, "seed": seed,
+           "metric": plugin.metric_name}
+    cached = record.get("public_gain") or {}
+    if key["student_sha256"] == key["teacher_sha256"]:
+        gain_ci = {"gain": 0.0, "low": 0.0, "high": 0.0, "verdict": "same as teacher"}
+    elif resamples == 0:
+        gain_ci = {"verdict": "n/a: noise check off (--resamples 0)"}
+    elif cached.get("key") == key:
+        gain_ci = cached
+    else:
+        print(f"bootstrap of the public gain of {run.run_id} ({resamples} resamples)", file=sys.stderr, flush=True)
+        gain_ci = {"key": key, **public_gain_interval(plugin, tables["student"], tables["teacher"], solution,
+                                                       classes, resamples, seed)}
+        ledger.set_public_gain(run.run_id, gain_ci)
+    return {**gain_ci, "board": board}
+
+
+def public_gain_interval(competition: Competition, student: pd.DataFrame, teacher: pd.DataFrame,
+                         solution: pd.DataFrame, classes: list[str], resamples: int = 1000, seed: int = 0) -> dict:
+    """Paired bootstrap of the student's gain over the teacher on the public rows (positive = better).
+
+    Returns {gain, low, high, rows, verdict}: verdict "noise" when the 95% interval contains 0.
+    """
+    ids, y_true, usage = competition.from_solution(solution, classes)
+    public = np.asarray(usage) == "Public"
+    if not public.any():
+        raise ValueError("the solution has no Usage=Public rows; the public gain cannot be measured")
+    y_public = y_true[public]
+    public_ids = [item for item, keep in zip(ids, public) if keep]
+    aligned = {}
+    for name, table in (("student", student), ("teacher", teacher)):
+        sub_ids, values = competition.from_submission(table, classes)
+        position = {item: row for row, item in enumerate(sub_ids)}
+        missing = [item for item in public_ids if item not in position]
+        if missing:
+            raise ValueError(f"the {name} submission has no row for {len(missing)} public solution ids, e.g. {missing[:3]}")
+        aligned[name] = values[[position[item] for item in public_ids]]
+    sign = 1.0 if competition.greater_is_better else -1.0
+
+    def gain(rows: np.ndarray) -> float:
+        rows = rows.astype(int)
+        return sign * (competition.metric(y_public[rows], aligned["student"][rows])
+                       - competition.metric(y_public[rows], aligned["teacher"][rows]))
+
+    everything = np.arange(len(y_public))
+    observed = gain(everything)
+    result = stats.bootstrap((everything,), gain, vectorized=False, n_resamples=resamples, confidence_level=LEVEL,
+                             method="percentile", rng=np.random.default_rng(seed))
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if low > 0:
+        verdict = "real gain"
+    elif high < 0:
+        verdict = "real loss"
+    else:
+        verdict = "noise"
+    return {"gain": observed, "low": low, "high": high, "rows": int(len(y_public)), "verdict": verdict}
+
+
+# ---- output ------------------------------------------------------------------------------------------
+def render(comparison: Comparison, fmt: str) -> str:
+    """The comparison as an aligned text table, CSV, JSON or a Markdown table."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "csv":
+        return comparison.table.to_csv(index=False, lineterminator="\n")
+    if fmt == "json":
+        return json.dumps({
+            "competition": comparison.competition, "metric": comparison.metric,
+            "greater_is_better": comparison.greater_is_better, "sort": comparison.sort,
+            "runs": json.loads(comparison.table.to_json(orient="records")),
+            "spearman": comparison.correlations, "notes": comparison.notes,
+            "plot": str(comparison.plot) if comparison.plot else None,
+        }, indent=2) + "\n"
+    shown = _display_table(comparison.table)
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(shown.columns) + " |", "|" + "|".join("---" for _ in shown.columns) + "|"]
+        lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in shown.itertuples(index=False)]
+        body = "\n".join(lines)
+    else:
+        body = shown.to_string(index=False)
+    better = "higher" if comparison.greater_is_better else "lower"
+    header = (f"{comparison.competition}: {len(comparison.table)} runs, {comparison.metric} ({better} is better), "
+              f"sorted by {comparison.sort}; gain = improvement over the run's own teacher (positive = better)")
+    footer = [f"Spearman {name.replace('_', ' ')}: {_describe(c)}" for name, c in comparison.correlations.items()]
+    footer += comparison.notes
+    if comparison.plot:
+        footer.append(f"plot: {comparison.plot}")
+    return "\n".join([header, "", body, "", *footer]) + "\n"
+
+
+def write_plot(comparison: Comparison, path: Path) -> Path:
+    """PNG: per run, holdout/public/private of the student against its teacher, and the public gain with its
+    bootstrap interval (an interval crossing 0 is noise)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = comparison.table
+    labels = _labels(table)
+    x = np.arange(len(table))
+    fig, (scores, gains) = plt.subplots(2, 1, figsize=(max(6.0, 0.9 * len(table) + 3), 7.5), sharex=True)
+    for offset, (name, colour) in zip((-0.2, 0.0, 0.2), (("holdout", "tab:blue"), ("public", "tab:orange"), ("private", "tab:green"))):
+        scores.scatter(x + offset, table[name], color=colour, label=f"{name} (student)", zorder=3)
+        scores.scatter(x + offset, table[f"teacher_{name}"], color=colour, marker="_", s=300, linewidths=2,
+                       label=f"{name} (teacher baseline)", zorder=2)
+    better = "higher" if comparison.greater_is_better else "lower"
+    scores.set_ylabel(f"{comparison.metric} ({better} is better)")
+    fig.suptitle(f"{comparison.competition}: runs sorted by {comparison.sort}")
+    scores.legend(fontsize=7, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    scores.grid(alpha=0.3)
+
+    low = (table["public_gain"] - table["public_gain_low"]).clip(lower=0)
+    high = (table["public_gain_high"] - table["public_gain"]).clip(lower=0)
+    colours = ["tab:green" if v == "real gain" else "tab:red" if v == "real loss" else "tab:gray" for v in table["verdict"]]
+    gains.bar(x, table["public_gain"], color=colours, alpha=0.7)
+    has_ci = table["public_gain_low"].notna().to_numpy()
+    gains.errorbar(x[has_ci], table["public_gain"][has_ci], yerr=[low[has_ci], high[has_ci]], fmt="none",
+                   ecolor="black", capsize=4)
+    for position, (gain, top, bottom, verdict) in enumerate(zip(
+            table["public_gain"], table["public_gain_high"], table["public_gain_low"], table["verdict"])):
+        if _known(gain):  # the verdict just beyond the end of the bar or of its interval
+            end = max(gain, top) if gain >= 0 and _known(top) else min(gain, bottom) if _known(bottom) else gain
+            gains.annotate(verdict, (position, end), textcoords="offset points", xytext=(0, 3 if gain >= 0 else -3),
+                           ha="center", va="bottom" if gain >= 0 else "top", fontsize=7)
+    gains.axhline(0, color="black", linewidth=0.8)
+    gains.set_ylabel(f"public gain over teacher\n({int(LEVEL * 100)}% bootstrap interval)")
+    gains.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    gains.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
+    comparison.plot = Path(path)
+    return Path(path)
+
+
+def plot_path(ledger: Ledger, competition: str) -> Path:
+    """submissions/<competition>/compare.png: next to the ledger, beside the run folders."""
+    return ledger.path.parent / competition / "compare.png"
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+def _display_table(table: pd.DataFrame) -> pd.DataFrame:
+    def number(value: object, signed: bool = False) -> str:
+        return "-" if not _known(value) else (f"{value:+.4f}" if signed else f"{value:.4f}")
+
+    def interval(low: object, high: object) -> str:
+        return "-" if not (_known(low) and _known(high)) else f"[{low:+.4f}, {high:+.4f}]"
+
+    return pd.DataFrame({
+        "run": table["run_id"],
+        "ratio": [("-" if not _known(r) else f"{r:g}") for r in table["ratio"]],
+        "groups": table["groups"].fillna("-"),
+        "holdout": [number(v) for v in table["holdout"]],
+        "holdout gain": [number(v, True) for v in table["holdout_gain"]],
+        "public": [number(v) for v in table["public"]],
+        "public gain": [number(v, True) for v in table["public_gain"]],
+        "95% CI of public gain": [interval(a, b) for a, b in zip(table["public_gain_low"], table["public_gain_high"])],
+        "verdict": table["verdict"],
+        "private": [number(v) for v in table["private"]],
+        "private gain": [number(v, True) for v in table["private_gain"]],
+        "board": table["board_source"],
+    })
+
+
+def _labels(table: pd.DataFrame) -> list[str]:
+    labels = ["teacher only" if r == 0 else f"{r:g} {g}" if _known(r) else str(run)[-18:]
+              for r, g, run in zip(table["ratio"], table["groups"], table["run_id"])]
+    seen: dict[str, int] = {}
+    unique = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        unique.append(label if labels.count(label) == 1 else f"{label} #{seen[label]}")
+    return unique
+
+
+def _spearman(a: pd.Series, b: pd.Series) -> dict:
+    """Spearman's rho across runs, with a permutation p-value (exact up to 7 runs): sweeps have few runs,
+    where scipy's t approximation is far off (it says p = 0 for 3 runs in the same order)."""
+    both = (a.notna() & b.notna()).to_numpy()
+    n = int(both.sum())
+    if n < 3:
+        return {"rho": None, "p": None, "n": n, "note": "needs at least 3 runs with both scores"}
+    x, y = a.to_numpy(dtype=float)[both], b.to_numpy(dtype=float)[both]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: scipy warns and returns NaN, reported below
+        rho = float(stats.spearmanr(x, y).statistic)
+    if math.isnan(rho):
+        return {"rho": None, "p": None, "n": n, "note": "undefined: one of the scores is the same for every run"}
+    rank_y = stats.rankdata(y) - stats.rankdata(y).mean()
+
+    def pearson_of_ranks(rank_x: np.ndarray, axis: int = -1) -> np.ndarray:
+        centred = rank_x - rank_x.mean(axis=axis, keepdims=True)
+        return (centred * rank_y).sum(axis=axis) / np.sqrt((centred ** 2).sum(axis=axis) * (rank_y ** 2).sum())
+
+    test = stats.permutation_test((stats.rankdata(x),), pearson_of_ranks, permutation_type="pairings",
+                                  vectorized=True, n_resamples=9999, rng=np.random.default_rng(0))
+    return {"rho": rho, "p": float(test.pvalue), "n": n, "note": "p from a permutation test"}
+
+
+def _describe(correlation: dict) -> str:
+    if correlation["rho"] is None:
+        return f"n/a ({correlation['note']}; {correlation['n']} runs)"
+    return f"rho {correlation['rho']:+.2f} (p {correlation['p']:.3g}, {correlation['n']} runs)"
+
+
+def _gain(competition: Competition, score: object, teacher: object) -> float | None:
+    if not (_known(score) and _known(teacher)):
+        return None
+    return (score - teacher) if competition.greater_is_better else (teacher - score)
+
+
+def _known(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a readable CSV: {error}") from error

@@ -1,0 +1,369 @@
+"""Everything that talks to Kaggle: download data, upload a submission, sync scores.
+
+The only module that imports `kaggle`, and only inside functions: importing the package authenticates
+(and with an access token, contacts the server). Credentials are checked first so that a missing set-up
+gives the steps to fix it; every text the package prints or raises passes through `_scrub` so that no key
+or token reaches the terminal, a log or the ledger.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import re
+import stat
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.extract import ExtractSummary, Limits, extract_archive
+from pipeline.files import sha256_of
+from pipeline.registry import Competition, get_competition
+
+SETUP_STEPS = """To set up Kaggle credentials:
+  1. Sign in at https://www.kaggle.com, open https://www.kaggle.com/settings/api and click "Generate New Token"
+     (or "Create Legacy API Key", which downloads kaggle.json).
+  2. Either save the token:    mkdir -p ~/.kaggle && printf '%s' 'TOKEN' > ~/.kaggle/access_token
+                                chmod 600 ~/.kaggle/access_token
+     or export it:             export KAGGLE_API_TOKEN=TOKEN
+     or place kaggle.json:     mkdir -p ~/.kaggle && mv ~/Downloads/kaggle.json ~/.kaggle/
+                                chmod 600 ~/.kaggle/kaggle.json
+     (or export KAGGLE_USERNAME and KAGGLE_KEY; KAGGLE_CONFIG_DIR moves the kaggle.json folder)
+  3. Accept the competition's rules on its Kaggle page (Data tab), then run the command again."""
+
+COMPLETE, PENDING, ERROR = "COMPLETE", "PENDING", "ERROR"
+_MESSAGE_KEYS = re.compile(r"\b(run|sha256)=(\S+)")
+
+
+class KaggleError(ValueError):
+    """Kaggle refused or failed a request; the message says why and never contains a credential."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    source: str  # where they come from, for messages (never the value)
+    secrets: tuple[str, ...]  # strings that must never be shown, for `_scrub`
+
+
+# ---- credentials ------------------------------------------------------------------------------------
+def config_dir() -> Path:
+    """The folder of kaggle.json, chosen exactly as the kaggle package chooses it."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"])
+    home = Path(os.path.expanduser("~"))
+    legacy = home / ".kaggle"
+    if sys.platform.startswith("linux") and not legacy.exists():
+        return Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"
+    return legacy
+
+
+def find_credentials() -> Credentials:
+    """Which credentials the kaggle package will use; ValueError with the set-up steps when there are none."""
+    home = Path(os.path.expanduser("~"))
+    secrets: list[str] = []
+    sources: list[str] = []
+    token = os.environ.get("KAGGLE_API_TOKEN", "")
+    if token:
+        if Path(token).is_file():
+            _warn_if_readable(Path(token))
+            secrets.append(Path(token).read_text().strip())
+            sources.append(f"the file named by KAGGLE_API_TOKEN ({token})")
+        else:
+            secrets.append(token)
+            sources.append("KAGGLE_API_TOKEN")
+    for name in ("access_token", "access_token.txt"):
+        path = home / ".kaggle" / name
+        if path.is_file() and path.read_text().strip():
+            _warn_if_readable(path)
+            secrets.append(path.read_text().strip())
+            sources.append(str(path))
+    config = config_dir() / "kaggle.json"
+    if config.is_file():
+        _warn_if_readable(config)
+        try:
+            data = json.loads(config.read_text() or "{}")
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config} is not valid JSON ({error.msg} at line {error.lineno}); download it again from "
+                             "https://www.kaggle.com/settings/api") from None
+        if data.get("key"):
+            secrets.append(str(data["key"]))
+            secrets.append(_basic(str(data.get("username", "")), str(data["key"])))
+            sources.append(str(config))
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        secrets += [os.environ["KAGGLE_KEY"], _basic(os.environ["KAGGLE_USERNAME"], os.environ["KAGGLE_KEY"])]
+        sources.append("KAGGLE_USERNAME/KAGGLE_KEY")
+    oauth = home / ".kaggle" / "credentials.json"  # written by `kaggle auth login`
+    if oauth.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            data = json.loads(oauth.read_text())
+            secrets += [str(data[k]) for k in ("refresh_token", "access_token") if data.get(k)]
+            if data.get("refresh_token"):
+                sources.append(str(oauth))
+    if not sources:
+        raise ValueError(f"no Kaggle credentials found. {SETUP_STEPS}")
+    secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)  # longest first: no partial blanking
+    return Credentials(source=sources[0], secrets=tuple(secrets))
+
+
+def _basic(username: str, key: str) -> str:
+    return base64.b64encode(f"{username}:{key}".encode()).decode()
+
+
+def _warn_if_readable(path: Path) -> None:
+    if os.name != "nt" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        print(f"warning: {path} is readable by other users of this machine; run `chmod 600 {path}`", file=sys.stderr)
+
+
+def _scrub(text: str, credentials: Credentials) -> str:
+    for secret in credentials.secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+class _ScrubbingStream(io.TextIOBase):
+    """Forwards what the package prints, with credentials blanked out."""
+
+    def __init__(self, stream, credentials: Credentials) -> None:
+        self._stream, self._credentials = stream, credentials
+
+    def write(self, text: str) -> int:
+        self._stream.write(_scrub(text, self._credentials))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
+@contextlib.contextmanager
+def _kaggle_call(credentials: Credentials, what: str, competition: Competition | None = None):
+    """Run package code with scrubbed output; turn its exceptions into KaggleError with an actionable message."""
+    import requests  # a dependency of kaggle; its exceptions are what the package raises
+
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ScrubbingStream(out, credentials), _ScrubbingStream(err, credentials)
+    try:
+        yield
+    except requests.HTTPError as error:
+        code = error.response.status_code if error.response is not None else None
+        detail = _scrub(str(error), credentials)
+        if code == 401:
+            raise KaggleError(
+                f"{what}: Kaggle rejected the credentials from {credentials.source} (HTTP 401). The key may be revoked "
+                f"or mistyped: create a new one at https://www.kaggle.com/settings/api and replace it ({detail})"
+            ) from None
+        if code == 403 and competition is not None:
+            raise KaggleError(
+                f"{what}: Kaggle refused access (HTTP 403); accept the rules at "
+                f"https://www.kaggle.com/competitions/{competition.kaggle_slug}/rules and try again ({detail})"
+            ) from None
+        if code == 404 and competition is not None:
+            raise KaggleError(f"{what}: Kaggle has no competition {competition.kaggle_slug!r} (HTTP 404) ({detail})") \
+                from None
+        raise KaggleError(f"{what}: Kaggle answered HTTP {code} ({detail})") from None
+    except requests.RequestException as error:
+        detail = _scrub(str(error), credentials)
+        raise KaggleError(f"{what}: could not reach Kaggle ({detail}); check the network and try again") from None
+    except KaggleError:
+        raise
+    except Exception as error:  # anything else the package raises: its text may quote a credential
+        raise KaggleError(f"{what}: {type(error).__name__}: {_scrub(str(error), credentials)}") from None
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def kaggle_api():
+    """(authenticated KaggleApi, Credentials); the one place `kaggle` is imported."""
+    credentials = find_credentials()
+    with _kaggle_call(credentials, "signing in to Kaggle"):
+        import kaggle  # authenticates on import
+
+        api = kaggle.api
+        if not api._authenticated:  # the package swallows its own failure at import time; try again loudly
+            try:
+                api.authenticate()
+            except SystemExit:
+                raise KaggleError(f"Kaggle did not accept the credentials from {credentials.source}.\n{SETUP_STEPS}") \
+                    from None
+    return api, credentials
+
+
+def _slug(competition: Competition) -> str:
+    if not competition.kaggle_slug:
+        raise ValueError(f"competition {competition.name!r} is not a Kaggle competition (its plugin has no kaggle_slug)")
+    return competition.kaggle_slug
+
+
+# ---- download ---------------------------------------------------------------------------------------
+def download_competition(name: str, data_dir: Path, limits: Limits = Limits()) -> ExtractSummary | None:
+    """Download the competition's files, extract them with guards into `data_dir`, check the layout.
+
+    Returns None when `data_dir` already holds a complete layout (nothing downloaded).
+    """
+    competition = get_competition(name)
+    slug = _slug(competition)
+    data_dir = Path(data_dir)
+    if data_dir.is_dir() and any(data_dir.iterdir()):
+        try:
+            competition.check_layout(data_dir)
+        except ValueError as error:
+            raise ValueError(f"{data_dir} already has files but not a complete layout ({error}); "
+                             f"move it away and run the download again") from None
+        print(f"{data_dir} already holds the {name} data; nothing to download")
+        return None
+    api, credentials = kaggle_api()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=data_dir.parent) as tmp:
+        print(f"downloading {slug} from Kaggle ...", flush=True)
+        with _kaggle_call(credentials, f"downloading {slug}", competition):
+            api.competition_download_files(slug, path=tmp, force=True, quiet=False)
+        archives = sorted(Path(tmp).iterdir())
+        if len(archives) != 1 or archives[0].suffix != ".zip":
+            raise KaggleError(f"expected one zip archive from Kaggle, got {[p.name for p in archives]}")
+        print(f"downloaded {archives[0].name} ({archives[0].stat().st_size / 1e6:.1f} MB)", flush=True)
+        summary = extract_archive(archives[0], data_dir, limits)
+    left = f"; archives in other formats left as they are: {', '.join(summary.not_extracted)} " \
+           f"(extract them in {data_dir} with `7z x FILE` or `tar xf FILE`)" if summary.not_extracted else ""
+    try:
+        competition.check_layout(data_dir)
+    except ValueError as error:
+        raise ValueError(f"downloaded and extracted into {data_dir}, but the layout is incomplete: {error}{left}") from None
+    print(f"{data_dir}: layout of {name} complete{left}")
+    return summary
+
+
+# ---- submit -----------------------------------------------------------------------------------------
+def submission_message(run_id: str, sha256: str, message: str) -> str:
+    """The Kaggle description: run id and the file's full sha256, so scores can be matched back to runs."""
+    return " ".join(part for part in (f"run={run_id}", f"sha256={sha256}", message.strip()) if part)
+
+
+def parse_message(description: str | None) -> dict:
+    """{'run': ..., 'sha256': ...} from a description written by `submission_message` (empty when not ours)."""
+    return dict(_MESSAGE_KEYS.findall(description or ""))
+
+
+def upload_run_submission(competition: str, csv_path: Path, data_dir: Path, run_id: str, message: str,
+                          ledger_path: Path | None, poll_timeout_s: float = 600, poll_start_s: float = 5) -> dict:
+    """Validate `csv_path`, upload it, wait (with back-off) for its score and record it in the ledger.
+
+    An invalid CSV raises before Kaggle is contacted. A failed upload, or a submission Kaggle cannot score
+    (recorded as ERROR), is a KaggleError. Running out of `poll_timeout_s` is not an error: the status so
+    far is recorded and `scores` picks it up later.
+    """
+    from pipeline.submission import load_submission
+
+    plugin = get_competition(competition)
+    slug = _slug(plugin)
+    csv_path = Path(csv_path)
+    load_submission(csv_path, plugin, Path(data_dir))
+    sha256 = sha256_of(csv_path)
+    description = submission_message(run_id, sha256, message)
+    ledger = _open_ledger(ledger_path)  # a broken ledger fails before anything is uploaded
+    api, credentials = kaggle_api()
+    print(f"uploading {csv_path} to {slug} ...", flush=True)
+    with _kaggle_call(credentials, f"submitting {csv_path.name} to {slug}", plugin):
+        response = api.competition_submit(str(csv_path), description, slug, quiet=True)
+    text = _scrub(str(getattr(response, "message", "") or ""), credentials)
+    if text.startswith(api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE):
+        raise KaggleError(f"uploading {csv_path} to {slug} failed: {text}; nothing was submitted, try again later")
+    print(f"Kaggle: {text}", flush=True)
+    ref = str(response.ref) if getattr(response, "ref", 0) else None
+    if ledger is not None and ref is not None:  # recorded before waiting: an interrupted wait loses nothing
+        ledger.add_submission(run_id, sha256, ref, description, PENDING, None, None)
+    found = _wait_for_score(api, credentials, plugin, sha256, ref, poll_timeout_s, poll_start_s)
+    result = {"ref": found["ref"], "status": found["status"], "public_score": found["public_score"],
+              "private_score": found["private_score"], "run_id": run_id, "sha256": sha256, "message": description}
+    if ledger is not None and ref is None:
+        ledger.add_submission(run_id, sha256, result["ref"], description, result["status"], result["public_score"],
+                              result["private_score"])
+    elif ledger is not None:
+        ledger.update_submission(ref, result["status"], result["public_score"], result["private_score"])
+    if result["status"] == ERROR:
+        raise KaggleError(f"Kaggle could not score submission {result['ref']}: {found['error'] or 'no reason given'}")
+    if result["status"] == COMPLETE:
+        print(f"scored: public {result['public_score']}, private {result['private_score']}")
+    else:
+        print(f"not scored after {poll_timeout_s:.0f}s (status {result['status']}); `make scores` fetches the score later")
+    return result
+
+
+def _wait_for_score(api, credentials: Credentials, plugin: Competition, sha256: str, ref: str | None, timeout_s: float,
+                    first_wait_s: float) -> dict:
+    """Poll the submission list with exponential back-off until ours is COMPLETE or ERROR, or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    wait = max(first_wait_s, 0.01)
+    while True:
+        with _kaggle_call(credentials, "checking the submission's status", plugin):
+            rows = [_row(s) for s in api.competition_submissions(plugin.kaggle_slug) or [] if s is not None]
+        # by ref when Kaggle returned one; else the newest (lists come newest first) with our sha256
+        ours = [r for r in rows if (r["ref"] == ref if ref else parse_message(r["description"]).get("sha256") == sha256)]
+        status = ours[0]["status"] if ours else PENDING
+        if status in (COMPLETE, ERROR) or time.monotonic() + wait > deadline:
+            return ours[0] if ours else {"ref": ref, "status": PENDING, "public_score": None, "private_score": None,
+                                         "error": None}
+        print(f"status {status}; next check in {wait:.3g}s", flush=True)
+        time.sleep(wait)
+        wait = min(wait * 2, 120.0)
+
+
+def _row(submission) -> dict:
+    status = getattr(submission.status, "name", str(submission.status))
+    return {"ref": str(submission.ref), "status": status, "description": submission.description or "",
+            "public_score": _score(submission.public_score), "private_score": _score(submission.private_score),
+            "date": submission.date.isoformat(timespec="seconds") if submission.date else "",
+            "error": submission.error_description}
+
+
+def _score(value: str | None) -> float | None:
+    """Kaggle sends scores as optional strings; '' or None means not scored."""
+    return float(value) if value not in (None, "") else None
+
+
+def _open_ledger(ledger_path: Path | None):
+    if ledger_path is None:
+        return None
+    from pipeline.ledger import Ledger
+
+    return Ledger(Path(ledger_path))
+
+
+# ---- scores -----------------------------------------------------------------------------------------
+def sync_scores(competition: str, ledger_path: Path | None, page_size: int = 100, max_pages: int = 50) -> list[dict]:
+    """Fetch every submission of the competition, match each to its run by sha256, store the scores; print a table."""
+    import pandas as pd
+
+    plugin = get_competition(competition)
+    slug = _slug(plugin)
+    ledger = _open_ledger(ledger_path)  # a broken ledger fails before Kaggle is contacted
+    api, credentials = kaggle_api()
+    rows: list[dict] = []
+    for page in range(1, max_pages + 1):
+        with _kaggle_call(credentials, f"listing submissions of {slug}", plugin):
+            batch = api.competition_submissions(slug, page_number=page, page_size=page_size) or []
+        batch = [s for s in batch if s is not None]
+        rows += [_row(s) for s in batch]
+        if len(batch) < page_size:
+            break
+    for row in rows:
+        row["description"] = _scrub(row["description"], credentials)
+        row["sha256"] = parse_message(row["description"]).get("sha256")
+        row["run_id"] = ledger.run_for_sha256(row["sha256"]) if ledger is not None and row["sha256"] else None
+        if ledger is not None and row["sha256"]:  # an upsert on ref: syncing twice is harmless
+            ledger.add_submission(row["run_id"], row["sha256"], row["ref"], row["description"], row["status"],
+                                  row["public_score"], row["private_score"])
+    if not rows:
+        print(f"no submissions to {slug} yet")
+        return rows
+    table = pd.DataFrame(rows)[["ref", "date", "status", "public_score", "private_score", "run_id", "description"]]
+    print(table.to_string(index=False, na_rep="-", max_colwidth=60))
+    unmatched = sum(1 for r in rows if not r["sha256"])
+    if unmatched:
+        print(f"{unmatched} submissions carry no sha256 in their description (not made by this pipeline): shown, not stored")
+    return rows

@@ -1,0 +1,436 @@
+"""The run ledger: one SQLite file recording every run and every Kaggle submission, so runs stay comparable.
+
+Each write is one short `BEGIN IMMEDIATE` transaction on a fresh connection with a busy timeout, so several
+processes (a sweep, a submit, a score sync) can write the same file at once. The schema carries its version
+in `schema_version` and older files are migrated in order on open. A file that is not a ledger is never
+touched: opening it is a ValueError saying how to fix it.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import platform
+import re
+import sqlite3
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import REPO_ROOT
+from pipeline.files import sha256_of
+
+BUSY_TIMEOUT_S = 60.0
+SQLITE_HEADER = b"SQLite format 3\x00"
+# Distributions whose versions are recorded with every run (read from package metadata: nothing is imported).
+DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "scikit-learn", "scipy",
+                 "pillow", "matplotlib", "kaggle")
+STATUSES = ("running", "done", "failed")
+LEADERBOARD_COLUMNS = {("teacher", "public"): "lb_teacher_public", ("teacher", "private"): "lb_teacher_private",
+                       ("student", "public"): "lb_student_public", ("student", "private"): "lb_student_private"}
+_SECRET_KEY = re.compile(r"(^|[_\-.])(key|token|secret|password|credentials?)($|[_\-.])", re.IGNORECASE)
+
+# Ordered migrations: MIGRATIONS[i] brings a file from schema version i to i + 1. Never edit a released
+# step; append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # v1: runs and Kaggle submissions
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            competition TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            git_commit TEXT,
+            git_dirty INTEGER,
+            data_fingerprint TEXT,
+            config_json TEXT NOT NULL,
+            seed INTEGER,
+            versions_json TEXT,
+            metric TEXT,
+            greater_is_better INTEGER,
+            holdout_teacher REAL,
+            holdout_student REAL,
+            pseudo_json TEXT,
+            submission_path TEXT,
+            submission_sha256 TEXT,
+            wall_time_s REAL,
+            error TEXT,
+            metrics_json TEXT)""",
+        """CREATE TABLE submissions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT,
+            sha256 TEXT NOT NULL,
+            ref TEXT UNIQUE,
+            message TEXT,
+            status TEXT,
+            public_score REAL,
+            private_score REAL,
+            submitted_at TEXT NOT NULL,
+            synced_at TEXT)""",
+        "CREATE INDEX runs_by_competition ON runs (competition, started_at)",
+    ),
+    (  # v2: local leaderboard scores and the shift summary; backfill scores from stored metrics
+        "ALTER TABLE runs ADD COLUMN lb_teacher_public REAL",
+        "ALTER TABLE runs ADD COLUMN lb_teacher_private REAL",
+        "ALTER TABLE runs ADD COLUMN lb_student_public REAL",
+        "ALTER TABLE runs ADD COLUMN lb_student_private REAL",
+        "ALTER TABLE runs ADD COLUMN shift_json TEXT",
+        *(f"UPDATE runs SET {column} = json_extract(metrics_json, '$.leaderboard.{who}.{group}') "
+          "WHERE metrics_json IS NOT NULL AND json_valid(metrics_json)"
+          for (who, group), column in LEADERBOARD_COLUMNS.items()),
+        "CREATE INDEX submissions_by_sha256 ON submissions (sha256)",
+        "CREATE INDEX submissions_by_run ON submissions (run_id)",
+    ),
+    (  # v3: the cached bootstrap interval of the public gain over the teacher (see pipeline/compare.py)
+        "ALTER TABLE runs ADD COLUMN public_gain_json TEXT",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Ledger:
+    """Runs and Kaggle submissions in one SQLite file; created or migrated when opened."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._check_is_sqlite()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._transaction() as db:
+            self._migrate(db)
+
+    # ---- runs ------------------------------------------------------------------------------------
+    def start_run(self, run_id: str, competition: str, config: dict, data_fingerprint: str | None, seed: int) -> None:
+        """Record a run as `running`, with the code version (git) and library versions of this process.
+
+        Call it before anything can fail (the data fingerprint may be None then: finish_run takes it from
+        the metrics), so that every failure is recorded by fail_run."""
+        commit, dirty = git_state(REPO_ROOT)
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+                raise ValueError(f"ledger {self.path}: run {run_id!r} is already recorded; give each run a new id")
+            db.execute(
+                "INSERT INTO runs (run_id, competition, status, started_at, git_commit, git_dirty, data_fingerprint,"
+                " config_json, seed, versions_json) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, competition, _now(), commit, None if dirty is None else int(dirty), data_fingerprint,
+                 _json(redact(config)), int(seed), _json(library_versions())),
+            )
+
+    def finish_run(self, run_id: str, metrics: dict, submission_path: Path, wall_time_s: float) -> None:
+        """Mark a run `done` with its metrics.json content and the sha256 of the submission written."""
+        submission_path = Path(submission_path)
+        if not submission_path.is_file():
+            raise ValueError(f"run {run_id}: submission {submission_path} does not exist; finish_run needs the written CSV")
+        sha256 = sha256_of(submission_path)
+        board = metrics.get("leaderboard") or {}
+        scores = {column: _float((board.get(who) or {}).get(group)) for (who, group), column in LEADERBOARD_COLUMNS.items()}
+        holdout = metrics.get("holdout") or {}
+        with self._transaction() as db:
+            row = self._require_run(db, run_id)
+            if metrics.get("competition") not in (None, row["competition"]):
+                raise ValueError(f"run {run_id}: metrics are for {metrics['competition']!r} but the run was "
+                                 f"started for {row['competition']!r}")
+            versions = {**(json.loads(row["versions_json"]) if row["versions_json"] else {}),
+                        **(metrics.get("versions") or {})}
+            _update(db, run_id, {
+                "status": "done", "finished_at": _now(), "metric": metrics.get("metric"),
+                "data_fingerprint": metrics.get("data_fingerprint") or row["data_fingerprint"],
+                "greater_is_better": _bool(metrics.get("greater_is_better")),
+                "holdout_teacher": _float(holdout.get("teacher")), "holdout_student": _float(holdout.get("student")),
+                "pseudo_json": _json(metrics.get("pseudo")), "submission_path": str(submission_path.resolve()),
+                "submission_sha256": sha256, "wall_time_s": float(wall_time_s), "metrics_json": _json(redact(metrics)),
+                "versions_json": _json(versions), "error": None, **scores,
+            })
+
+    def fail_run(self, run_id: str, error: str) -> None:
+        """Mark a run `failed` with its error text (e.g. the traceback); the wall time is measured from the start."""
+        with self._transaction() as db:
+            row = self._require_run(db, run_id)
+            finished = datetime.now(timezone.utc)
+            started = datetime.fromisoformat(row["started_at"])
+            _update(db, run_id, {"status": "failed", "finished_at": finished.isoformat(timespec="seconds"),
+                                 "error": str(error), "wall_time_s": (finished - started).total_seconds()})
+
+    def record_shift(self, run_id: str, summary: dict) -> None:
+        """Store the distribution-shift summary of a run."""
+        with self._transaction() as db:
+            self._require_run(db, run_id)
+            _update(db, run_id, {"shift_json": _json(summary)})
+
+    def set_leaderboard(self, run_id: str, scores: dict) -> None:
+        """Store local leaderboard scores {teacher: {public, private}, student: {public, private}} of a run."""
+        values = {column: _float((scores.get(who) or {}).get(group))
+                  for (who, group), column in LEADERBOARD_COLUMNS.items()}
+        with self._transaction() as db:
+            self._require_run(db, run_id)
+            _update(db, run_id, {k: v for k, v in values.items() if v is not None})
+
+    def set_public_gain(self, run_id: str, result: dict) -> None:
+        """Cache the bootstrap interval of a run's public gain over its teacher (with the inputs it depends on)."""
+        with self._transaction() as db:
+            self._require_run(db, run_id)
+            _update(db, run_id, {"public_gain_json": _json(result)})
+
+    # ---- Kaggle submissions ----------------------------------------------------------------------
+    def add_submission(self, run_id: str | None, sha256: str, ref: str | None, message: str, status: str,
+                       public_score: float | None, private_score: float | None) -> None:
+        """Record a Kaggle submission; a `ref` already recorded is updated instead (syncing twice is harmless)."""
+        now = _now()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO submissions (run_id, sha256, ref, message, status, public_score, private_score,"
+                " submitted_at, synced_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(ref) DO UPDATE SET run_id = coalesce(excluded.run_id, run_id),"
+                " status = excluded.status, public_score = excluded.public_score,"
+                " private_score = excluded.private_score, synced_at = excluded.synced_at",
+                (run_id, sha256, ref, message, status, _float(public_score), _float(private_score), now, now),
+            )
+
+    def update_submission(self, ref: str, status: str, public_score: float | None,
+                          private_score: float | None) -> bool:
+        """Update a submission's status and scores from Kaggle; False when no submission has this ref."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE submissions SET status = ?, public_score = ?, private_score = ?, synced_at = ? WHERE ref = ?",
+                (status, _float(public_score), _float(private_score), _now(), ref),
+            )
+            return cursor.rowcount > 0
+
+    def run_for_sha256(self, sha256: str) -> str | None:
+        """The latest run whose submission file has this sha256 (how a Kaggle submission finds its run)."""
+        with self._read() as db:
+            row = db.execute("SELECT run_id FROM runs WHERE submission_sha256 = ? ORDER BY started_at DESC, rowid DESC",
+                             (sha256,)).fetchone()
+        return row["run_id"] if row else None
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def runs(self, competition: str | None = None) -> pd.DataFrame:
+        """One row per run (oldest first) with flat columns for tables: scores, settings, status, latest Kaggle scores."""
+        where, params = ("WHERE competition = ?", (competition,)) if competition else ("", ())
+        with self._read() as db:
+            rows = [dict(r) for r in db.execute(f"SELECT * FROM runs {where} ORDER BY started_at, rowid", params)]
+            kaggle = _latest_kaggle_scores(db)
+        columns = ["run_id", "competition", "status", "started_at", "finished_at", "wall_time_s", "metric",
+                   "greater_is_better", "pseudo_ratio", "pseudo_groups", "pseudo_labels", "pseudo_selected",
+                   "holdout_teacher", "holdout_student", *LEADERBOARD_COLUMNS.values(), "kaggle_public",
+                   "kaggle_private", "seed", "data_fingerprint", "git_commit", "git_dirty", "submission_path",
+                   "submission_sha256", "error"]
+        table = []
+        for row in rows:
+            config = json.loads(row["config_json"])
+            pseudo = json.loads(row["pseudo_json"]) if row["pseudo_json"] else {}
+            groups = config.get("pseudo_groups")
+            public, private = kaggle.get(row["run_id"], (None, None))
+            table.append({
+                **{k: row[k] for k in columns if k in row},
+                "greater_is_better": None if row["greater_is_better"] is None else bool(row["greater_is_better"]),
+                "git_dirty": None if row["git_dirty"] is None else bool(row["git_dirty"]),
+                "pseudo_ratio": config.get("pseudo_ratio"),
+                "pseudo_groups": ",".join(groups) if isinstance(groups, (list, tuple)) else groups,
+                "pseudo_labels": config.get("pseudo_labels"),
+                "pseudo_selected": pseudo.get("selected"),
+                "kaggle_public": public, "kaggle_private": private,
+            })
+        frame = pd.DataFrame(table, columns=columns)
+        numeric = ["wall_time_s", "pseudo_ratio", "pseudo_selected", "holdout_teacher", "holdout_student",
+                   *LEADERBOARD_COLUMNS.values(), "kaggle_public", "kaggle_private"]
+        frame[numeric] = frame[numeric].astype(float)
+        return frame
+
+    def run(self, run_id: str) -> dict:
+        """Everything recorded about one run (JSON decoded) and its Kaggle submissions; a unique id prefix works."""
+        with self._read() as db:
+            matches = [r["run_id"] for r in db.execute(
+                "SELECT run_id FROM runs WHERE run_id = ? OR substr(run_id, 1, length(?)) = ? ORDER BY run_id",
+                (run_id, run_id, run_id))]
+            if run_id in matches:
+                matches = [run_id]
+            if len(matches) != 1:
+                hint = (f"it matches {', '.join(matches[:5])}; give more of the id" if matches
+                        else "`python -m pipeline runs list` shows the recorded runs")
+                raise ValueError(f"ledger {self.path}: no single run {run_id!r}: {hint}")
+            row = dict(db.execute("SELECT * FROM runs WHERE run_id = ?", (matches[0],)).fetchone())
+            submissions = [dict(r) for r in db.execute(
+                "SELECT * FROM submissions WHERE run_id = ? OR sha256 = ? ORDER BY id", (matches[0], row["submission_sha256"]))]
+        record = {}
+        for key, value in row.items():
+            if key.endswith("_json"):
+                record[key[: -len("_json")]] = json.loads(value) if value else None
+            elif key in ("git_dirty", "greater_is_better"):
+                record[key] = None if value is None else bool(value)
+            else:
+                record[key] = value
+        record["submissions"] = submissions
+        return record
+
+    def schema_version(self) -> int:
+        with self._read() as db:
+            return _version(db)
+
+    # ---- plumbing --------------------------------------------------------------------------------
+    def _check_is_sqlite(self) -> None:
+        """Refuse, before SQLite opens it, a file that is not an SQLite database (SQLite would fail later)."""
+        if self.path.is_dir():
+            raise ValueError(f"ledger path {self.path} is a folder; pass a file path such as {self.path / 'ledger.sqlite'}")
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as handle:
+                if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                    raise self._corrupt("it does not start with the SQLite header")
+
+    def _corrupt(self, why: str) -> ValueError:
+        return ValueError(
+            f"ledger {self.path} is not a readable run ledger ({why}); it was left untouched. Move it aside "
+            f"(mv {self.path} {self.path}.broken) to start a new ledger, or pass another ledger path")
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.OperationalError as error:
+            raise ValueError(f"cannot open ledger {self.path}: {error}; check the folder exists and is writable") from error
+        db.row_factory = sqlite3.Row
+        return db
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: the write lock is taken up front so a busy file waits instead of deadlocking."""
+        with self._errors(), contextlib.closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:  # SQLite may already have rolled back (e.g. on a corrupt page)
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several SELECTs."""
+        with self._errors(), contextlib.closing(self._connect()) as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as error:
+            message = str(error)
+            if "not a database" in message or "malformed" in message:
+                raise self._corrupt(f"SQLite says: {message}") from error
+            raise
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        tables = {r["name"] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "schema_version" not in tables:
+            if tables - {"sqlite_sequence"}:
+                raise ValueError(f"{self.path} is an SQLite database but not a run ledger (it has tables "
+                                 f"{', '.join(sorted(tables))} and no schema_version); pass another ledger path")
+            db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        current = _version(db)
+        if current > SCHEMA_VERSION:
+            raise ValueError(f"ledger {self.path} has schema version {current}, newer than this code's "
+                             f"{SCHEMA_VERSION}; update the pipeline or pass another ledger path")
+        for version in range(current, SCHEMA_VERSION):
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version + 1, _now()))
+
+    def _require_run(self, db: sqlite3.Connection, run_id: str) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise ValueError(f"ledger {self.path}: run {run_id!r} was never started (call start_run first)")
+        return row
+
+
+def git_state(repo: Path) -> tuple[str | None, bool | None]:
+    """(HEAD commit, whether tracked files differ from it); (None, None) without git or without a commit."""
+    def git(*args: str) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    head = git("rev-parse", "--verify", "HEAD")
+    if head is None or head.returncode != 0:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    dirty = None if status is None or status.returncode != 0 else bool(status.stdout.strip())
+    return head.stdout.strip(), dirty
+
+
+def library_versions() -> dict:
+    """Python and installed library versions, from package metadata (TensorFlow is not imported)."""
+    versions = {"python": platform.python_version()}
+    for name in DISTRIBUTIONS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def redact(value: object) -> object:
+    """A copy with the values of credential-like keys (…_key, token, password…) replaced: never store secrets."""
+    if isinstance(value, dict):
+        return {k: "<redacted>" if isinstance(k, str) and _SECRET_KEY.search(k) else redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
+
+
+def _latest_kaggle_scores(db: sqlite3.Connection) -> dict[str, tuple[float | None, float | None]]:
+    """run_id -> (public, private) of its most recently synced submission that has a score."""
+    scores: dict[str, tuple[float | None, float | None]] = {}
+    for row in db.execute(
+            "SELECT coalesce(s.run_id, r.run_id) AS run_id, s.public_score, s.private_score FROM submissions s"
+            " LEFT JOIN runs r ON s.run_id IS NULL AND r.submission_sha256 = s.sha256"
+            " WHERE s.public_score IS NOT NULL OR s.private_score IS NOT NULL"
+            " ORDER BY coalesce(s.synced_at, s.submitted_at), s.id"):
+        if row["run_id"] is not None:
+            scores[row["run_id"]] = (row["public_score"], row["private_score"])
+    return scores
+
+
+def _update(db: sqlite3.Connection, run_id: str, values: dict) -> None:
+    if values:
+        db.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE run_id = ?", (*values.values(), run_id))
+
+
+def _version(db: sqlite3.Connection) -> int:
+    return db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _json(value: object) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, default=_plain)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"cannot store {type(value).__name__} {value!r} in the ledger as JSON")
+
+
+def _float(value: object) -> float | None:
+    return None if value is None else float(value)
+
+
+def _bool(value: object) -> int | None:
+    return None if value is None else int(bool(value))
