@@ -1,2 +1,2 @@
 """Competition plugins; importing this package registers every one of them."""
-from competitions import fisheries, imagefolder  # noqa: F401
+from competitions import amazon, fisheries, imagefolder  # noqa: F401

@@ -43,7 +43,7 @@ class RunConfig:
     runs_dir: str = str(SUBMISSIONS_DIR)
     cache_dir: str = str(CACHE_DIR)
     ledger: str | None = str(LEDGER_PATH)  # None = do not record
-    extra: dict = field(default_factory=dict)  # plugin-specific settings, recorded with the run
+    plugin_options: dict = field(default_factory=dict)  # plugin-specific settings (--option KEY=VALUE)
 
     def __post_init__(self) -> None:
         _in_range("--pseudo-ratio", self.pseudo_ratio, 0.0, 0.9, "0 means teacher only; 0.25-0.33 is the usual share")

@@ -6,6 +6,7 @@ that. Plugins live in `competitions/` and register themselves on import with `@r
 from __future__ import annotations
 
 import abc
+import inspect
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -109,12 +110,19 @@ def list_competitions() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_competition(name: str, metric: str | None = None) -> Competition:
-    """The plugin called `name`; an unknown name lists the valid ones."""
+def get_competition(name: str, metric: str | None = None, options: dict[str, str] | None = None) -> Competition:
+    """The plugin called `name`, with plugin-specific `options` (keyword arguments of its constructor).
+
+    An unknown name lists the valid ones; an unknown option lists the plugin's options."""
     _load_plugins()
     if name not in _REGISTRY:
         raise ValueError(f"unknown competition {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](metric=metric)
+    plugin = _REGISTRY[name]
+    accepted = [p for p in inspect.signature(plugin.__init__).parameters if p not in ("self", "metric")]
+    unknown = sorted(set(options or {}) - set(accepted))
+    if unknown:
+        raise ValueError(f"{name} has no option {', '.join(unknown)}; its options: {', '.join(accepted) or 'none'}")
+    return plugin(metric=metric, **(options or {}))
 
 
 def _load_plugins() -> None:

@@ -51,7 +51,7 @@ class Items:
 def run_pipeline(cfg: RunConfig) -> RunResult:
     """Run everything for one config and write the run folder; the ledger records success or failure."""
     started = time.perf_counter()
-    competition = get_competition(cfg.competition, cfg.metric)
+    competition = get_competition(cfg.competition, cfg.metric, cfg.plugin_options)
     data_dir = Path(cfg.data)
     competition.check_layout(data_dir)
     run_id = _run_id(cfg)

@@ -103,3 +103,14 @@ def test_imagefolder_ids_are_paths_relative_to_test(tmp_path):
     test = folder.test_items(tmp_path)
     assert dict(zip(test["id"], test["group"])) == {"loose.png": "public", "private/2.png": "private"}
     assert folder.class_names(tmp_path) == ["cat", "dog"]
+
+
+def test_plugin_options_reach_the_plugin_and_unknown_ones_are_named(samples):
+    with pytest.raises(ValueError, match="public_folder"):
+        get_competition("amazon", options={"public_folders": "test-jpg"})
+    with pytest.raises(ValueError, match="none"):
+        get_competition("fisheries", options={"stage": "2"})
+    data = samples["amazon"] / "data"
+    default = get_competition("amazon").test_items(data)
+    swapped = get_competition("amazon", options={"public_folder": "test-jpg-additional"}).test_items(data)
+    assert (default["group"] != swapped.set_index("id").loc[default["id"], "group"].to_numpy()).all()

@@ -14,6 +14,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="the competition's data folder (Kaggle layout)")
     parser.add_argument("--solution", help="Kaggle-format solution.csv (Usage column): print public/private scores")
     parser.add_argument("--metric", help="the competition's metric when it has several (imagefolder: logloss|accuracy)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a plugin setting, e.g. --option public_folder=test-jpg-additional (amazon)")
     parser.add_argument("--backbone", default=d.backbone, help="small-cnn or a keras.applications name, e.g. MobileNetV2")
     parser.add_argument("--weights", default=d.weights, help="imagenet | none | PATH to a .weights.h5 file (pretrained backbones)")
     parser.add_argument("--fine-tune", action="store_true", help="train a pretrained backbone too, instead of caching its features")
@@ -49,7 +51,17 @@ def config_from_args(args: argparse.Namespace, **overrides) -> RunConfig:
         ledger=None if args.no_ledger else RunConfig(competition="", data="").ledger,
     )
     values.update(overrides)
-    return RunConfig(**values)
+    return RunConfig(**values, plugin_options=parse_options(args.option))
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {pair!r} must look like KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options
 
 
 def register(subparsers) -> None:

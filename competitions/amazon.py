@@ -1,0 +1,338 @@
+"""Planet: Understanding the Amazon from Space (Kaggle 2017): 17 tags per satellite tile, mean F2.
+
+Layout under DATA (as Kaggle ships it):
+    train_v2.csv                 image_name,tags   (tags space separated; image_name without .jpg)
+    train-jpg/<image_name>.jpg
+    test-jpg/test_N.jpg          public leaderboard (by default; see `Amazon.public_folder`)
+    test-jpg-additional/file_N.jpg   private leaderboard
+    sample_submission_v2.csv     image_name,tags: the ids (and order) a submission must contain
+
+The submission is `image_name,tags`. Probabilities become tags through per-tag thresholds tuned on the
+holdout (coordinate search from 0.2, the known recipe), then exactly one weather tag per image.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PureWindowsPath
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import fbeta_score
+
+from pipeline.registry import Competition, register
+
+TAGS: tuple[str, ...] = tuple(sorted((
+    "agriculture", "artisinal_mine", "bare_ground", "blooming", "blow_down", "clear", "cloudy",
+    "conventional_mine", "cultivation", "habitation", "haze", "partly_cloudy", "primary", "road",
+    "selective_logging", "slash_burn", "water",
+)))
+WEATHER: tuple[str, ...] = ("clear", "cloudy", "haze", "partly_cloudy")  # exactly one per image
+TRAIN_CSV = "train_v2.csv"
+SAMPLE_SUBMISSION = "sample_submission_v2.csv"
+TRAIN_DIR = "train-jpg"
+TEST_DIRS = ("test-jpg", "test-jpg-additional")
+START_THRESHOLD = 0.2
+WEATHER_THRESHOLD = 0.5  # weather is decided by the rule; this only feeds pseudo-label confidence
+THRESHOLD_GRID = np.round(np.arange(0.02, 0.981, 0.02), 2)  # contains START_THRESHOLD
+_GET_DATA = "run `make data COMP=amazon` (Kaggle download) or `make demo COMP=amazon` (bundled sample)"
+
+
+@register
+class Amazon(Competition):
+    """Multi-label plugin: sigmoid heads, 0/1 targets in `TAGS` order, submissions `image_name,tags`.
+
+    `public_folder` says which test folder counts for the public leaderboard (the other one is private).
+    Kaggle never published it; the usual reading is test-jpg = public, test-jpg-additional = private, the
+    default here. Change it with `Amazon(public_folder="test-jpg-additional")` or the class attribute.
+    """
+
+    name = "amazon"
+    multi_label = True
+    metrics = ("f2",)
+    kaggle_slug = "planet-understanding-the-amazon-from-space"
+    public_folder: ClassVar[str] = "test-jpg"
+    threshold_sweeps: ClassVar[int] = 3
+
+    def __init__(self, metric: str | None = None, public_folder: str | None = None) -> None:
+        super().__init__(metric)
+        folder = public_folder or type(self).public_folder
+        if folder not in TEST_DIRS:
+            raise ValueError(f"public_folder must be one of {TEST_DIRS}, got {folder!r}")
+        self.public_folder = folder
+
+    # ---- data ------------------------------------------------------------------------------------
+    def check_layout(self, data_dir: Path) -> None:
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise ValueError(f"data folder {data_dir} does not exist; {_GET_DATA}")
+        for name, want_dir in ((TRAIN_CSV, False), (SAMPLE_SUBMISSION, False), (TRAIN_DIR, True),
+                               *((d, True) for d in TEST_DIRS)):
+            path = data_dir / name
+            ok = path.is_dir() if want_dir else path.is_file()
+            if not ok:
+                kind = "folder" if want_dir else "file"
+                raise ValueError(f"{path} is missing (expected the Amazon {kind} {name!r} under {data_dir}); {_GET_DATA}")
+
+    def class_names(self, data_dir: Path) -> list[str]:
+        return list(TAGS)
+
+    def train_items(self, data_dir: Path) -> pd.DataFrame:
+        data_dir = Path(data_dir)
+        self.check_layout(data_dir)
+        csv_path = data_dir / TRAIN_CSV
+        table = _read_id_csv(csv_path, ("image_name", "tags"))
+        image_dir = data_dir / TRAIN_DIR
+        present = _jpg_stems(image_dir)
+        paths, labels = [], []
+        for row, (image_name, tags) in enumerate(zip(table["image_name"], table["tags"])):
+            where = f"{csv_path} line {row + 2} (image_name {image_name!r})"
+            names = _parse_tags(tags, where)
+            if not names:
+                raise ValueError(f"{where} has no tags; every image needs at least its weather tag "
+                                 f"({', '.join(WEATHER)}): add its tags or delete the row")
+            if image_name not in present:
+                raise ValueError(f"{where}: no image {image_dir / (image_name + '.jpg')}; "
+                                 f"add the file or delete the row")
+            paths.append(str((image_dir / f"{image_name}.jpg").resolve()))
+            labels.append(names)
+        return pd.DataFrame({"path": paths, "labels": labels})
+
+    def test_items(self, data_dir: Path) -> pd.DataFrame:
+        data_dir = Path(data_dir)
+        self.check_layout(data_dir)
+        rows = []
+        for folder in TEST_DIRS:
+            group = "public" if folder == self.public_folder else "private"
+            for stem in sorted(_jpg_stems(data_dir / folder, strict=True), key=_natural_key):
+                rows.append((str((data_dir / folder / f"{stem}.jpg").resolve()), stem, group))
+        items = pd.DataFrame(rows, columns=["path", "id", "group"])
+        clash = items["id"][items["id"].duplicated()]
+        if len(clash):
+            raise ValueError(f"test id {clash.iloc[0]!r} is in both {TEST_DIRS[0]} and {TEST_DIRS[1]}; ids must be unique")
+        expected = self.expected_ids(data_dir)
+        missing = sorted(set(expected) - set(items["id"]), key=_natural_key)
+        extra = sorted(set(items["id"]) - set(expected), key=_natural_key)
+        if missing or extra:
+            raise ValueError(
+                f"{data_dir / SAMPLE_SUBMISSION} and the test folders disagree: "
+                f"{len(missing)} ids have no image (first: {missing[:3]}), {len(extra)} images are not in the "
+                f"sample submission (first: {extra[:3]}); re-download with `make data COMP=amazon`"
+            )
+        return items
+
+    def expected_ids(self, data_dir: Path) -> list[str]:
+        table = _read_id_csv(Path(data_dir) / SAMPLE_SUBMISSION, ("image_name", "tags"))
+        return table["image_name"].tolist()
+
+    # ---- decision: probabilities -> tags -----------------------------------------------------------
+    def fit_decision(self, y_true: np.ndarray, y_prob: np.ndarray) -> dict:
+        """Per-tag thresholds maximising samples-F2 on the holdout, by coordinate search from 0.2.
+
+        The search scores what `decide` submits (one-weather rule included) and starts at the flat 0.2,
+        so the tuned F2 is never below the flat baseline. Weather columns are decided by the rule, so no
+        threshold can change them: theirs is 0.5 (an even chance), read only by pseudo-label selection
+        as the point where a weather tag counts as confidently on or off.
+        """
+        y_true = _binary(y_true, "y_true")
+        y_prob = _probabilities(y_prob, y_true.shape)
+        start = np.array([WEATHER_THRESHOLD if t in WEATHER else START_THRESHOLD for t in TAGS])
+        other_cols = [j for j, t in enumerate(TAGS) if t not in WEATHER]
+        thresholds = _coordinate_search(y_true, y_prob, start, other_cols, self.threshold_sweeps)
+        return {
+            "thresholds": [float(t) for t in thresholds],
+            "baseline_f2_at_0.2": self.metric(y_true, self.decide(y_prob, {"thresholds": [START_THRESHOLD] * len(TAGS)})),
+            "f2_at_0.2_without_weather_rule": self.metric(y_true, (y_prob >= START_THRESHOLD).astype(np.float32)),
+            "tuned_f2": self.metric(y_true, self.decide(y_prob, {"thresholds": thresholds})),
+        }
+
+    def decide(self, y_prob: np.ndarray, decision: dict) -> np.ndarray:
+        """0/1 tags: probability >= the tag's threshold (0.2 when none was fit), then one weather tag."""
+        y_prob = np.asarray(y_prob, dtype=np.float64)
+        thresholds = np.asarray(decision.get("thresholds", [START_THRESHOLD] * len(TAGS)), dtype=np.float64)
+        if y_prob.ndim != 2 or y_prob.shape[1] != len(TAGS) or thresholds.shape != (len(TAGS),):
+            raise ValueError(f"expected probabilities of shape (n, {len(TAGS)}) and {len(TAGS)} thresholds, "
+                             f"got {y_prob.shape} and {thresholds.shape}")
+        return _decide(y_prob, thresholds).astype(np.float32)
+
+    def metric(self, y_true: np.ndarray, y_submitted: np.ndarray) -> float:
+        """Mean F2 over images (Kaggle's metric); an image with no correct tag scores 0."""
+        y_true = _binary(y_true, "y_true")
+        y_submitted = _binary(y_submitted, "y_submitted (0/1 tags from decide(), not probabilities)")
+        if y_true.shape != y_submitted.shape:
+            raise ValueError(f"y_true {y_true.shape} and y_submitted {y_submitted.shape} differ in shape")
+        return float(fbeta_score(y_true, y_submitted, beta=2, average="samples", zero_division=0))
+
+    # ---- submission files ------------------------------------------------------------------------
+    def to_submission(self, ids: list[str], y_submitted: np.ndarray, classes: list[str]) -> pd.DataFrame:
+        _check_classes(classes)
+        y = _binary(y_submitted, "y_submitted")
+        if y.shape != (len(ids), len(classes)):
+            raise ValueError(f"{len(ids)} ids but predictions of shape {y.shape}")
+        tags = [" ".join(classes[j] for j in np.flatnonzero(row)) for row in y]
+        return pd.DataFrame({"image_name": list(ids), "tags": tags})
+
+    def from_submission(self, submission: pd.DataFrame, classes: list[str]) -> tuple[list[str], np.ndarray]:
+        _check_classes(classes)
+        _require_columns(submission, ("image_name", "tags"), "submission")
+        ids = [str(i) for i in submission["image_name"]]
+        y = np.zeros((len(ids), len(classes)), dtype=np.float32)
+        index = {name: j for j, name in enumerate(classes)}
+        for row, tags in enumerate(submission["tags"]):
+            for name in _parse_tags(tags, f"submission line {row + 2} (image_name {ids[row]!r})"):
+                y[row, index[name]] = 1.0
+        return ids, y
+
+    def from_solution(self, solution: pd.DataFrame, classes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        _check_classes(classes)
+        _require_columns(solution, ("image_name", "tags", "Usage"), "solution")
+        ids, y = self.from_submission(solution[["image_name", "tags"]], classes)
+        usage = solution["Usage"].astype(str).to_numpy()
+        bad = np.flatnonzero(~np.isin(usage, ("Public", "Private", "Ignored")))
+        if len(bad):
+            row = int(bad[0])
+            raise ValueError(f"solution line {row + 2} (image_name {ids[row]!r}): Usage {usage[row]!r} "
+                             "is not Public, Private or Ignored")
+        return ids, y, usage
+
+    # ---- bundled sample --------------------------------------------------------------------------
+    def make_sample(self, out_dir: Path, seed: int = 0, n_train: int = 800, n_public: int = 300,
+                    n_private: int = 300) -> None:
+        from competitions.samples.amazon import write_sample
+
+        write_sample(Path(out_dir), seed=seed, n_train=n_train, n_public=n_public, n_private=n_private)
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+def _decide(y_prob: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    pred = y_prob >= thresholds
+    cols = np.array([TAGS.index(t) for t in WEATHER])
+    pred[:, cols] = False
+    pred[np.arange(len(y_prob)), cols[np.argmax(y_prob[:, cols], axis=1)]] = True
+    return pred
+
+
+def _coordinate_search(y_true: np.ndarray, y_prob: np.ndarray, start: np.ndarray, cols: list[int],
+                       sweeps: int) -> np.ndarray:
+    """Move one threshold at a time to its best grid value (others fixed); stop when a sweep changes nothing.
+
+    A move needs a strict gain, and among equal scores the value nearest the current one wins, so the
+    score never goes down and empty tags do not wander.
+    """
+    thresholds = start.astype(np.float64).copy()
+    for _ in range(sweeps):
+        moved = False
+        for j in cols:
+            pred = _decide(y_prob, thresholds)
+            truth = y_true.astype(bool)
+            rest = np.ones(len(TAGS), dtype=bool)
+            rest[j] = False
+            tp = (pred[:, rest] & truth[:, rest]).sum(1)[:, None]
+            fp = (pred[:, rest] & ~truth[:, rest]).sum(1)[:, None]
+            fn = (~pred[:, rest] & truth[:, rest]).sum(1)[:, None]
+            on = y_prob[:, j, None] >= THRESHOLD_GRID[None, :]
+            pos = truth[:, j, None]
+            scores = _row_f2(tp + (on & pos), fp + (on & ~pos), fn + (~on & pos)).mean(0)
+            current = _row_f2(tp + (pred[:, j, None] & pos), fp + (pred[:, j, None] & ~pos),
+                              fn + (~pred[:, j, None] & pos)).mean()
+            best = scores.max()
+            if best > current + 1e-12:
+                ties = np.flatnonzero(scores >= best - 1e-12)
+                thresholds[j] = THRESHOLD_GRID[ties[np.argmin(np.abs(THRESHOLD_GRID[ties] - thresholds[j]))]]
+                moved = True
+        if not moved:
+            break
+    return thresholds
+
+
+def _row_f2(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """Per-image F2 from counts, as sklearn's samples average with zero_division=0 (no true positive -> 0)."""
+    denom = 5 * tp + 4 * fn + fp
+    return np.divide(5 * tp, denom, out=np.zeros(np.broadcast(tp, fp, fn).shape), where=tp > 0)
+
+
+def _parse_tags(tags: object, where: str) -> tuple[str, ...]:
+    if tags is None or (isinstance(tags, float) and np.isnan(tags)):
+        tags = ""
+    if not isinstance(tags, str):
+        raise ValueError(f"{where}: tags must be space-separated text, got {tags!r}")
+    names = tags.split()
+    for name in names:
+        if name not in TAGS:
+            raise ValueError(f"{where}: tag {name!r} is not one of the 17 Amazon tags {list(TAGS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: a tag is repeated in {tags!r}; list each tag once")
+    return tuple(sorted(names))
+
+
+def _read_id_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Read an `image_name,...` CSV as text; image names are untrusted: no paths, no duplicates."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a readable CSV ({error}); expected columns {','.join(columns)}") from error
+    _require_columns(table, columns, str(path))
+    for row, name in enumerate(table["image_name"]):
+        _check_image_name(name, f"{path} line {row + 2}")
+    dup = table["image_name"][table["image_name"].duplicated()]
+    if len(dup):
+        raise ValueError(f"{path}: image_name {dup.iloc[0]!r} appears more than once (line {dup.index[0] + 2}); "
+                         "each image must be listed once")
+    return table
+
+
+def _check_image_name(name: str, where: str) -> None:
+    # PureWindowsPath splits on both / and \ and knows drives, so any folder part changes .name
+    bad = (not name or name in (".", "..") or name != name.strip()
+           or PureWindowsPath(name).name != name or "\x00" in name)
+    if bad:
+        raise ValueError(f"{where}: image_name {name!r} is not a plain file name (no folders, '..' or "
+                         "absolute paths); expected e.g. 'train_0' for train-jpg/train_0.jpg")
+
+
+def _jpg_stems(folder: Path, strict: bool = False) -> set[str]:
+    """Stems of the .jpg files in `folder`; with `strict`, any other entry (bar hidden files) is an error."""
+    stems = set()
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith(".jpg") and entry.is_file():
+                stems.add(entry.name[: -len(".jpg")])
+            elif strict and not entry.name.startswith("."):
+                raise ValueError(f"{Path(folder) / entry.name} is not a .jpg image; the test folders must hold "
+                                 "only <id>.jpg files: move it out")
+    return stems
+
+
+def _natural_key(name: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def _require_columns(table: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}; expected header {','.join(columns)}, "
+                         f"got {','.join(map(str, table.columns))}")
+
+
+def _check_classes(classes: list[str]) -> None:
+    if list(classes) != list(TAGS):
+        raise ValueError(f"Amazon classes must be the 17 tags in sorted order {list(TAGS)}, got {list(classes)}")
+
+
+def _binary(y: np.ndarray, what: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 2 or y.shape[1] != len(TAGS):
+        raise ValueError(f"{what} must have shape (n, {len(TAGS)}), got {y.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"{what} must hold only 0 and 1")
+    return y.astype(np.int8)
+
+
+def _probabilities(y_prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    if y_prob.shape != shape:
+        raise ValueError(f"probabilities of shape {y_prob.shape} do not match y_true {shape}")
+    if not np.isfinite(y_prob).all() or (y_prob < 0).any() or (y_prob > 1).any():
+        raise ValueError("probabilities must be finite and within [0, 1]")
+    return y_prob
