@@ -20,6 +20,7 @@ from pipeline import pseudo, report
 from pipeline.config import RunConfig
 from pipeline.files import sha256_of, write_csv_atomic, write_text_atomic
 from pipeline.registry import Competition, get_competition, target_matrix
+from pipeline.shift import ShiftReport, ShiftSettings, assess_shift
 from pipeline.submission import read_solution, reindex_to_expected, score_against_solution, validate_submission
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -66,7 +67,10 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
         ledger.start_run(run_id, cfg.competition, cfg.to_dict(), None, cfg.seed)
     try:
         items = load_items(competition, data_dir, cfg)
-        metrics = _train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started)
+        shift = _check_shift(cfg, competition, data_dir, run_dir)
+        if ledger and shift is not None:
+            ledger.record_shift(run_id, shift.summary())
+        metrics = _train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started, shift)
     except BaseException:
         if ledger:
             ledger.fail_run(run_id, traceback.format_exc())
@@ -105,7 +109,29 @@ def load_items(competition: Competition, data_dir: Path, cfg: RunConfig) -> Item
                  readable_test, {"train": bad_train, "test": bad_test}, fingerprint)
 
 
-def _train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, items: Items, run_id: str, run_dir: Path, started: float) -> dict:
+def _check_shift(cfg: RunConfig, competition: Competition, data_dir: Path, run_dir: Path) -> ShiftReport | None:
+    """Train vs public vs private images, before any pseudo-label is chosen; --on-shift decides what a shift does."""
+    if cfg.on_shift == "ignore":
+        return None
+    test = competition.test_items(data_dir)
+    sets = {"train": competition.train_items(data_dir)["path"].tolist()}
+    sets.update({g: test.loc[test["group"] == g, "path"].tolist() for g in pseudo.GROUPS})
+    shift = assess_shift(sets, run_dir, ShiftSettings(), seed=cfg.seed)  # run_dir/shift.json + shift_*.png
+    print(shift.table(), flush=True)
+    shifted = shift.shifted_groups()
+    if shifted and cfg.on_shift == "fail":
+        reasons = "; ".join(f"{g}: {shift.pairs[f'train_vs_{g}'].reason}" for g in shifted)
+        raise ValueError(f"distribution shift between train and {', '.join(shifted)} ({reasons}); see "
+                         f"{run_dir / 'shift.json'}; rerun with --on-shift warn to pseudo-label anyway")
+    if shifted:
+        print(f"WARNING: test group(s) {', '.join(shifted)} differ from train (see {run_dir / 'shift.json'}); "
+              "pseudo-labeling them is where the student can adapt, and where the public score says least",
+              file=sys.stderr, flush=True)
+    return shift
+
+
+def _train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, items: Items, run_id: str, run_dir: Path,
+                      started: float, shift: ShiftReport | None) -> dict:
     from pipeline import teacher_cache, train
 
     spec = train.ModelSpec(cfg, len(items.classes), competition.multi_label,
@@ -143,7 +169,8 @@ def _train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, 
         "data_fingerprint": items.fingerprint,
         "seed": cfg.seed,
         "holdout": {"teacher": teacher_holdout, "student": student["holdout_score"]},
-        "pseudo": student["summary"],
+        "pseudo": {**student["summary"], "shifted_groups": [] if shift is None else shift.shifted_groups()},
+        "shift": None if shift is None else shift.summary(),
         "decision": {"teacher": teacher_decision, "student": student_decision},
         "items": {
             "train": len(items.x_train), "holdout": len(items.x_holdout),
@@ -162,7 +189,8 @@ def _train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, 
         metrics["leaderboard"] = {name: score_against_solution(competition, table, solution, items.classes) for name, table in tables.items()}
     metrics["timings"]["total_s"] = round(time.perf_counter() - started, 2)
     report.write_report(run_dir, metrics, items.test["group"].to_numpy(dtype=str)[items.readable_test],
-                        {"teacher": teacher.test_probs, "student": student["test_probs"]}, competition.multi_label)
+                        {"teacher": teacher.test_probs, "student": student["test_probs"]}, competition.multi_label,
+                        extra_html="" if shift is None else shift.html_fragment())
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
     _print_summary(metrics, run_dir)
     return metrics
@@ -303,6 +331,8 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
         scores = metrics.get("leaderboard")
         if scores and scores["student"].get(board) is not None:
             print(f"{board:<9} teacher {scores['teacher'][board]:.4f}   student {scores['student'][board]:.4f}")
+    if metrics["shift"]:
+        print(f"shift      {metrics['shift']['worst']}; shifted groups: {', '.join(metrics['pseudo']['shifted_groups']) or 'none'}")
     print(f"pseudo-labels {metrics['pseudo']['selected']} ({metrics['pseudo']['stop_reason']}): {metrics['pseudo']['by_group']}")
     print(f"submission {metrics['submission']['path']} ({metrics['submission']['rows']} rows)")
     print(f"report     {run_dir / 'report.html'}")

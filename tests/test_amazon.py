@@ -313,6 +313,7 @@ def _best_constant_f2(train_y: np.ndarray, y_true: np.ndarray) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tensorflow")
 def test_end_to_end_on_a_tiny_sample_beats_the_trivial_baseline(tmp_path: Path):
     from pipeline.config import RunConfig
     from pipeline.run import run_pipeline

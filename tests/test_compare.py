@@ -262,6 +262,7 @@ def test_sweep_settings_run_ratio_zero_once_and_check_groups() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tensorflow")
 def test_sweep_end_to_end_reuses_the_teacher_and_ends_with_the_table(
         tiny_fisheries: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ledger_path = tmp_path / "subs" / "ledger.sqlite"

@@ -299,6 +299,7 @@ def test_runs_cli_list_show_score(tmp_path: Path, capsys: pytest.CaptureFixture)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tensorflow")
 def test_the_pipeline_records_a_run_that_fails_on_bad_data(tmp_path: Path) -> None:
     """run_pipeline on data it rejects: the run is in the ledger as failed, with the real error."""
     from pipeline.config import RunConfig

@@ -156,3 +156,17 @@ def test_cli_help_lists_every_option_with_defaults():
                    "--image-size", "--val-fraction", "--run-name", "--output", "--solution", "--seed"):
         assert option in out.stdout
     assert "default: 0.25" in out.stdout
+
+
+def test_shift_check_runs_before_pseudo_labeling_and_can_stop_the_run(base_run, tiny_fisheries, tmp_path):
+    from pipeline.run import run_pipeline
+
+    _, result = base_run
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["shift"]["pairs"]["train_vs_public"]["status"] in ("OK", "WARN", "FAIL")
+    assert (result.run_dir / "shift.json").is_file() and "shift_mean_intensity.png" in (result.run_dir / "report.html").read_text()
+    assert metrics["pseudo"]["shifted_groups"] == metrics["shift"]["shifted_groups"]
+    if "private" not in metrics["shift"]["shifted_groups"]:
+        pytest.skip("the tiny sample's private shift was not detected at this size; the full-size check is in test_shift.py")
+    with pytest.raises(ValueError, match="distribution shift between train and .*private"):
+        run_pipeline(tiny_config(tiny_fisheries / "data", tmp_path, on_shift="fail"))

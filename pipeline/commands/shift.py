@@ -1,0 +1,63 @@
+"""`python -m pipeline shift`: how far the public and private test images are from the training images."""
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline.config import SUBMISSIONS_DIR
+from pipeline.registry import GROUPS, get_competition
+from pipeline.shift import ShiftSettings, assess_shift
+
+_DEFAULTS = ShiftSettings()
+_SETTING_OPTIONS = (  # flag, ShiftSettings field, type, help
+    ("--warn-d", "warn_d", float, "KS statistic D that warns"),
+    ("--fail-d", "fail_d", float, "KS statistic D that fails"),
+    ("--warn-emd", "warn_emd", float, "normalised Wasserstein distance that warns"),
+    ("--fail-emd", "fail_emd", float, "normalised Wasserstein distance that fails"),
+    ("--warn-v", "warn_v", float, "Cramer's V (format, mode) that warns"),
+    ("--fail-v", "fail_v", float, "Cramer's V (format, mode) that fails"),
+    ("--warn-auc", "warn_auc", float, "adversarial AUC that warns"),
+    ("--fail-auc", "fail_auc", float, "adversarial AUC that fails"),
+    ("--alpha", "alpha", float, "family-wise significance of the property tests"),
+    ("--min-images", "min_images", int, "fewer readable images in a set: too few to judge"),
+    ("--permutations", "n_permutations", int, "permutations of the adversarial AUC test"),
+    ("--trees", "n_trees", int, "trees of the adversarial random forest"),
+    ("--workers", "workers", int, "threads measuring images and fitting forests"),
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "shift", help="distribution-shift report: train vs public vs private images",
+        description="Measure every image (brightness, colour, contrast, size, format), compare train, public and "
+                    "private property by property and with an adversarial classifier, and say OK / WARN / FAIL. "
+                    "A verdict needs an effect above the threshold and significance after Bonferroni correction; "
+                    "a set with too few images is 'too few to judge'.")
+    parser.add_argument("--competition", required=True, help="plugin name, e.g. fisheries")
+    parser.add_argument("--data", required=True, type=Path, help="the competition's data folder")
+    parser.add_argument("--out", type=Path, help="output folder (default: submissions/<competition>/shift-<UTC time>/)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the adversarial classifier and its permutations (default: %(default)s)")
+    for flag, name, kind, text in _SETTING_OPTIONS:
+        parser.add_argument(flag, dest=name, type=kind, default=getattr(_DEFAULTS, name),
+                            help=f"{text} (default: %(default)s)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = ShiftSettings(**{name: getattr(args, name) for _, name, _, _ in _SETTING_OPTIONS})
+    competition = get_competition(args.competition)
+    competition.check_layout(args.data)
+    test = competition.test_items(args.data)
+    strange = sorted(set(test["group"]) - set(GROUPS))
+    if strange:
+        raise ValueError(f"{competition.name}: test items have groups {strange}; expected only {', '.join(GROUPS)}")
+    sets = {"train": competition.train_items(args.data)["path"].tolist()}
+    sets.update({group: test.loc[test["group"] == group, "path"].tolist() for group in GROUPS})
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = args.out or SUBMISSIONS_DIR / competition.name / f"shift-{stamp}"
+    report = assess_shift(sets, out_dir, settings, seed=args.seed)
+    print(report.table())
+    print(f"\nwrote {out_dir / 'shift.json'} and {len(report.plots)} plots: {', '.join(p.name for p in report.plots)}")
+    return 0
