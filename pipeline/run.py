@@ -20,7 +20,7 @@ from pipeline import pseudo, report
 from pipeline.config import RunConfig
 from pipeline.files import sha256_of, write_csv_atomic, write_text_atomic
 from pipeline.registry import Competition, get_competition, target_matrix
-from pipeline.shift import ShiftReport, ShiftSettings, assess_shift
+from pipeline.shift import ShiftReport, ShiftSettings
 from pipeline.submission import read_solution, reindex_to_expected, score_against_solution, validate_submission
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -67,7 +67,7 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
         ledger.start_run(run_id, cfg.competition, cfg.to_dict(), None, cfg.seed)
     try:
         items = load_items(competition, data_dir, cfg)
-        shift = _check_shift(cfg, competition, data_dir, run_dir)
+        shift = _check_shift(cfg, competition, data_dir, run_dir, items.fingerprint)
         if ledger and shift is not None:
             ledger.record_shift(run_id, shift.summary())
         metrics = _train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started, shift)
@@ -109,14 +109,16 @@ def load_items(competition: Competition, data_dir: Path, cfg: RunConfig) -> Item
                  readable_test, {"train": bad_train, "test": bad_test}, fingerprint)
 
 
-def _check_shift(cfg: RunConfig, competition: Competition, data_dir: Path, run_dir: Path) -> ShiftReport | None:
+def _check_shift(cfg: RunConfig, competition: Competition, data_dir: Path, run_dir: Path, fingerprint: str) -> ShiftReport | None:
     """Train vs public vs private images, before any pseudo-label is chosen; --on-shift decides what a shift does."""
     if cfg.on_shift == "ignore":
         return None
     test = competition.test_items(data_dir)
     sets = {"train": competition.train_items(data_dir)["path"].tolist()}
     sets.update({g: test.loc[test["group"] == g, "path"].tolist() for g in pseudo.GROUPS})
-    shift = assess_shift(sets, run_dir, ShiftSettings(), seed=cfg.seed)  # run_dir/shift.json + shift_*.png
+    from pipeline.teacher_cache import get_or_assess_shift
+
+    shift = get_or_assess_shift(cfg, sets, fingerprint, run_dir, ShiftSettings())  # run_dir/shift.json + shift_*.png
     print(shift.table(), flush=True)
     shifted = shift.shifted_groups()
     if shifted and cfg.on_shift == "fail":

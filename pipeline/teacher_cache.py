@@ -1,9 +1,12 @@
-"""Disk caches keyed by everything that determines their content: the teacher's predictions, and the
-embeddings of a frozen pretrained backbone. Changing only pseudo-label settings never retrains the teacher."""
+"""Disk caches keyed by everything that determines their content: the teacher's predictions, the
+embeddings of a frozen pretrained backbone, and the shift check's statistics. Changing only pseudo-label
+settings never retrains the teacher nor re-measures the images."""
 from __future__ import annotations
 
 import hashlib
+import dataclasses
 import json
+import pickle
 import shutil
 import tempfile
 import time
@@ -83,6 +86,26 @@ def get_or_embed(cfg: RunConfig, paths: np.ndarray, fingerprint: str) -> np.ndar
     with _staging(folder) as staging:
         np.save(staging / "features.npy", features)
     return features
+
+
+def get_or_assess_shift(cfg: RunConfig, sets: dict[str, list[str]], fingerprint: str, out_dir: Path, settings):
+    """The shift report for these images and settings, from the cache when they have not changed.
+
+    The cache holds our own pickled report (statistics and property tables); plots are redrawn into out_dir."""
+    from pipeline.shift import assess_shift, write_outputs
+
+    key = _key({"version": CACHE_VERSION, "data": fingerprint, "sets": {k: hashlib.sha256("\n".join(v).encode()).hexdigest() for k, v in sets.items()},
+                "settings": dataclasses.asdict(settings), "seed": cfg.seed})
+    cached = Path(cfg.cache_dir) / cfg.competition / "shift" / key / "report.pickle"
+    if cached.is_file():
+        print(f"shift: cached in {cached.parent}", flush=True)
+        report = pickle.loads(cached.read_bytes())
+        write_outputs(report, out_dir)
+        return report
+    report = assess_shift(sets, out_dir, settings, seed=cfg.seed)
+    with _staging(cached.parent) as staging:
+        (staging / "report.pickle").write_bytes(pickle.dumps(report))
+    return report
 
 
 class _staging:
