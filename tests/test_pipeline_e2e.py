@@ -95,6 +95,9 @@ def test_same_seed_gives_the_same_submission_and_teacher_is_reused(base_run, dat
     teacher_only = run_pipeline(cfg.replace(runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"), output=None, pseudo_ratio=0.0))
     assert teacher_only.metrics["teacher_cache"] == "hit"
     assert teacher_only.metrics["pseudo"]["selected"] == 0
+    # the shift check depends on the images only: the second run takes it from the cache, plots redrawn
+    assert teacher_only.metrics["shift"] == again.metrics["shift"]
+    assert (teacher_only.run_dir / "shift_mean_intensity.png").is_file()
     # ratio 0 is plain supervised training: the submission is the teacher's
     assert (teacher_only.run_dir / "submission.csv").read_bytes() == (first.run_dir / "teacher_submission.csv").read_bytes()
 
