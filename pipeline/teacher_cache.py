@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.config import RunConfig
 from pipeline.files import sha256_of
 
-CACHE_VERSION = 2  # bump when training or prediction code changes what a cached teacher would contain
+CACHE_VERSION = 3  # bump when training or prediction code changes what a cached teacher would contain
 WEIGHTS = "teacher.weights.h5"
 
 

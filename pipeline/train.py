@@ -72,7 +72,10 @@ def fit(spec: ModelSpec, name: str, parts: list[tuple[np.ndarray, np.ndarray]], 
     streams = [data.training_stream(x, y, cfg.image_size, seed + k) for k, (x, y) in enumerate(parts)]
     batches = data.mixed_batches(streams, [n / sum(sizes) for n in sizes], cfg.batch_size, seed)
     validation = data.element_dataset(x_val, y_val, cfg.image_size).cache().batch(cfg.batch_size)
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=6, restore_best_weights=True)
+    # A model trained from scratch has a noisy holdout loss for its first epochs (batch-norm statistics are
+    # still settling), so early stopping only starts watching after a fifth of the epochs.
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=8, restore_best_weights=True,
+                                            start_from_epoch=0 if init_weights is not None else epochs // 5)
     with warnings.catch_warnings():  # Keras warns that a tf.data input ignores shuffle=True; ours is shuffled
         warnings.filterwarnings("ignore", message=".*shuffle=True.*")
         history = model.fit(batches, epochs=epochs, steps_per_epoch=math.ceil(sum(sizes) / cfg.batch_size),

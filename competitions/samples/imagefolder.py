@@ -18,9 +18,9 @@ def write_imagefolder_sample(out_dir: Path, seed: int = 0, per_class: int = 60, 
     data = out_dir / "data"
     for c in CLASSES:
         for k in range(per_class):
-            _save(render_scene(rng, c, boats[rng.integers(3)], night=rng.random() < 0.05), data / "train" / c / f"{c.lower()}_{k:04d}.jpg")
+            _save(render_scene(rng, c, boats[rng.integers(3)], night=rng.random() < 0.15), data / "train" / c / f"{c.lower()}_{k:04d}.jpg")
     answers = []
-    for group, night_share, pool in (("public", 0.05, boats[:3]), ("private", 0.5, boats)):
+    for group, night_share, pool in (("public", 0.15, boats[:3]), ("private", 0.4, boats)):
         for k in range(test_per_group):
             label = CLASSES[rng.integers(len(CLASSES))]
             name = f"{k:04d}.jpg"
