@@ -145,7 +145,7 @@ def _train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, 
 
     test_groups = items.test["group"].to_numpy(dtype=str)[items.readable_test]
     student_started = time.perf_counter()
-    student = _students(cfg, spec, competition, items, teacher, test_groups)
+    student = _students(cfg, spec, competition, items, teacher, teacher_decision, test_groups)
     student_s = time.perf_counter() - student_started
     student_decision = competition.fit_decision(items.y_holdout, student["holdout_probs"])
 
@@ -198,13 +198,13 @@ def _train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, 
     return metrics
 
 
-def _students(cfg: RunConfig, spec, competition: Competition, items: Items, teacher, test_groups: np.ndarray) -> dict:
+def _students(cfg: RunConfig, spec, competition: Competition, items: Items, teacher, teacher_decision: dict, test_groups: np.ndarray) -> dict:
     """Pseudo-label the test set and train the student(s); with K folds, fold k is predicted by a student
     that never saw fold k's pseudo-labels. Ratio 0 means the teacher is the final model."""
     from pipeline import train
 
     settings = pseudo.PseudoSettings(cfg.pseudo_ratio, cfg.pseudo_threshold, cfg.pseudo_class_cap, tuple(cfg.pseudo_groups), cfg.pseudo_labels)
-    thresholds = competition.fit_decision(items.y_holdout, teacher.holdout_probs).get("thresholds")
+    thresholds = teacher_decision.get("thresholds")  # multi-label: "confidently on/off" is relative to these
     train_share = items.y_train.mean(axis=0)
     folds = pseudo.assign_folds(test_groups, cfg.pseudo_folds, cfg.seed)
     test_probs = np.zeros_like(teacher.test_probs)
