@@ -23,7 +23,7 @@ from scipy import stats
 from pipeline.files import sha256_of, write_bytes_atomic
 from pipeline.ledger import Ledger
 from pipeline.registry import Competition, get_competition
-from pipeline.submission import read_solution, score_against_solution
+from pipeline.submission import align_to_solution, read_solution, score_against_solution
 
 SORT_KEYS = ("holdout", "public", "private")
 FORMATS = ("table", "csv", "json", "markdown")
@@ -166,20 +166,17 @@ def public_gain_interval(competition: Competition, student: pd.DataFrame, teache
 
     Returns {gain, low, high, rows, verdict}: verdict "noise" when the 95% interval contains 0.
     """
-    ids, y_true, usage = competition.from_solution(solution, classes)
-    public = np.asarray(usage) == "Public"
-    if not public.any():
-        raise ValueError("the solution has no Usage=Public rows; the public gain cannot be measured")
-    y_public = y_true[public]
-    public_ids = [item for item, keep in zip(ids, public) if keep]
     aligned = {}
     for name, table in (("student", student), ("teacher", teacher)):
-        sub_ids, values = competition.from_submission(table, classes)
-        position = {item: row for row, item in enumerate(sub_ids)}
-        missing = [item for item in public_ids if item not in position]
-        if missing:
-            raise ValueError(f"the {name} submission has no row for {len(missing)} public solution ids, e.g. {missing[:3]}")
-        aligned[name] = values[[position[item] for item in public_ids]]
+        try:
+            y_true, values, usage = align_to_solution(competition, table, solution, classes)
+        except ValueError as error:
+            raise ValueError(f"the {name} submission: {error}") from error
+        public = usage == "Public"
+        if not public.any():
+            raise ValueError("the solution has no Usage=Public rows; the public gain cannot be measured")
+        aligned[name] = values[public]
+    y_public = y_true[public]
     sign = 1.0 if competition.greater_is_better else -1.0
 
     def gain(rows: np.ndarray) -> float:

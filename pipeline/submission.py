@@ -65,15 +65,21 @@ def load_submission(csv_path: Path, competition: Competition, data_dir: Path) ->
     return table
 
 
-def score_against_solution(competition: Competition, submission: pd.DataFrame, solution: pd.DataFrame, classes: list[str]) -> dict:
-    """Public and private scores, as Kaggle's leaderboards compute them from the Usage column."""
+def align_to_solution(competition: Competition, submission: pd.DataFrame, solution: pd.DataFrame,
+                      classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y_true, submitted values, usage), row for row in the solution's order; a missing id is an error."""
     sub_ids, submitted = competition.from_submission(submission, classes)
     sol_ids, y_true, usage = competition.from_solution(solution, classes)
     position = {item_id: row for row, item_id in enumerate(sub_ids)}
     missing = [item_id for item_id in sol_ids if item_id not in position]
     if missing:
         raise ValueError(f"the submission has no row for {len(missing)} solution ids, e.g. {missing[:3]}")
-    aligned = submitted[[position[item_id] for item_id in sol_ids]]
+    return y_true, submitted[[position[item_id] for item_id in sol_ids]], np.asarray(usage)
+
+
+def score_against_solution(competition: Competition, submission: pd.DataFrame, solution: pd.DataFrame, classes: list[str]) -> dict:
+    """Public and private scores, as Kaggle's leaderboards compute them from the Usage column."""
+    y_true, aligned, usage = align_to_solution(competition, submission, solution, classes)
     scores = {}
     for board in ("Public", "Private"):
         rows = usage == board
