@@ -327,11 +327,9 @@ def _score(value: str | None) -> float | None:
 
 
 def _open_ledger(ledger_path: Path | None):
-    if ledger_path is None:
-        return None
-    from pipeline.ledger import Ledger
+    from pipeline.ledger import open_ledger  # imported here: the ledger is optional for Kaggle calls
 
-    return Ledger(Path(ledger_path))
+    return open_ledger(ledger_path)
 
 
 # ---- scores -----------------------------------------------------------------------------------------

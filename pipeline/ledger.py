@@ -92,6 +92,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def open_ledger(path: Path | str | None) -> "Ledger | None":
+    """The ledger at `path`, or None when recording is switched off (no path)."""
+    return Ledger(Path(path)) if path else None
+
+
 class Ledger:
     """Runs and Kaggle submissions in one SQLite file; created or migrated when opened."""
 

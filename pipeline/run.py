@@ -44,6 +44,7 @@ class Items:
     y_holdout: np.ndarray
     x_test: np.ndarray  # readable test items only
     test: pd.DataFrame  # every test item (path, id, group) in plugin order
+    train_paths: list[str]  # every listed train image, readable or not (for the shift check)
     readable_test: np.ndarray  # bool per row of `test`
     unreadable: dict[str, dict[str, str]]
     fingerprint: str
@@ -67,7 +68,7 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
         ledger.start_run(run_id, cfg.competition, cfg.to_dict(), None, cfg.seed)
     try:
         items = load_items(competition, data_dir, cfg)
-        shift = _check_shift(cfg, competition, data_dir, run_dir, items.fingerprint)
+        shift = _check_shift(cfg, items, run_dir)
         if ledger and shift is not None:
             ledger.record_shift(run_id, shift.summary())
         metrics = _train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started, shift)
@@ -90,6 +91,7 @@ def load_items(competition: Competition, data_dir: Path, cfg: RunConfig) -> Item
     if test.empty:
         raise ValueError(f"no test images found under {data_dir}; the submission needs them")
     print(f"{len(train)} train and {len(test)} test images ({_group_counts(test)})", flush=True)
+    train_paths = train["path"].tolist()
     bad_train = data.scan_images(train["path"].tolist(), "train")
     bad_test = data.scan_images(test["path"].tolist(), "test")
     for path, problem in bad_train.items():
@@ -105,20 +107,20 @@ def load_items(competition: Competition, data_dir: Path, cfg: RunConfig) -> Item
     x_test = test["path"].to_numpy(dtype=str)[readable_test]
     if cfg.backbone != "small-cnn" and not cfg.fine_tune:
         x_train, x_test = _cached_features(cfg, x_train, x_test, fingerprint)
-    return Items(classes, x_train[fit_rows], y[fit_rows], x_train[holdout_rows], y[holdout_rows], x_test, test,
+    return Items(classes, x_train[fit_rows], y[fit_rows], x_train[holdout_rows], y[holdout_rows], x_test, test, train_paths,
                  readable_test, {"train": bad_train, "test": bad_test}, fingerprint)
 
 
-def _check_shift(cfg: RunConfig, competition: Competition, data_dir: Path, run_dir: Path, fingerprint: str) -> ShiftReport | None:
+def _check_shift(cfg: RunConfig, items: Items, run_dir: Path) -> ShiftReport | None:
     """Train vs public vs private images, before any pseudo-label is chosen; --on-shift decides what a shift does."""
     if cfg.on_shift == "ignore":
         return None
-    test = competition.test_items(data_dir)
-    sets = {"train": competition.train_items(data_dir)["path"].tolist()}
+    test = items.test
+    sets = {"train": items.train_paths}
     sets.update({g: test.loc[test["group"] == g, "path"].tolist() for g in pseudo.GROUPS})
     from pipeline.teacher_cache import get_or_assess_shift
 
-    shift = get_or_assess_shift(cfg, sets, fingerprint, run_dir, ShiftSettings())  # run_dir/shift.json + shift_*.png
+    shift = get_or_assess_shift(cfg, sets, items.fingerprint, run_dir, ShiftSettings())  # run_dir/shift.json + shift_*.png
     print(shift.table(), flush=True)
     shifted = shift.shifted_groups()
     if shifted and cfg.on_shift == "fail":
@@ -190,7 +192,7 @@ def _train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, 
         solution = read_solution(Path(cfg.solution))
         metrics["leaderboard"] = {name: score_against_solution(competition, table, solution, items.classes) for name, table in tables.items()}
     metrics["timings"]["total_s"] = round(time.perf_counter() - started, 2)
-    report.write_report(run_dir, metrics, items.test["group"].to_numpy(dtype=str)[items.readable_test],
+    report.write_report(run_dir, metrics, test_groups,
                         {"teacher": teacher.test_probs, "student": student["test_probs"]}, competition.multi_label,
                         extra_html="" if shift is None else shift.html_fragment())
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
@@ -296,11 +298,9 @@ def _run_id(cfg: RunConfig) -> str:
 
 
 def _open_ledger(cfg: RunConfig):
-    if not cfg.ledger:
-        return None
-    from pipeline.ledger import Ledger
+    from pipeline.ledger import open_ledger
 
-    return Ledger(Path(cfg.ledger))
+    return open_ledger(cfg.ledger)
 
 
 def _group_counts(test: pd.DataFrame) -> str:

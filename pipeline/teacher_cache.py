@@ -36,6 +36,11 @@ def _key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def _lines_digest(lines) -> str:
+    """Order matters: feature rows and shift sets follow the path order."""
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
 def _weights_identity(cfg: RunConfig) -> str:
     return cfg.weights if cfg.weights in ("imagenet", "none") else sha256_of(Path(cfg.weights))
 
@@ -75,7 +80,7 @@ def get_or_embed(cfg: RunConfig, paths: np.ndarray, fingerprint: str) -> np.ndar
     """Embeddings of every image by the frozen backbone, computed once per data/backbone/weights/size."""
     from pipeline import models, train
 
-    key = _key({"version": CACHE_VERSION, "data": fingerprint, "paths": hashlib.sha256("\n".join(paths).encode()).hexdigest(),
+    key = _key({"version": CACHE_VERSION, "data": fingerprint, "paths": _lines_digest(paths),
                 "backbone": cfg.backbone, "weights": _weights_identity(cfg), "image_size": cfg.image_size})
     folder = Path(cfg.cache_dir) / cfg.competition / "features" / key
     if (folder / "features.npy").is_file():
@@ -94,7 +99,7 @@ def get_or_assess_shift(cfg: RunConfig, sets: dict[str, list[str]], fingerprint:
     The cache holds our own pickled report (statistics and property tables); plots are redrawn into out_dir."""
     from pipeline.shift import assess_shift, write_outputs
 
-    key = _key({"version": CACHE_VERSION, "data": fingerprint, "sets": {k: hashlib.sha256("\n".join(v).encode()).hexdigest() for k, v in sets.items()},
+    key = _key({"version": CACHE_VERSION, "data": fingerprint, "sets": {k: _lines_digest(v) for k, v in sets.items()},
                 "settings": dataclasses.asdict(settings), "seed": cfg.seed})
     cached = Path(cfg.cache_dir) / cfg.competition / "shift" / key / "report.pickle"
     if cached.is_file():
