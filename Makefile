@@ -54,11 +54,11 @@ compare: $(VENV)/.installed ## table and plot of every recorded run of COMP
 sweep: $(VENV)/.installed ## grid of pseudo-label settings (RATIOS, GROUPS) reusing the cached teacher
 	$(PY) -m pipeline sweep --competition $(COMP) --data $(DATA) --ratios $(RATIOS) --groups $(GROUPS) $(ARGS)
 
-data: $(VENV)/.installed ## download and extract the Kaggle data for COMP into DATA (needs Kaggle credentials)
-	$(PY) -m pipeline data --competition $(COMP) --data $(DATA)
+data: $(VENV)/.installed ## download COMP into DATA: zip/7z/tar extracted with guards, layout and test ids checked
+	$(PY) -m pipeline data --competition $(COMP) --data $(DATA) $(ARGS)
 
-scores: $(VENV)/.installed ## sync public/private Kaggle scores of past submissions into the ledger
-	$(PY) -m pipeline scores --competition $(COMP)
+scores: $(VENV)/.installed ## sync public/private Kaggle scores of past submissions into the ledger (ARGS="--ledger PATH")
+	$(PY) -m pipeline scores --competition $(COMP) $(ARGS)
 
 lock: ## re-resolve pyproject.toml's pins into requirements.lock
 	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv

@@ -1,195 +1,145 @@
-"""Guarded zip extraction for downloaded competition archives.
+"""Guarded extraction of downloaded competition archives: zip, 7z, tar, tar.gz/tgz/bz2/xz, and nests of them.
 
 Kaggle archives are untrusted input: an entry may try to escape the target (`../evil`, `/etc/x`), be a
-link, or be a zip bomb. Everything is checked before a byte is written (declared sizes, names, types) and
-again while streaming (the bytes actually written count against the same limits). Extraction goes into a
-hidden temporary folder beside the target that is renamed into place only when every archive, nested ones
-included (Kaggle ships `train.zip` inside the competition zip), has been extracted.
+link or a device, or be part of a bomb (one huge entry, or many small ones). Every entry is checked
+before a byte of it is written (name, type, declared size) and the bytes actually written count against
+the same limits while streaming: per-entry and total expansion ratio, a total size cap, and a share of the
+free disk space. Nothing is ever read whole into memory (Amazon's archives are GBs).
+
+Extraction goes into a hidden staging folder beside the target that is renamed into place only when every
+archive, nested ones included (Kaggle ships `train.zip` and `test_stg2.7z` inside the competition zip, and
+Amazon's images as `.tar.7z`), has been extracted. With a `layout` (the top-level names a competition
+expects), entries of the download the layout does not need are skipped, and a redundant top folder inside
+an archive is flattened (`train.zip` holding `train/train/...`, a zip wrapped in a folder named after
+the competition, a `test_stg2.7z` holding bare images).
 """
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import stat
 import tempfile
-import zipfile
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-GB = 10**9
-# Real Kaggle data is mostly JPEG (ratio near 1); CSVs reach 10-20x; bombs are 1000x and more.
-DEFAULT_MAX_TOTAL_BYTES = 200 * GB
-DEFAULT_MAX_RATIO = 200.0
-DEFAULT_MAX_FILES = 2_000_000
-RATIO_FLOOR_BYTES = 1 << 20  # small files of zeros compress enormously and are harmless: ratio applies above this
+from pipeline.archive_formats import ARCHIVE_SUFFIXES, archive_stem, extract_one, is_archive
+from pipeline.extract_guard import (DEFAULT_DISK_SHARE, DEFAULT_MAX_FILES, DEFAULT_MAX_RATIO,  # noqa: F401
+                                    DEFAULT_MAX_TOTAL_BYTES, GB, RATIO_FLOOR_BYTES, Budget, ExtractSummary, Limits,
+                                    is_junk)
+
 MAX_NESTING = 3
-_CHUNK = 1 << 20
-_DRIVE = re.compile(r"^[A-Za-z]:")
-NOT_ZIP_ARCHIVES = (".7z", ".rar", ".tar", ".tgz", ".tar.gz", ".gz", ".bz2", ".xz")
+NOT_EXTRACTED_SUFFIXES = (".rar", ".gz", ".bz2", ".xz")  # single-file compressions: left alone and named
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What an archive (with everything nested in it) may expand to."""
-
-    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
-    max_ratio: float = DEFAULT_MAX_RATIO
-    max_files: int = DEFAULT_MAX_FILES
-
-
-@dataclass
-class ExtractSummary:
-    files: int = 0
-    bytes: int = 0
-    archives: list[str] = field(default_factory=list)  # zips extracted, outer first, relative to the target
-    not_extracted: list[str] = field(default_factory=list)  # other archive formats left as they are
-
-
-def extract_archive(archive: Path, target: Path, limits: Limits = Limits()) -> ExtractSummary:
-    """Extract `archive` (and zips inside it) into the new folder `target`; ValueError if anything is unsafe.
+def extract_archive(archive: Path, target: Path, limits: Limits = Limits(), layout: Collection[str] | None = None,
+                    verify: Callable[[Path], None] | None = None) -> ExtractSummary:
+    """Extract `archive` and every archive inside it into the new folder `target`; ValueError if anything is unsafe.
 
     `target` must not exist or be an empty folder: a complete download is never mixed with an old one.
+    `layout`: the top-level names the result should have (e.g. `train`, `test_stg2`,
+    `sample_submission_stg2.csv`); entries of `archive` that none of them needs are skipped, and inner
+    archives are placed so that their contents land under their layout name. `verify(staging)` runs on the
+    complete extraction before it is moved into place: when it raises, `target` is never created.
     """
     archive, target = Path(archive), Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ValueError(f"{target} already exists and is not an empty folder; remove it or choose another target")
+    if not archive.is_file():
+        raise ValueError(f"archive {archive} does not exist; download it again")
     target.parent.mkdir(parents=True, exist_ok=True)
+    layout_names = frozenset(layout or ())
+    summary = ExtractSummary()
+    budget = Budget(limits, summary, free_bytes=shutil.disk_usage(target.parent).free,
+                    top_size=archive.stat().st_size, where=target.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        summary = ExtractSummary()
-        _extract_zip(archive, staging, staging, limits, summary, label=archive.name)
-        _extract_nested(staging, limits, summary, depth=1)
+        keep = _needed_by(layout_names) if layout_names else None
+        if layout_names:
+            unpack = Path(tempfile.mkdtemp(prefix=".unpack-", dir=staging))
+            extract_one(archive, unpack, staging, budget, archive.name, keep=keep)
+            _place(unpack, staging, archive_stem(archive.name), layout_names, archive.name)
+        else:
+            extract_one(archive, staging, staging, budget, archive.name, keep=keep)
+        _extract_nested(staging, budget, layout_names, depth=1)
         summary.not_extracted = sorted(str(p.relative_to(staging)) for p in staging.rglob("*")
-                                       if p.is_file() and p.name.lower().endswith(NOT_ZIP_ARCHIVES))
+                                       if p.is_file() and p.name.lower().endswith(NOT_EXTRACTED_SUFFIXES))
+        if verify is not None:
+            verify(staging)
         if target.exists():
             target.rmdir()  # empty (checked above); os.replace needs the name free or an empty folder
         os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    print(f"extracted {summary.files} files ({summary.bytes / 1e6:.1f} MB) into {target}", flush=True)
+    summary.skipped.sort()
+    skipped = f"; skipped (not needed): {', '.join(summary.skipped)}" if summary.skipped else ""
+    print(f"extracted {summary.files} files ({summary.bytes / 1e6:.1f} MB) into {target}{skipped}", flush=True)
     return summary
 
 
-def _extract_nested(root: Path, limits: Limits, summary: ExtractSummary, depth: int) -> None:
-    """Extract every .zip under `root` next to itself (then delete it), with the same guards and budget."""
-    inner = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() == ".zip")
-    if inner and depth > MAX_NESTING:
-        raise ValueError(f"zip archives nested more than {MAX_NESTING} deep (e.g. {inner[0].relative_to(root)}); "
+def _needed_by(layout: frozenset[str]) -> Callable[[str], bool]:
+    """Whether an entry of the download is needed: some part of its path, archive suffixes removed, is a layout name."""
+    def keep(name: str) -> bool:
+        return any(archive_stem(part) in layout or part in layout for part in name.replace("\\", "/").split("/"))
+    return keep
+
+
+def _extract_nested(root: Path, budget: Budget, layout: frozenset[str], depth: int) -> None:
+    """Extract every archive under `root` where it lies (then delete it), with the same guards and budget."""
+    inner = sorted(p for p in root.rglob("*") if p.is_file() and is_archive(p.name) and not is_junk(p.name))
+    if not inner:
+        return
+    if depth > MAX_NESTING:
+        raise ValueError(f"archives nested more than {MAX_NESTING} deep (e.g. {inner[0].relative_to(root)}); "
                          "refusing to go on")
     for path in inner:
-        _extract_zip(path, path.parent, root, limits, summary, label=str(path.relative_to(root)))
-        summary.files -= 1  # the inner zip is replaced by its contents
-        summary.bytes -= path.stat().st_size
+        label = str(path.relative_to(root))
+        unpack = Path(tempfile.mkdtemp(prefix=f".{path.name}.unpack-", dir=path.parent))
+        extract_one(path, unpack, root, budget, label)
+        budget.summary.files -= 1  # the inner archive is replaced by its contents
+        budget.summary.bytes -= path.stat().st_size
         path.unlink()
-    if inner:
-        _extract_nested(root, limits, summary, depth + 1)
+        _place(unpack, path.parent, archive_stem(path.name), layout, label)
+    _extract_nested(root, budget, layout, depth + 1)
 
 
-def _extract_zip(archive: Path, dest: Path, root: Path, limits: Limits, summary: ExtractSummary, label: str) -> None:
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise ValueError(f"{label} is not a readable zip archive ({error}); delete it and download again") from error
-    with zf:
-        members = zf.infolist()
-        plan = _plan(members, dest, root, limits, summary, label)
-        total = sum(info.file_size for info, _ in plan)
-        print(f"extracting {label}: {len(plan)} files, {total / 1e6:.1f} MB declared", flush=True)
-        next_report = 0.1
-        for number, (info, out) in enumerate(plan, 1):
-            try:
-                if info.is_dir():
-                    out.mkdir(parents=True, exist_ok=True)
-                else:
-                    _write_member(zf, info, out, limits, summary, label)
-                    summary.files += 1
-            except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError) as error:
-                raise ValueError(f"{label}: entry {info.filename!r} cannot be extracted ({error}); "
-                                 "download the data again") from error
-            if len(plan) >= 1000 and number / len(plan) >= next_report:
-                print(f"  {label}: {number}/{len(plan)} entries", flush=True)
-                next_report += 0.1
-    summary.archives.append(label)
+def _place(unpack: Path, dest: Path, stem: str, layout: frozenset[str], label: str) -> None:
+    """Move what an archive held from its unpack folder into `dest`, flattening redundant top folders.
 
-
-def _plan(members: list[zipfile.ZipInfo], dest: Path, root: Path, limits: Limits, summary: ExtractSummary,
-          label: str) -> list[tuple[zipfile.ZipInfo, Path]]:
-    """Check every entry before writing anything; return (entry, output path) pairs."""
-    files = [m for m in members if not m.is_dir()]
-    if summary.files + len(files) > limits.max_files:
-        raise ValueError(f"{label} has {len(files)} files, more than the limit of {limits.max_files}; "
-                         "refusing to extract")
-    declared = sum(m.file_size for m in files)
-    if summary.bytes + declared > limits.max_total_bytes:
-        raise ValueError(
-            f"{label} declares {declared} bytes uncompressed, over the limit of {limits.max_total_bytes} bytes "
-            f"(with {summary.bytes} already extracted); refusing to extract (possible zip bomb)"
-        )
-    seen: set[str] = set()
-    plan = []
-    root_resolved = root.resolve()
-    for info in members:
-        parts = _safe_parts(info.filename, label)
-        mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode) or (mode and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR)):
-            raise ValueError(f"{label}: entry {info.filename!r} is a link or special file; refusing to extract")
-        _check_ratio(info, info.file_size, limits, label)
-        key = "/".join(parts).lower()  # case-insensitively unique: no overwrites on case-insensitive disks either
-        if key in seen and not info.is_dir():
-            raise ValueError(f"{label}: entry {info.filename!r} appears more than once; refusing to overwrite")
-        seen.add(key)
-        out = dest.joinpath(*parts)
-        if not out.resolve().is_relative_to(root_resolved):
-            raise ValueError(f"{label}: entry {info.filename!r} would be written outside {root}; refusing to extract")
-        if out.exists() and not info.is_dir():
-            raise ValueError(f"{label}: entry {info.filename!r} would overwrite {out.relative_to(root)}; "
-                             "refusing to extract")
-        plan.append((info, out))
-    return plan
-
-
-def _safe_parts(name: str, label: str) -> list[str]:
-    """Path components of an entry name, or ValueError for absolute paths, `..`, drive letters and NUL bytes."""
-    unified = name.replace("\\", "/")
-    if "\x00" in name or unified.startswith("/") or _DRIVE.match(unified):
-        raise ValueError(f"{label}: entry {name!r} has an absolute path; refusing to extract")
-    parts = [p for p in PurePosixPath(unified).parts if p not in ("", ".")]
-    if ".." in parts:
-        raise ValueError(f"{label}: entry {name!r} points outside the target folder ('..'); refusing to extract")
-    if not parts:
-        raise ValueError(f"{label}: an entry has an empty name {name!r}; refusing to extract")
-    return parts
-
-
-def _check_ratio(info: zipfile.ZipInfo, size: int, limits: Limits, label: str) -> None:
-    if size > RATIO_FLOOR_BYTES and size / max(info.compress_size, 1) > limits.max_ratio:
-        raise ValueError(
-            f"{label}: entry {info.filename!r} expands {size / max(info.compress_size, 1):.0f}x "
-            f"({info.compress_size} -> {size} bytes), over the limit of {limits.max_ratio:.0f}x; "
-            "refusing to extract (possible zip bomb)"
-        )
-
-
-def _write_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: Path, limits: Limits, summary: ExtractSummary,
-                  label: str) -> None:
-    """Stream one entry to disk, counting the bytes actually written against the limits.
-
-    zipfile stops at the size the header declares and then checks the CRC, so an entry whose header
-    understates its size fails with BadZipFile (a ValueError from the caller); counting here keeps the
-    limits honest without relying on that.
+    Without a layout everything lands next to the archive, as extracted. With one: a single top folder
+    that is not a layout name (the competition's name), or that repeats the archive's own name inside
+    itself (`train/train/`), is unwrapped; an archive named after a layout folder whose contents are not
+    in that folder (`test_stg2.7z` holding bare images) becomes that folder.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with zf.open(info) as source, open(out, "xb") as sink:
-        while block := source.read(_CHUNK):
-            written += len(block)
-            if summary.bytes + written > limits.max_total_bytes:
-                raise ValueError(
-                    f"{label}: extraction passed the limit of {limits.max_total_bytes} bytes at {info.filename!r}; "
-                    "refusing to extract (possible zip bomb)"
-                )
-            _check_ratio(info, written, limits, label)
-            sink.write(block)
-    summary.bytes += written
+    source = unpack
+    if layout:
+        while True:
+            entries = _visible(source)
+            if len(entries) != 1 or not entries[0].is_dir():
+                break
+            only = entries[0]
+            children = _visible(only)
+            redundant = only.name == stem and len(children) == 1 and children[0].is_dir() and children[0].name == stem
+            if only.name in layout and not redundant:
+                break
+            source = only
+        names = {archive_stem(e.name) for e in _visible(source)}
+        if stem in layout and stem not in names and not names & layout:
+            _move(source, dest / stem, label)
+            shutil.rmtree(unpack, ignore_errors=True)
+            return
+    for entry in _visible(source):
+        _move(entry, dest / entry.name, label)
+    shutil.rmtree(unpack, ignore_errors=True)
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not is_junk(p.name))
+
+
+def _move(source: Path, destination: Path, label: str) -> None:
+    if destination.exists():
+        raise ValueError(f"{label}: its {source.name!r} would overwrite {destination.name!r}, which another archive "
+                         "already extracted; refusing to mix them (download the data again or report the archive)")
+    os.replace(source, destination)
+

@@ -88,8 +88,34 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # v3: the cached bootstrap interval of the public gain over the teacher (see pipeline/compare.py)
         "ALTER TABLE runs ADD COLUMN public_gain_json TEXT",
     ),
+    (  # v4: a Kaggle submission is identified by (ref, sha256), not by its ref alone (SQLite needs a rebuild)
+        """CREATE TABLE submissions_v4 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT,
+            sha256 TEXT NOT NULL,
+            ref TEXT,
+            message TEXT,
+            status TEXT,
+            public_score REAL,
+            private_score REAL,
+            submitted_at TEXT NOT NULL,
+            synced_at TEXT,
+            UNIQUE (ref, sha256))""",
+        "INSERT INTO submissions_v4 (id, run_id, sha256, ref, message, status, public_score, private_score,"
+        " submitted_at, synced_at) SELECT id, run_id, sha256, ref, message, status, public_score, private_score,"
+        " submitted_at, synced_at FROM submissions",
+        "DROP TABLE submissions",
+        "ALTER TABLE submissions_v4 RENAME TO submissions",
+        "CREATE INDEX submissions_by_sha256 ON submissions (sha256)",
+        "CREATE INDEX submissions_by_run ON submissions (run_id)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def default_ledger_path(runs_dir: Path | str) -> Path:
+    """The ledger that belongs to a runs folder: `<runs-dir>/ledger.sqlite` (what every command defaults to)."""
+    return Path(runs_dir) / "ledger.sqlite"
 
 
 def open_ledger(path: Path | str | None) -> "Ledger | None":
@@ -182,33 +208,40 @@ class Ledger:
     # ---- Kaggle submissions ----------------------------------------------------------------------
     def add_submission(self, run_id: str | None, sha256: str, ref: str | None, message: str, status: str,
                        public_score: float | None, private_score: float | None) -> None:
-        """Record a Kaggle submission; a `ref` already recorded is updated instead (syncing twice is harmless)."""
+        """Record a Kaggle submission, or update the row with the same (ref, sha256): syncing twice is harmless.
+
+        A row is never taken over: its run stays the run it was recorded for, a row with the same ref but
+        another file (another submission) is left alone, and a score is never replaced by no score (a stale
+        PENDING listing cannot undo a COMPLETE one). A row without a ref (scores typed by hand) is always new.
+        """
         now = _now()
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO submissions (run_id, sha256, ref, message, status, public_score, private_score,"
                 " submitted_at, synced_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(ref) DO UPDATE SET run_id = coalesce(excluded.run_id, run_id),"
-                " status = excluded.status, public_score = excluded.public_score,"
-                " private_score = excluded.private_score, synced_at = excluded.synced_at",
+                " ON CONFLICT(ref, sha256) DO UPDATE SET run_id = coalesce(run_id, excluded.run_id),"
+                f" {_KEEP_SCORED}, synced_at = excluded.synced_at",
                 (run_id, sha256, ref, message, status, _float(public_score), _float(private_score), now, now),
             )
 
     def update_submission(self, ref: str, status: str, public_score: float | None,
-                          private_score: float | None) -> bool:
-        """Update a submission's status and scores from Kaggle; False when no submission has this ref."""
+                          private_score: float | None, sha256: str | None = None) -> bool:
+        """Update a submission's status and scores from Kaggle; False when no submission has this ref (and sha256).
+
+        Give `sha256` whenever it is known: the ref alone may also name another run's row."""
         with self._transaction() as db:
             cursor = db.execute(
-                "UPDATE submissions SET status = ?, public_score = ?, private_score = ?, synced_at = ? WHERE ref = ?",
-                (status, _float(public_score), _float(private_score), _now(), ref),
+                "UPDATE submissions SET status = ?, public_score = ?, private_score = ?, synced_at = ?"
+                " WHERE ref = ? AND (? IS NULL OR sha256 = ?)",
+                (status, _float(public_score), _float(private_score), _now(), ref, sha256, sha256),
             )
             return cursor.rowcount > 0
 
     def run_for_sha256(self, sha256: str) -> str | None:
-        """The latest run whose submission file has this sha256 (how a Kaggle submission finds its run)."""
+        """The latest finished run whose submission file has this sha256 (how a Kaggle submission finds its run)."""
         with self._read() as db:
-            row = db.execute("SELECT run_id FROM runs WHERE submission_sha256 = ? ORDER BY started_at DESC, rowid DESC",
-                             (sha256,)).fetchone()
+            row = db.execute("SELECT run_id FROM runs WHERE submission_sha256 = ?"
+                             " ORDER BY status = 'done' DESC, started_at DESC, rowid DESC", (sha256,)).fetchone()
         return row["run_id"] if row else None
 
     # ---- reading ---------------------------------------------------------------------------------
@@ -389,6 +422,13 @@ def redact(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return value
+
+
+# On an upsert: keep a scored row's status and scores when the new listing has no score.
+_KEEP_SCORED = ", ".join(
+    f"{column} = CASE WHEN excluded.public_score IS NULL AND excluded.private_score IS NULL"
+    f" AND (public_score IS NOT NULL OR private_score IS NOT NULL) THEN {column} ELSE excluded.{column} END"
+    for column in ("status", "public_score", "private_score"))
 
 
 def _latest_kaggle_scores(db: sqlite3.Connection) -> dict[str, tuple[float | None, float | None]]:

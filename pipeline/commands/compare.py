@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from pipeline.compare import FORMATS, SORT_KEYS, compare_runs, plot_path, render, write_plot
-from pipeline.config import LEDGER_PATH
+from pipeline.commands.kaggle import add_ledger_options, ledger_path
 from pipeline.ledger import Ledger
 
 
@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "better); a public gain is 'noise' when its 95%% paired-bootstrap interval contains 0.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--competition", required=True, help="plugin name, e.g. fisheries")
-    parser.add_argument("--ledger", type=Path, default=LEDGER_PATH, help="ledger file")
+    add_ledger_options(parser)
     parser.add_argument("--solution", type=Path,
                         help="Kaggle-format solution.csv (default: the one each run was made with, if any)")
     parser.add_argument("--metric", help="which metric's runs to compare when runs used several")
@@ -34,7 +34,7 @@ def add_compare_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print_comparison(Ledger(args.ledger), args.competition, args)
+    print_comparison(Ledger(ledger_path(args)), args.competition, args)
     return 0
 
 

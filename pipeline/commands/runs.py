@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 
-from pipeline.config import LEDGER_PATH
+from pipeline.commands.kaggle import add_ledger_options, ledger_path
 from pipeline.ledger import Ledger
 
 LIST_COLUMNS = ["run_id", "status", "started_at", "pseudo_ratio", "pseudo_groups", "holdout_teacher",
@@ -34,13 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.set_defaults(func=score_run)
 
     for sub in (listing, show, score):
-        sub.add_argument("--ledger", type=Path, default=LEDGER_PATH, help="ledger file (default: %(default)s)")
+        add_ledger_options(sub)
 
 
 def list_runs(args: argparse.Namespace) -> int:
-    runs = Ledger(args.ledger).runs(args.competition)
+    runs = Ledger(ledger_path(args)).runs(args.competition)
     if runs.empty:
-        print(f"no runs recorded in {args.ledger}" + (f" for {args.competition}" if args.competition else ""))
+        print(f"no runs recorded in {ledger_path(args)}" + (f" for {args.competition}" if args.competition else ""))
         return 0
     for competition, group in runs.groupby("competition", sort=True):
         print(f"== {competition} ({len(group)} runs)")
@@ -52,7 +51,7 @@ def list_runs(args: argparse.Namespace) -> int:
 
 
 def show_run(args: argparse.Namespace) -> int:
-    print(json.dumps(Ledger(args.ledger).run(args.run_id), indent=2, sort_keys=True, default=str))
+    print(json.dumps(Ledger(ledger_path(args)).run(args.run_id), indent=2, sort_keys=True, default=str))
     return 0
 
 
@@ -64,7 +63,7 @@ def score_run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and not math.isfinite(value):
             raise ValueError(f"--{name} must be a finite number, got {value!r}")
-    ledger = Ledger(args.ledger)
+    ledger = Ledger(ledger_path(args))
     run = ledger.run(args.run_id)
     if not run["submission_sha256"]:
         raise ValueError(f"run {run['run_id']} has no submission recorded (status {run['status']}); "
