@@ -88,7 +88,8 @@ class Submission:
 @dataclass
 class FakeKaggle:
     """Scripted behaviour: `archive` served for `slug`; new submissions stay PENDING for `pending_polls`
-    listings, then COMPLETE (or ERROR with `score_error`); `fail_upload` makes the upload PUT answer 500."""
+    listings, then COMPLETE (or ERROR with `score_error`); `fail_upload` makes the upload PUT answer 500;
+    `delays` {"ListSubmissions": 30} makes an RPC answer only after that many seconds (a hanging server)."""
 
     slug: str
     archive: bytes = b""
@@ -98,10 +99,13 @@ class FakeKaggle:
     pending_polls: int = 1
     fail_upload: bool = False
     score_error: str | None = None
+    delays: dict[str, float] = field(default_factory=dict)
+    first_ref: int = 50_000
     submissions: list[Submission] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
     log: list[tuple[str, str]] = field(default_factory=list)  # (method, request target as sent)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> "FakeKaggle":
         fake = self
@@ -115,6 +119,7 @@ class FakeKaggle:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()  # ends the sleep of a delayed answer
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
@@ -125,7 +130,7 @@ class FakeKaggle:
 
     def add_submission(self, description: str, **fields) -> Submission:
         with self._lock:
-            submission = Submission(ref=50_000 + len(self.submissions), description=description, **fields)
+            submission = Submission(ref=self.first_ref + len(self.submissions), description=description, **fields)
             self.submissions.append(submission)
         return submission
 
@@ -135,6 +140,9 @@ class FakeKaggle:
     # ---- RPCs ------------------------------------------------------------------------------------
     def rpc(self, method: str, body: dict) -> tuple[int, dict, dict]:
         """(status, JSON body, extra headers) for one API call."""
+        delay = self.delays.get(method.rsplit("/", 1)[-1], 0)
+        if delay:
+            self._stop.wait(delay)
         if method == "security.OAuthService/IntrospectToken":
             active = body.get("token") == self.token
             return 200, {"active": active, "username": self.username if active else ""}, {}
