@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from competitions.single_label import ProbabilityTableCompetition, list_class_folder_items, visible_files
+from pipeline.errors import UserError
 from pipeline.registry import register
 
 CLASSES = ["ALB", "BET", "DOL", "LAG", "NoF", "OTHER", "SHARK", "YFT"]
@@ -22,10 +23,10 @@ class Fisheries(ProbabilityTableCompetition):
     def check_layout(self, data_dir: Path) -> None:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
-            raise ValueError(f"data folder {data_dir} does not exist; {GET_DATA_HINT}")
+            raise UserError(f"data folder {data_dir} does not exist; {GET_DATA_HINT}")
         missing = [name for name in ("train", "test_stg1") if not (data_dir / name).is_dir()]
         if missing:
-            raise ValueError(f"{data_dir} lacks {', '.join(f'{m}/' for m in missing)} (Kaggle's fisheries layout); {GET_DATA_HINT}")
+            raise UserError(f"{data_dir} lacks {', '.join(f'{m}/' for m in missing)} (Kaggle's fisheries layout); {GET_DATA_HINT}")
 
     def class_names(self, data_dir: Path) -> list[str]:
         return list(CLASSES)
@@ -47,7 +48,7 @@ class Fisheries(ProbabilityTableCompetition):
             if path.is_file():
                 table = pd.read_csv(path, dtype=str, keep_default_na=False)
                 if self.id_column not in table.columns:
-                    raise ValueError(f"{path} has no {self.id_column!r} column; is it Kaggle's sample submission?")
+                    raise UserError(f"{path} has no {self.id_column!r} column; is it Kaggle's sample submission?")
                 return table[self.id_column].tolist()
         return None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from competitions.single_label import ProbabilityTableCompetition, list_class_folder_items, visible_files
+from pipeline.errors import UserError
 from pipeline.registry import register
 
 HINT = "expected DATA/train/<class>/<images> and DATA/test/[public|private]/<images>; `make demo COMP=imagefolder` makes an example"
@@ -25,10 +26,10 @@ class ImageFolder(ProbabilityTableCompetition):
     def check_layout(self, data_dir: Path) -> None:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
-            raise ValueError(f"data folder {data_dir} does not exist; {HINT}")
+            raise UserError(f"data folder {data_dir} does not exist; {HINT}")
         for name in ("train", "test"):
             if not (data_dir / name).is_dir():
-                raise ValueError(f"{data_dir} has no {name}/ folder; {HINT}")
+                raise UserError(f"{data_dir} has no {name}/ folder; {HINT}")
 
     def class_names(self, data_dir: Path) -> list[str]:
         train = Path(data_dir) / "train"

@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+from pipeline.errors import UserError
 from pipeline.registry import Competition
 
 KAGGLE_LOGLOSS_EPS = 1e-15
@@ -42,14 +43,14 @@ class ProbabilityTableCompetition(Competition):
     def from_submission(self, submission: pd.DataFrame, classes: list[str]) -> tuple[list[str], np.ndarray]:
         expected = [self.id_column, *classes]
         if list(submission.columns) != expected:
-            raise ValueError(f"submission header must be {','.join(expected)}; got {','.join(map(str, submission.columns))}")
+            raise UserError(f"submission header must be {','.join(expected)}; got {','.join(map(str, submission.columns))}")
         values = submission[classes].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
         return submission[self.id_column].astype(str).tolist(), values
 
     def from_solution(self, solution: pd.DataFrame, classes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
         expected = {self.id_column, *classes, "Usage"}
         if set(solution.columns) != expected:
-            raise ValueError(f"solution columns must be {self.id_column},{','.join(classes)},Usage; got {','.join(solution.columns)}")
+            raise UserError(f"solution columns must be {self.id_column},{','.join(classes)},Usage; got {','.join(solution.columns)}")
         y_true = solution[classes].astype(float).to_numpy(dtype=np.float32)
         return solution[self.id_column].astype(str).tolist(), y_true, solution["Usage"].to_numpy()
 
@@ -58,11 +59,11 @@ def list_class_folder_items(train_dir: Path, known_classes: list[str] | None) ->
     """Train items from `train_dir/<class>/*`: every visible file (unreadable ones are found by the scan)."""
     folders = sorted(p for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise ValueError(f"{train_dir} has no class folders; expected {train_dir}/<class name>/<image files>")
+        raise UserError(f"{train_dir} has no class folders; expected {train_dir}/<class name>/<image files>")
     if known_classes is not None:
         unknown = [p.name for p in folders if p.name not in known_classes]
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"{train_dir} has class folders {unknown} that are not classes of this competition; "
                 f"the classes are {known_classes}: rename or remove those folders"
             )
@@ -70,7 +71,7 @@ def list_class_folder_items(train_dir: Path, known_classes: list[str] | None) ->
     for folder in folders:
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
-            raise ValueError(f"class folder {folder} is empty; add its images or remove the folder")
+            raise UserError(f"class folder {folder} is empty; add its images or remove the folder")
         rows += [(str(p.resolve()), (folder.name,)) for p in files]
     return pd.DataFrame(rows, columns=["path", "labels"])
 

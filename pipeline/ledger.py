@@ -3,7 +3,7 @@
 Each write is one short `BEGIN IMMEDIATE` transaction on a fresh connection with a busy timeout, so several
 processes (a sweep, a submit, a score sync) can write the same file at once. The schema carries its version
 in `schema_version` and older files are migrated in order on open. A file that is not a ledger is never
-touched: opening it is a ValueError saying how to fix it.
+touched: opening it is a UserError saying how to fix it.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import REPO_ROOT
+from pipeline.errors import UserError
 from pipeline.files import sha256_of
 
 BUSY_TIMEOUT_S = 60.0
@@ -116,7 +117,7 @@ class Ledger:
         commit, dirty = git_state(REPO_ROOT)
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
-                raise ValueError(f"ledger {self.path}: run {run_id!r} is already recorded; give each run a new id")
+                raise UserError(f"ledger {self.path}: run {run_id!r} is already recorded; give each run a new id")
             db.execute(
                 "INSERT INTO runs (run_id, competition, status, started_at, git_commit, git_dirty, data_fingerprint,"
                 " config_json, seed, versions_json) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
@@ -128,7 +129,7 @@ class Ledger:
         """Mark a run `done` with its metrics.json content and the sha256 of the submission written."""
         submission_path = Path(submission_path)
         if not submission_path.is_file():
-            raise ValueError(f"run {run_id}: submission {submission_path} does not exist; finish_run needs the written CSV")
+            raise UserError(f"run {run_id}: submission {submission_path} does not exist; finish_run needs the written CSV")
         sha256 = sha256_of(submission_path)
         board = metrics.get("leaderboard") or {}
         scores = {column: _float((board.get(who) or {}).get(group)) for (who, group), column in LEADERBOARD_COLUMNS.items()}
@@ -136,7 +137,7 @@ class Ledger:
         with self._transaction() as db:
             row = self._require_run(db, run_id)
             if metrics.get("competition") not in (None, row["competition"]):
-                raise ValueError(f"run {run_id}: metrics are for {metrics['competition']!r} but the run was "
+                raise UserError(f"run {run_id}: metrics are for {metrics['competition']!r} but the run was "
                                  f"started for {row['competition']!r}")
             versions = {**(json.loads(row["versions_json"]) if row["versions_json"] else {}),
                         **(metrics.get("versions") or {})}
@@ -256,7 +257,7 @@ class Ledger:
             if len(matches) != 1:
                 hint = (f"it matches {', '.join(matches[:5])}; give more of the id" if matches
                         else "`python -m pipeline runs list` shows the recorded runs")
-                raise ValueError(f"ledger {self.path}: no single run {run_id!r}: {hint}")
+                raise UserError(f"ledger {self.path}: no single run {run_id!r}: {hint}")
             row = dict(db.execute("SELECT * FROM runs WHERE run_id = ?", (matches[0],)).fetchone())
             submissions = [dict(r) for r in db.execute(
                 "SELECT * FROM submissions WHERE run_id = ? OR sha256 = ? ORDER BY id", (matches[0], row["submission_sha256"]))]
@@ -279,14 +280,14 @@ class Ledger:
     def _check_is_sqlite(self) -> None:
         """Refuse, before SQLite opens it, a file that is not an SQLite database (SQLite would fail later)."""
         if self.path.is_dir():
-            raise ValueError(f"ledger path {self.path} is a folder; pass a file path such as {self.path / 'ledger.sqlite'}")
+            raise UserError(f"ledger path {self.path} is a folder; pass a file path such as {self.path / 'ledger.sqlite'}")
         if self.path.is_file() and self.path.stat().st_size > 0:
             with open(self.path, "rb") as handle:
                 if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
                     raise self._corrupt("it does not start with the SQLite header")
 
-    def _corrupt(self, why: str) -> ValueError:
-        return ValueError(
+    def _corrupt(self, why: str) -> UserError:
+        return UserError(
             f"ledger {self.path} is not a readable run ledger ({why}); it was left untouched. Move it aside "
             f"(mv {self.path} {self.path}.broken) to start a new ledger, or pass another ledger path")
 
@@ -294,7 +295,7 @@ class Ledger:
         try:
             db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.OperationalError as error:
-            raise ValueError(f"cannot open ledger {self.path}: {error}; check the folder exists and is writable") from error
+            raise UserError(f"cannot open ledger {self.path}: {error}; check the folder exists and is writable") from error
         db.row_factory = sqlite3.Row
         return db
 
@@ -336,12 +337,12 @@ class Ledger:
         tables = {r["name"] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "schema_version" not in tables:
             if tables - {"sqlite_sequence"}:
-                raise ValueError(f"{self.path} is an SQLite database but not a run ledger (it has tables "
+                raise UserError(f"{self.path} is an SQLite database but not a run ledger (it has tables "
                                  f"{', '.join(sorted(tables))} and no schema_version); pass another ledger path")
             db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
         current = _version(db)
         if current > SCHEMA_VERSION:
-            raise ValueError(f"ledger {self.path} has schema version {current}, newer than this code's "
+            raise UserError(f"ledger {self.path} has schema version {current}, newer than this code's "
                              f"{SCHEMA_VERSION}; update the pipeline or pass another ledger path")
         for version in range(current, SCHEMA_VERSION):
             for statement in MIGRATIONS[version]:
@@ -351,7 +352,7 @@ class Ledger:
     def _require_run(self, db: sqlite3.Connection, run_id: str) -> sqlite3.Row:
         row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
-            raise ValueError(f"ledger {self.path}: run {run_id!r} was never started (call start_run first)")
+            raise UserError(f"ledger {self.path}: run {run_id!r} was never started (call start_run first)")
         return row
 
 

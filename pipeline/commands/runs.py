@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from pipeline.config import LEDGER_PATH
+from pipeline.errors import UserError
 from pipeline.ledger import Ledger
 
 LIST_COLUMNS = ["run_id", "status", "started_at", "pseudo_ratio", "pseudo_groups", "holdout_teacher",
@@ -59,15 +60,15 @@ def show_run(args: argparse.Namespace) -> int:
 def score_run(args: argparse.Namespace) -> int:
     """Kaggle scores typed by hand become a submission row of the run, like scores synced from Kaggle."""
     if args.public is None and args.private is None:
-        raise ValueError("runs score needs --public and/or --private (the scores Kaggle shows for the submission)")
+        raise UserError("runs score needs --public and/or --private (the scores Kaggle shows for the submission)")
     for name in ("public", "private"):
         value = getattr(args, name)
         if value is not None and not math.isfinite(value):
-            raise ValueError(f"--{name} must be a finite number, got {value!r}")
+            raise UserError(f"--{name} must be a finite number, got {value!r}")
     ledger = Ledger(args.ledger)
     run = ledger.run(args.run_id)
     if not run["submission_sha256"]:
-        raise ValueError(f"run {run['run_id']} has no submission recorded (status {run['status']}); "
+        raise UserError(f"run {run['run_id']} has no submission recorded (status {run['status']}); "
                          "only a finished run's submission can have Kaggle scores")
     ledger.add_submission(run["run_id"], run["submission_sha256"], None, "scores typed by hand (runs score)",
                           "complete", args.public, args.private)
