@@ -46,9 +46,9 @@ def list_runs(args: argparse.Namespace) -> int:
     for competition, group in runs.groupby("competition", sort=True):
         print(f"== {competition} ({len(group)} runs)")
         print(group[LIST_COLUMNS].to_string(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}"))
-        for row in group[group["status"] == "failed"].itertuples():
+        for row in group[group["status"].isin(["failed", "interrupted"])].itertuples():
             last_line = (row.error or "").strip().splitlines()[-1:] or ["(no error text)"]
-            print(f"  {row.run_id} failed: {last_line[0]}")
+            print(f"  {row.run_id} {row.status}: {last_line[0]}")
     return 0
 
 
