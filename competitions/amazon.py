@@ -127,6 +127,9 @@ class Amazon(Competition):
         table = _read_id_csv(Path(data_dir) / SAMPLE_SUBMISSION, ("image_name", "tags"))
         return table["image_name"].tolist()
 
+    def sample_submission(self, data_dir: Path) -> Path:
+        return Path(data_dir) / SAMPLE_SUBMISSION
+
     # ---- decision: probabilities -> tags -----------------------------------------------------------
     def fit_decision(self, y_true: np.ndarray, y_prob: np.ndarray) -> dict:
         """Per-tag thresholds maximising samples-F2 on the holdout, by coordinate search from 0.2.

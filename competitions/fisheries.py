@@ -43,13 +43,23 @@ class Fisheries(ProbabilityTableCompetition):
         return pd.DataFrame(rows, columns=["path", "id", "group"])
 
     def expected_ids(self, data_dir: Path) -> list[str] | None:
+        path = self.sample_submission(data_dir)
+        if path is None:
+            return None
+        try:
+            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            raise UserError(f"{path} is not a readable CSV ({error}); expected Kaggle's sample submission with "
+                            f"columns {self.id_column},{','.join(CLASSES)}") from error
+        if self.id_column not in table.columns:
+            raise UserError(f"{path} has no {self.id_column!r} column; is it Kaggle's sample submission?")
+        return table[self.id_column].tolist()
+
+    def sample_submission(self, data_dir: Path) -> Path | None:
+        """Stage 2's sample submission (public and private ids) when present, else stage 1's."""
         for name in ("sample_submission_stg2.csv", "sample_submission_stg1.csv"):
-            path = Path(data_dir) / name
-            if path.is_file():
-                table = pd.read_csv(path, dtype=str, keep_default_na=False)
-                if self.id_column not in table.columns:
-                    raise UserError(f"{path} has no {self.id_column!r} column; is it Kaggle's sample submission?")
-                return table[self.id_column].tolist()
+            if (Path(data_dir) / name).is_file():
+                return Path(data_dir) / name
         return None
 
     def make_sample(self, out_dir: Path, seed: int = 0) -> None:

@@ -61,6 +61,10 @@ class Competition(abc.ABC):
         """Ids (and their order) the submission must contain, from the sample submission; None = the test items."""
         return None
 
+    def sample_submission(self, data_dir: Path) -> Path | None:
+        """The CSV `expected_ids` reads (named in error messages); None when there is none."""
+        return None
+
     # ---- scoring and submission ------------------------------------------------------------------
     @property
     def greater_is_better(self) -> bool:
