@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import fbeta_score
 
+from pipeline.errors import UserError
 from pipeline.registry import Competition, register
 
 TAGS: tuple[str, ...] = tuple(sorted((
@@ -59,21 +60,21 @@ class Amazon(Competition):
         super().__init__(metric)
         folder = public_folder or type(self).public_folder
         if folder not in TEST_DIRS:
-            raise ValueError(f"public_folder must be one of {TEST_DIRS}, got {folder!r}")
+            raise UserError(f"public_folder must be one of {TEST_DIRS}, got {folder!r}")
         self.public_folder = folder
 
     # ---- data ------------------------------------------------------------------------------------
     def check_layout(self, data_dir: Path) -> None:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
-            raise ValueError(f"data folder {data_dir} does not exist; {_GET_DATA}")
+            raise UserError(f"data folder {data_dir} does not exist; {_GET_DATA}")
         for name, want_dir in ((TRAIN_CSV, False), (SAMPLE_SUBMISSION, False), (TRAIN_DIR, True),
                                *((d, True) for d in TEST_DIRS)):
             path = data_dir / name
             ok = path.is_dir() if want_dir else path.is_file()
             if not ok:
                 kind = "folder" if want_dir else "file"
-                raise ValueError(f"{path} is missing (expected the Amazon {kind} {name!r} under {data_dir}); {_GET_DATA}")
+                raise UserError(f"{path} is missing (expected the Amazon {kind} {name!r} under {data_dir}); {_GET_DATA}")
 
     def class_names(self, data_dir: Path) -> list[str]:
         return list(TAGS)
@@ -90,10 +91,10 @@ class Amazon(Competition):
             where = f"{csv_path} line {row + 2} (image_name {image_name!r})"
             names = _parse_tags(tags, where)
             if not names:
-                raise ValueError(f"{where} has no tags; every image needs at least its weather tag "
+                raise UserError(f"{where} has no tags; every image needs at least its weather tag "
                                  f"({', '.join(WEATHER)}): add its tags or delete the row")
             if image_name not in present:
-                raise ValueError(f"{where}: no image {image_dir / (image_name + '.jpg')}; "
+                raise UserError(f"{where}: no image {image_dir / (image_name + '.jpg')}; "
                                  f"add the file or delete the row")
             paths.append(str((image_dir / f"{image_name}.jpg").resolve()))
             labels.append(names)
@@ -110,12 +111,12 @@ class Amazon(Competition):
         items = pd.DataFrame(rows, columns=["path", "id", "group"])
         clash = items["id"][items["id"].duplicated()]
         if len(clash):
-            raise ValueError(f"test id {clash.iloc[0]!r} is in both {TEST_DIRS[0]} and {TEST_DIRS[1]}; ids must be unique")
+            raise UserError(f"test id {clash.iloc[0]!r} is in both {TEST_DIRS[0]} and {TEST_DIRS[1]}; ids must be unique")
         expected = self.expected_ids(data_dir)
         missing = sorted(set(expected) - set(items["id"]), key=_natural_key)
         extra = sorted(set(items["id"]) - set(expected), key=_natural_key)
         if missing or extra:
-            raise ValueError(
+            raise UserError(
                 f"{data_dir / SAMPLE_SUBMISSION} and the test folders disagree: "
                 f"{len(missing)} ids have no image (first: {missing[:3]}), {len(extra)} images are not in the "
                 f"sample submission (first: {extra[:3]}); re-download with `make data COMP=amazon`"
@@ -125,6 +126,9 @@ class Amazon(Competition):
     def expected_ids(self, data_dir: Path) -> list[str]:
         table = _read_id_csv(Path(data_dir) / SAMPLE_SUBMISSION, ("image_name", "tags"))
         return table["image_name"].tolist()
+
+    def sample_submission(self, data_dir: Path) -> Path:
+        return Path(data_dir) / SAMPLE_SUBMISSION
 
     # ---- decision: probabilities -> tags -----------------------------------------------------------
     def fit_decision(self, y_true: np.ndarray, y_prob: np.ndarray) -> dict:
@@ -192,7 +196,7 @@ class Amazon(Competition):
         bad = np.flatnonzero(~np.isin(usage, ("Public", "Private", "Ignored")))
         if len(bad):
             row = int(bad[0])
-            raise ValueError(f"solution line {row + 2} (image_name {ids[row]!r}): Usage {usage[row]!r} "
+            raise UserError(f"solution line {row + 2} (image_name {ids[row]!r}): Usage {usage[row]!r} "
                              "is not Public, Private or Ignored")
         return ids, y, usage
 
@@ -256,13 +260,13 @@ def _parse_tags(tags: object, where: str) -> tuple[str, ...]:
     if tags is None or (isinstance(tags, float) and np.isnan(tags)):
         tags = ""
     if not isinstance(tags, str):
-        raise ValueError(f"{where}: tags must be space-separated text, got {tags!r}")
+        raise UserError(f"{where}: tags must be space-separated text, got {tags!r}")
     names = tags.split()
     for name in names:
         if name not in TAGS:
-            raise ValueError(f"{where}: tag {name!r} is not one of the 17 Amazon tags {list(TAGS)}")
+            raise UserError(f"{where}: tag {name!r} is not one of the 17 Amazon tags {list(TAGS)}")
     if len(set(names)) != len(names):
-        raise ValueError(f"{where}: a tag is repeated in {tags!r}; list each tag once")
+        raise UserError(f"{where}: a tag is repeated in {tags!r}; list each tag once")
     return tuple(sorted(names))
 
 
@@ -271,13 +275,13 @@ def _read_id_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not a readable CSV ({error}); expected columns {','.join(columns)}") from error
+        raise UserError(f"{path} is not a readable CSV ({error}); expected columns {','.join(columns)}") from error
     _require_columns(table, columns, str(path))
     for row, name in enumerate(table["image_name"]):
         _check_image_name(name, f"{path} line {row + 2}")
     dup = table["image_name"][table["image_name"].duplicated()]
     if len(dup):
-        raise ValueError(f"{path}: image_name {dup.iloc[0]!r} appears more than once (line {dup.index[0] + 2}); "
+        raise UserError(f"{path}: image_name {dup.iloc[0]!r} appears more than once (line {dup.index[0] + 2}); "
                          "each image must be listed once")
     return table
 
@@ -287,7 +291,7 @@ def _check_image_name(name: str, where: str) -> None:
     bad = (not name or name in (".", "..") or name != name.strip()
            or PureWindowsPath(name).name != name or "\x00" in name)
     if bad:
-        raise ValueError(f"{where}: image_name {name!r} is not a plain file name (no folders, '..' or "
+        raise UserError(f"{where}: image_name {name!r} is not a plain file name (no folders, '..' or "
                          "absolute paths); expected e.g. 'train_0' for train-jpg/train_0.jpg")
 
 
@@ -299,7 +303,7 @@ def _jpg_stems(folder: Path, strict: bool = False) -> set[str]:
             if entry.name.endswith(".jpg") and entry.is_file():
                 stems.add(entry.name[: -len(".jpg")])
             elif strict and not entry.name.startswith("."):
-                raise ValueError(f"{Path(folder) / entry.name} is not a .jpg image; the test folders must hold "
+                raise UserError(f"{Path(folder) / entry.name} is not a .jpg image; the test folders must hold "
                                  "only <id>.jpg files: move it out")
     return stems
 
@@ -311,7 +315,7 @@ def _natural_key(name: str) -> tuple:
 def _require_columns(table: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise ValueError(f"{what} lacks column(s) {missing}; expected header {','.join(columns)}, "
+        raise UserError(f"{what} lacks column(s) {missing}; expected header {','.join(columns)}, "
                          f"got {','.join(map(str, table.columns))}")
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from competitions.single_label import ProbabilityTableCompetition, list_class_folder_items, visible_files
+from pipeline.errors import UserError
 from pipeline.registry import register
 
 CLASSES = ["ALB", "BET", "DOL", "LAG", "NoF", "OTHER", "SHARK", "YFT"]
@@ -22,10 +23,10 @@ class Fisheries(ProbabilityTableCompetition):
     def check_layout(self, data_dir: Path) -> None:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
-            raise ValueError(f"data folder {data_dir} does not exist; {GET_DATA_HINT}")
+            raise UserError(f"data folder {data_dir} does not exist; {GET_DATA_HINT}")
         missing = [name for name in ("train", "test_stg1") if not (data_dir / name).is_dir()]
         if missing:
-            raise ValueError(f"{data_dir} lacks {', '.join(f'{m}/' for m in missing)} (Kaggle's fisheries layout); {GET_DATA_HINT}")
+            raise UserError(f"{data_dir} lacks {', '.join(f'{m}/' for m in missing)} (Kaggle's fisheries layout); {GET_DATA_HINT}")
 
     def class_names(self, data_dir: Path) -> list[str]:
         return list(CLASSES)
@@ -42,13 +43,23 @@ class Fisheries(ProbabilityTableCompetition):
         return pd.DataFrame(rows, columns=["path", "id", "group"])
 
     def expected_ids(self, data_dir: Path) -> list[str] | None:
+        path = self.sample_submission(data_dir)
+        if path is None:
+            return None
+        try:
+            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            raise UserError(f"{path} is not a readable CSV ({error}); expected Kaggle's sample submission with "
+                            f"columns {self.id_column},{','.join(CLASSES)}") from error
+        if self.id_column not in table.columns:
+            raise UserError(f"{path} has no {self.id_column!r} column; is it Kaggle's sample submission?")
+        return table[self.id_column].tolist()
+
+    def sample_submission(self, data_dir: Path) -> Path | None:
+        """Stage 2's sample submission (public and private ids) when present, else stage 1's."""
         for name in ("sample_submission_stg2.csv", "sample_submission_stg1.csv"):
-            path = Path(data_dir) / name
-            if path.is_file():
-                table = pd.read_csv(path, dtype=str, keep_default_na=False)
-                if self.id_column not in table.columns:
-                    raise ValueError(f"{path} has no {self.id_column!r} column; is it Kaggle's sample submission?")
-                return table[self.id_column].tolist()
+            if (Path(data_dir) / name).is_file():
+                return Path(data_dir) / name
         return None
 
     def make_sample(self, out_dir: Path, seed: int = 0) -> None:

@@ -1,8 +1,10 @@
 """Any single-label image competition laid out as folders (State Farm, dogs vs cats, ...).
 
 DATA/train/<class>/*.{jpg,jpeg,png}; DATA/test/public/* and DATA/test/private/* (files directly in
-DATA/test/ count as public). Submission `id,<classes in sorted order>`; the id is the path relative to
-DATA/test with forward slashes. Metric: --metric logloss (default) or accuracy.
+DATA/test/ count as public). Any other folder there (test/stage2/, test/Private/, test/public/ALB/) is
+refused, never skipped: its images would be missing from the submission. Submission
+`id,<classes in sorted order>`; the id is the path relative to DATA/test with forward slashes. Metric:
+--metric logloss (default) or accuracy.
 """
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from competitions.single_label import ProbabilityTableCompetition, list_class_folder_items, visible_files
-from pipeline.registry import register
+from competitions.single_label import (ProbabilityTableCompetition, folder_entries, list_class_folder_items,
+                                       visible_files)
+from pipeline.errors import UserError
+from pipeline.registry import GROUPS, register
 
 HINT = "expected DATA/train/<class>/<images> and DATA/test/[public|private]/<images>; `make demo COMP=imagefolder` makes an example"
 
@@ -25,10 +29,10 @@ class ImageFolder(ProbabilityTableCompetition):
     def check_layout(self, data_dir: Path) -> None:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
-            raise ValueError(f"data folder {data_dir} does not exist; {HINT}")
+            raise UserError(f"data folder {data_dir} does not exist; {HINT}")
         for name in ("train", "test"):
             if not (data_dir / name).is_dir():
-                raise ValueError(f"{data_dir} has no {name}/ folder; {HINT}")
+                raise UserError(f"{data_dir} has no {name}/ folder; {HINT}")
 
     def class_names(self, data_dir: Path) -> list[str]:
         train = Path(data_dir) / "train"
@@ -38,9 +42,19 @@ class ImageFolder(ProbabilityTableCompetition):
         return list_class_folder_items(Path(data_dir) / "train", known_classes=None)
 
     def test_items(self, data_dir: Path) -> pd.DataFrame:
+        """Files directly in test/ (public), in test/public/ and in test/private/; any other folder is refused."""
         test = Path(data_dir) / "test"
-        rows = [(str(p.resolve()), p.name, "public") for p in visible_files(test)]
-        for group in ("public", "private"):
+        files, folders = folder_entries(test)
+        unexpected = [p for p in folders if p.name not in GROUPS]
+        if unexpected:
+            renames = [f"{p.name}/ to {p.name.lower()}/" for p in unexpected if p.name.lower() in GROUPS]
+            raise UserError(
+                f"{test} has folder(s) {', '.join(p.name + '/' for p in unexpected)} that the imagefolder layout does "
+                f"not read, so their images would be left out of the submission; test images go directly in test/ "
+                f"(public), in test/public/ or in test/private/: move them there"
+                + (f" (folder names are case-sensitive: rename {', '.join(renames)})" if renames else ""))
+        rows = [(str(p.resolve()), p.name, "public") for p in files]
+        for group in GROUPS:
             if (test / group).is_dir():
                 rows += [(str(p.resolve()), f"{group}/{p.name}", group) for p in visible_files(test / group)]
         return pd.DataFrame(rows, columns=["path", "id", "group"])

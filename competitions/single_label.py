@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+from pipeline.errors import UserError
 from pipeline.registry import Competition
 
 KAGGLE_LOGLOSS_EPS = 1e-15
@@ -42,39 +43,73 @@ class ProbabilityTableCompetition(Competition):
     def from_submission(self, submission: pd.DataFrame, classes: list[str]) -> tuple[list[str], np.ndarray]:
         expected = [self.id_column, *classes]
         if list(submission.columns) != expected:
-            raise ValueError(f"submission header must be {','.join(expected)}; got {','.join(map(str, submission.columns))}")
+            raise UserError(f"submission header must be {','.join(expected)}; got {','.join(map(str, submission.columns))}")
         values = submission[classes].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
         return submission[self.id_column].astype(str).tolist(), values
 
     def from_solution(self, solution: pd.DataFrame, classes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
         expected = {self.id_column, *classes, "Usage"}
         if set(solution.columns) != expected:
-            raise ValueError(f"solution columns must be {self.id_column},{','.join(classes)},Usage; got {','.join(solution.columns)}")
+            raise UserError(f"solution columns must be {self.id_column},{','.join(classes)},Usage; got {','.join(solution.columns)}")
         y_true = solution[classes].astype(float).to_numpy(dtype=np.float32)
         return solution[self.id_column].astype(str).tolist(), y_true, solution["Usage"].to_numpy()
 
 
 def list_class_folder_items(train_dir: Path, known_classes: list[str] | None) -> pd.DataFrame:
-    """Train items from `train_dir/<class>/*`: every visible file (unreadable ones are found by the scan)."""
-    folders = sorted(p for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """Train items from `train_dir/<class>/*`: every visible file (unreadable ones are found by the scan).
+
+    Anything the layout would not read (a file directly in `train_dir`, a folder inside a class folder) is
+    refused rather than left out without a word."""
+    files, folders = folder_entries(train_dir)
     if not folders:
-        raise ValueError(f"{train_dir} has no class folders; expected {train_dir}/<class name>/<image files>")
+        raise UserError(f"{train_dir} has no class folders; expected {train_dir}/<class name>/<image files>")
+    if files:
+        raise UserError(f"{train_dir} holds {_few(files)} directly, outside any class folder, so they have no "
+                        f"label; move each into {train_dir}/<class name>/ or remove it")
     if known_classes is not None:
         unknown = [p.name for p in folders if p.name not in known_classes]
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"{train_dir} has class folders {unknown} that are not classes of this competition; "
                 f"the classes are {known_classes}: rename or remove those folders"
             )
     rows = []
     for folder in folders:
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        if not files:
-            raise ValueError(f"class folder {folder} is empty; add its images or remove the folder")
-        rows += [(str(p.resolve()), (folder.name,)) for p in files]
+        images, nested = folder_entries(folder)
+        if nested:
+            raise UserError(f"class folder {folder} holds folder(s) {_few(nested, '/')} whose images would be left "
+                            f"out; move their images up into {folder} or remove the folders")
+        if not images:
+            raise UserError(f"class folder {folder} is empty; add its images or remove the folder")
+        rows += [(str(p.resolve()), (folder.name,)) for p in images]
     return pd.DataFrame(rows, columns=["path", "labels"])
 
 
 def visible_files(folder: Path) -> list[Path]:
-    """Files of a test folder in sorted (deterministic) order, hidden files left out."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    """Files of a test folder in sorted (deterministic) order, hidden files left out.
+
+    A folder inside it is refused: its images would vanish from the submission without a word."""
+    files, folders = folder_entries(folder)
+    if folders:
+        raise UserError(f"test folder {folder} holds folder(s) {_few(folders, '/')} whose images would be left out "
+                        f"of the submission; test images must be files directly in {folder}: move them there "
+                        "(test images have no classes) or remove the folders")
+    return files
+
+
+def folder_entries(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(files, folders) of `folder`, sorted, hidden ones left out; anything else (a pipe, a broken link) is refused."""
+    files, folders, other = [], [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        (files if path.is_file() else folders if path.is_dir() else other).append(path)
+    if other:
+        raise UserError(f"{folder} holds {_few(other)}, which are neither image files nor folders (a pipe, a socket "
+                        "or a broken link); remove them")
+    return files, folders
+
+
+def _few(paths: list[Path], suffix: str = "", limit: int = 5) -> str:
+    names = ", ".join(f"{p.name}{suffix}" for p in paths[:limit])
+    return names + (f" and {len(paths) - limit} more" if len(paths) > limit else "")

@@ -8,6 +8,8 @@ import sys
 
 import pipeline.commands
 
+from pipeline.errors import UserError
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
@@ -21,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ValueError as error:  # bad user input: a clear message, no traceback
+    except UserError as error:  # bad user input: a clear message, no traceback; anything else is a bug and keeps it
         print(f"error: {error}", file=sys.stderr)
         return 2
 

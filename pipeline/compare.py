@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from pipeline.errors import UserError
 from pipeline.files import sha256_of, write_bytes_atomic
 from pipeline.ledger import Ledger
 from pipeline.registry import Competition, get_competition
@@ -48,20 +49,20 @@ def compare_runs(ledger: Ledger, competition: str, sort: str = "public", solutio
     """Build the comparison of the done runs of `competition` (or only `run_ids`); fills in local leaderboard
     scores and bootstrap intervals the ledger lacks when a solution file is known, and records them."""
     if sort not in SORT_KEYS:
-        raise ValueError(f"--sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
+        raise UserError(f"--sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
     if resamples != 0 and resamples < 100:
-        raise ValueError(f"--resamples must be 0 (no noise check) or at least 100 for a 95% interval, got {resamples}")
+        raise UserError(f"--resamples must be 0 (no noise check) or at least 100 for a 95% interval, got {resamples}")
     runs = ledger.runs(competition)
     if run_ids is not None:
         runs = runs[runs["run_id"].isin(run_ids)]
     done = runs[runs["status"] == "done"]
     if done.empty:
-        raise ValueError(f"ledger {ledger.path} has no finished runs of {competition!r}"
+        raise UserError(f"ledger {ledger.path} has no finished runs of {competition!r}"
                          f"{' among the given ids' if run_ids is not None else ''}; "
                          f"run `make submit COMP={competition}` or `make sweep COMP={competition}` first")
     metrics_used = sorted(done["metric"].dropna().unique())
     if metric is None and len(metrics_used) > 1:
-        raise ValueError(f"runs of {competition} use different metrics ({', '.join(metrics_used)}); "
+        raise UserError(f"runs of {competition} use different metrics ({', '.join(metrics_used)}); "
                          "choose one with --metric")
     plugin = get_competition(competition, metric or (metrics_used[0] if metrics_used else None))
     same_metric = done["metric"].isna() | (done["metric"] == plugin.metric_name)
@@ -112,8 +113,8 @@ def _row(ledger: Ledger, plugin: Competition, run, record: dict, solution: Path 
             try:
                 gain_ci = _local_scores(ledger, plugin, run, record, solution_path, solutions[solution_path],
                                         student_csv, teacher_csv, board, resamples, seed, notes)
-            except ValueError as error:
-                raise ValueError(f"run {run.run_id} ({run_dir}): {error}") from error
+            except UserError as error:
+                raise UserError(f"run {run.run_id} ({run_dir}): {error}") from error
             board = gain_ci.pop("board")
             source = "local"
 
@@ -170,11 +171,11 @@ def public_gain_interval(competition: Competition, student: pd.DataFrame, teache
     for name, table in (("student", student), ("teacher", teacher)):
         try:
             y_true, values, usage = align_to_solution(competition, table, solution, classes)
-        except ValueError as error:
-            raise ValueError(f"the {name} submission: {error}") from error
+        except UserError as error:
+            raise UserError(f"the {name} submission: {error}") from error
         public = usage == "Public"
         if not public.any():
-            raise ValueError("the solution has no Usage=Public rows; the public gain cannot be measured")
+            raise UserError("the solution has no Usage=Public rows; the public gain cannot be measured")
         aligned[name] = values[public]
     y_public = y_true[public]
     sign = 1.0 if competition.greater_is_better else -1.0
@@ -202,7 +203,7 @@ def public_gain_interval(competition: Competition, student: pd.DataFrame, teache
 def render(comparison: Comparison, fmt: str) -> str:
     """The comparison as an aligned text table, CSV, JSON or a Markdown table."""
     if fmt not in FORMATS:
-        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "csv":
         return comparison.table.to_csv(index=False, lineterminator="\n")
     if fmt == "json":
@@ -361,5 +362,5 @@ def _known(value: object) -> bool:
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not a readable CSV: {error}") from error
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not a readable CSV: {error}") from error

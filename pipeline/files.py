@@ -1,9 +1,16 @@
-"""Atomic file writes and hashes: a reader never sees a half-written file."""
+"""Atomic file writes and hashes: a reader never sees a half-written file.
+
+Temporaries carry the writer's pid in their name (`.NAME.pid1234.XXXX.tmp`), so what a killed writer left
+behind can be told from what a live one is still writing (`remove_stale_temporaries`).
+"""
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +20,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         with os.fdopen(fd, "wb") as handle:
@@ -46,3 +53,93 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_TEMPORARY = re.compile(r"^\..+\.tmp$")
+_WRITER_PID = re.compile(r"\.pid(\d+)\.")
+
+
+def hdf5_problem(path: Path) -> str | None:
+    """Why `path` is not a readable HDF5 file (what Keras .h5/.weights.h5 files are), or None when it is."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(HDF5_SIGNATURE))
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if head != HDF5_SIGNATURE:
+        return "is not an HDF5 file (it lacks the HDF5 signature that Keras .h5 and .weights.h5 files start with)"
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            if not len(handle.keys()):
+                return "is an empty HDF5 file (no weights in it)"
+    except (OSError, ValueError, KeyError) as error:
+        return f"is a damaged HDF5 file ({error})"
+    return None
+
+
+def remove_stale_temporaries(folder: Path, min_age_s: float = 3600.0) -> list[Path]:
+    """Remove the temporaries (`.*.tmp` files and staging folders) that killed writers left under `folder`.
+
+    A temporary is stale when the writer whose pid is in its name is no longer running on this host, or,
+    for one without a pid, when it is older than `min_age_s`. A live writer's temporaries are left alone.
+    Returns what was removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for root, dirs, names in os.walk(folder):
+        for name in [*names, *dirs]:
+            if not _TEMPORARY.match(name):
+                continue
+            path = Path(root) / name
+            match = _WRITER_PID.search(name)
+            try:
+                stale = (not pid_is_alive(int(match.group(1))) if match
+                         else now - path.lstat().st_mtime > min_age_s)
+                if not stale:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except FileNotFoundError:  # its writer finished or another cleaner was first
+                continue
+            removed.append(path)
+        dirs[:] = [d for d in dirs if Path(root) / d not in removed]
+    return removed
+
+
+def pid_is_alive(pid: int) -> bool:
+    """Whether process `pid` is running on this host (a zombie, killed but not yet reaped, is not)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        pass
+    return _proc_stat(pid)[0] not in ("Z", "X")
+
+
+def process_start_token(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), or None where unknown.
+
+    With the pid it tells a process from a later one that reused its pid."""
+    return _proc_stat(pid)[1]
+
+
+def _proc_stat(pid: int) -> tuple[str | None, str | None]:
+    """(state, start time) of a process from /proc/PID/stat; (None, None) without /proc or without the process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None, None
+    fields = text[text.rfind(")") + 2:].split()  # the command name (in parentheses) may hold spaces
+    return (fields[0], fields[19]) if len(fields) > 19 else (None, None)

@@ -3,7 +3,12 @@
 Each write is one short `BEGIN IMMEDIATE` transaction on a fresh connection with a busy timeout, so several
 processes (a sweep, a submit, a score sync) can write the same file at once. The schema carries its version
 in `schema_version` and older files are migrated in order on open. A file that is not a ledger is never
-touched: opening it is a ValueError saying how to fix it.
+touched: opening it is a UserError saying how to fix it.
+
+A run records the pid, start time and host of the process that runs it. A process killed with SIGKILL (or
+a machine that lost power) cannot mark its own row, so every open marks `running` rows whose process is gone
+from this host as `interrupted` (rows of other hosts are left alone: their processes cannot be seen from
+here). An interrupted run's id may be started again.
 """
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ import contextlib
 import importlib.metadata
 import json
 import platform
+import os
 import re
+import socket
 import sqlite3
 import subprocess
 from datetime import datetime, timezone
@@ -22,17 +29,24 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import REPO_ROOT
-from pipeline.files import sha256_of
+from pipeline.errors import UserError
+from pipeline.files import pid_is_alive, process_start_token, sha256_of
 
 BUSY_TIMEOUT_S = 60.0
 SQLITE_HEADER = b"SQLite format 3\x00"
 # Distributions whose versions are recorded with every run (read from package metadata: nothing is imported).
 DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "scikit-learn", "scipy",
                  "pillow", "matplotlib", "kaggle")
-STATUSES = ("running", "done", "failed")
+STATUSES = ("running", "done", "failed", "interrupted")
 LEADERBOARD_COLUMNS = {("teacher", "public"): "lb_teacher_public", ("teacher", "private"): "lb_teacher_private",
                        ("student", "public"): "lb_student_public", ("student", "private"): "lb_student_private"}
 _SECRET_KEY = re.compile(r"(^|[_\-.])(key|token|secret|password|credentials?)($|[_\-.])", re.IGNORECASE)
+
+_V3_RUN_COLUMNS = ("run_id, competition, status, started_at, finished_at, git_commit, git_dirty, data_fingerprint,"
+                   " config_json, seed, versions_json, metric, greater_is_better, holdout_teacher, holdout_student,"
+                   " pseudo_json, submission_path, submission_sha256, wall_time_s, error, metrics_json,"
+                   " lb_teacher_public, lb_teacher_private, lb_student_public, lb_student_private, shift_json,"
+                   " public_gain_json")
 
 # Ordered migrations: MIGRATIONS[i] brings a file from schema version i to i + 1. Never edit a released
 # step; append a new one.
@@ -109,6 +123,44 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX submissions_by_sha256 ON submissions (sha256)",
         "CREATE INDEX submissions_by_run ON submissions (run_id)",
     ),
+    (  # v5: status 'interrupted' (a CHECK constraint cannot be altered: the table is rebuilt) and the process
+       # that runs each run (pid, its start time, host), so a run whose process died can be told from a live one
+        """CREATE TABLE runs_v5 (
+            run_id TEXT PRIMARY KEY,
+            competition TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'interrupted')),
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            git_commit TEXT,
+            git_dirty INTEGER,
+            data_fingerprint TEXT,
+            config_json TEXT NOT NULL,
+            seed INTEGER,
+            versions_json TEXT,
+            metric TEXT,
+            greater_is_better INTEGER,
+            holdout_teacher REAL,
+            holdout_student REAL,
+            pseudo_json TEXT,
+            submission_path TEXT,
+            submission_sha256 TEXT,
+            wall_time_s REAL,
+            error TEXT,
+            metrics_json TEXT,
+            lb_teacher_public REAL,
+            lb_teacher_private REAL,
+            lb_student_public REAL,
+            lb_student_private REAL,
+            shift_json TEXT,
+            public_gain_json TEXT,
+            pid INTEGER,
+            process_start TEXT,
+            hostname TEXT)""",
+        f"INSERT INTO runs_v5 ({_V3_RUN_COLUMNS}) SELECT {_V3_RUN_COLUMNS} FROM runs ORDER BY rowid",
+        "DROP TABLE runs",
+        "ALTER TABLE runs_v5 RENAME TO runs",
+        "CREATE INDEX runs_by_competition ON runs (competition, started_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -132,29 +184,38 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._transaction() as db:
             self._migrate(db)
+        self.mark_interrupted()
 
     # ---- runs ------------------------------------------------------------------------------------
     def start_run(self, run_id: str, competition: str, config: dict, data_fingerprint: str | None, seed: int) -> None:
         """Record a run as `running`, with the code version (git) and library versions of this process.
 
         Call it before anything can fail (the data fingerprint may be None then: finish_run takes it from
-        the metrics), so that every failure is recorded by fail_run."""
+        the metrics), so that every failure is recorded by fail_run. The id of an interrupted run (its process
+        died without finishing) may be started again: the new run replaces its row."""
         commit, dirty = git_state(REPO_ROOT)
+        pid = os.getpid()
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
-                raise ValueError(f"ledger {self.path}: run {run_id!r} is already recorded; give each run a new id")
+            existing = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if existing is not None:
+                if existing["status"] != "interrupted" and not _process_gone(existing):
+                    raise UserError(f"ledger {self.path}: run {run_id!r} is already recorded (status "
+                                    f"{existing['status']}); give each run a new id")
+                db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))  # an interrupted run, started again
             db.execute(
                 "INSERT INTO runs (run_id, competition, status, started_at, git_commit, git_dirty, data_fingerprint,"
-                " config_json, seed, versions_json) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                " config_json, seed, versions_json, pid, process_start, hostname)"
+                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, competition, _now(), commit, None if dirty is None else int(dirty), data_fingerprint,
-                 _json(redact(config)), int(seed), _json(library_versions())),
+                 _json(redact(config)), int(seed), _json(library_versions()), pid, process_start_token(pid),
+                 socket.gethostname()),
             )
 
     def finish_run(self, run_id: str, metrics: dict, submission_path: Path, wall_time_s: float) -> None:
         """Mark a run `done` with its metrics.json content and the sha256 of the submission written."""
         submission_path = Path(submission_path)
         if not submission_path.is_file():
-            raise ValueError(f"run {run_id}: submission {submission_path} does not exist; finish_run needs the written CSV")
+            raise UserError(f"run {run_id}: submission {submission_path} does not exist; finish_run needs the written CSV")
         sha256 = sha256_of(submission_path)
         board = metrics.get("leaderboard") or {}
         scores = {column: _float((board.get(who) or {}).get(group)) for (who, group), column in LEADERBOARD_COLUMNS.items()}
@@ -162,7 +223,7 @@ class Ledger:
         with self._transaction() as db:
             row = self._require_run(db, run_id)
             if metrics.get("competition") not in (None, row["competition"]):
-                raise ValueError(f"run {run_id}: metrics are for {metrics['competition']!r} but the run was "
+                raise UserError(f"run {run_id}: metrics are for {metrics['competition']!r} but the run was "
                                  f"started for {row['competition']!r}")
             versions = {**(json.loads(row["versions_json"]) if row["versions_json"] else {}),
                         **(metrics.get("versions") or {})}
@@ -184,6 +245,29 @@ class Ledger:
             started = datetime.fromisoformat(row["started_at"])
             _update(db, run_id, {"status": "failed", "finished_at": finished.isoformat(timespec="seconds"),
                                  "error": str(error), "wall_time_s": (finished - started).total_seconds()})
+
+    def mark_interrupted(self) -> list[str]:
+        """Mark `running` rows whose process is gone from this host as `interrupted`; returns their ids.
+
+        A row is stale when its pid is not running here, or runs a later process that reused the pid (its
+        start time differs). Rows of other hosts, and rows written before pids were recorded, are left alone."""
+        host = socket.gethostname()
+        with self._read() as db:
+            rows = db.execute("SELECT * FROM runs WHERE status = 'running' AND hostname = ? AND pid IS NOT NULL",
+                              (host,)).fetchall()
+        stale = [row for row in rows if _process_gone(row)]
+        if not stale:
+            return []
+        finished = datetime.now(timezone.utc)
+        with self._transaction() as db:
+            for row in stale:
+                reason = (f"interrupted: process {row['pid']} on {host} ended without finishing the run (killed, "
+                          "crashed hard or the machine restarted); start it again with the same run id")
+                seconds = (finished - datetime.fromisoformat(row["started_at"])).total_seconds()
+                db.execute("UPDATE runs SET status = 'interrupted', finished_at = ?, error = ?, wall_time_s = ?"
+                           " WHERE run_id = ? AND status = 'running'",
+                           (finished.isoformat(timespec="seconds"), reason, seconds, row["run_id"]))
+        return [row["run_id"] for row in stale]
 
     def record_shift(self, run_id: str, summary: dict) -> None:
         """Store the distribution-shift summary of a run."""
@@ -289,7 +373,7 @@ class Ledger:
             if len(matches) != 1:
                 hint = (f"it matches {', '.join(matches[:5])}; give more of the id" if matches
                         else "`python -m pipeline runs list` shows the recorded runs")
-                raise ValueError(f"ledger {self.path}: no single run {run_id!r}: {hint}")
+                raise UserError(f"ledger {self.path}: no single run {run_id!r}: {hint}")
             row = dict(db.execute("SELECT * FROM runs WHERE run_id = ?", (matches[0],)).fetchone())
             submissions = [dict(r) for r in db.execute(
                 "SELECT * FROM submissions WHERE run_id = ? OR sha256 = ? ORDER BY id", (matches[0], row["submission_sha256"]))]
@@ -312,14 +396,14 @@ class Ledger:
     def _check_is_sqlite(self) -> None:
         """Refuse, before SQLite opens it, a file that is not an SQLite database (SQLite would fail later)."""
         if self.path.is_dir():
-            raise ValueError(f"ledger path {self.path} is a folder; pass a file path such as {self.path / 'ledger.sqlite'}")
+            raise UserError(f"ledger path {self.path} is a folder; pass a file path such as {self.path / 'ledger.sqlite'}")
         if self.path.is_file() and self.path.stat().st_size > 0:
             with open(self.path, "rb") as handle:
                 if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
                     raise self._corrupt("it does not start with the SQLite header")
 
-    def _corrupt(self, why: str) -> ValueError:
-        return ValueError(
+    def _corrupt(self, why: str) -> UserError:
+        return UserError(
             f"ledger {self.path} is not a readable run ledger ({why}); it was left untouched. Move it aside "
             f"(mv {self.path} {self.path}.broken) to start a new ledger, or pass another ledger path")
 
@@ -327,7 +411,7 @@ class Ledger:
         try:
             db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.OperationalError as error:
-            raise ValueError(f"cannot open ledger {self.path}: {error}; check the folder exists and is writable") from error
+            raise UserError(f"cannot open ledger {self.path}: {error}; check the folder exists and is writable") from error
         db.row_factory = sqlite3.Row
         return db
 
@@ -369,12 +453,12 @@ class Ledger:
         tables = {r["name"] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "schema_version" not in tables:
             if tables - {"sqlite_sequence"}:
-                raise ValueError(f"{self.path} is an SQLite database but not a run ledger (it has tables "
+                raise UserError(f"{self.path} is an SQLite database but not a run ledger (it has tables "
                                  f"{', '.join(sorted(tables))} and no schema_version); pass another ledger path")
             db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
         current = _version(db)
         if current > SCHEMA_VERSION:
-            raise ValueError(f"ledger {self.path} has schema version {current}, newer than this code's "
+            raise UserError(f"ledger {self.path} has schema version {current}, newer than this code's "
                              f"{SCHEMA_VERSION}; update the pipeline or pass another ledger path")
         for version in range(current, SCHEMA_VERSION):
             for statement in MIGRATIONS[version]:
@@ -384,8 +468,18 @@ class Ledger:
     def _require_run(self, db: sqlite3.Connection, run_id: str) -> sqlite3.Row:
         row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
-            raise ValueError(f"ledger {self.path}: run {run_id!r} was never started (call start_run first)")
+            raise UserError(f"ledger {self.path}: run {run_id!r} was never started (call start_run first)")
         return row
+
+
+def _process_gone(row: sqlite3.Row) -> bool:
+    """Whether the process that ran a `running` row has certainly ended (same host, pid dead or reused)."""
+    if row["status"] != "running" or row["pid"] is None or row["hostname"] != socket.gethostname():
+        return False
+    if not pid_is_alive(row["pid"]):
+        return True
+    token = process_start_token(row["pid"])
+    return row["process_start"] is not None and token is not None and token != row["process_start"]
 
 
 def git_state(repo: Path) -> tuple[str | None, bool | None]:

@@ -13,6 +13,8 @@ from typing import Callable, ClassVar
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import UserError
+
 TRAIN_COLUMNS = ("path", "labels")  # labels: tuple of class names (exactly one for single-label)
 TEST_COLUMNS = ("path", "id", "group")  # group: "public" or "private" (the leaderboard it counts for)
 GROUPS = ("public", "private")
@@ -33,7 +35,7 @@ class Competition(abc.ABC):
 
     def __init__(self, metric: str | None = None) -> None:
         if metric is not None and metric not in self.metrics:
-            raise ValueError(
+            raise UserError(
                 f"--metric {metric!r} is not available for {self.name}; choose one of {', '.join(self.metrics)}"
             )
         self.metric_name = metric or self.metrics[0]
@@ -41,7 +43,7 @@ class Competition(abc.ABC):
     # ---- data ------------------------------------------------------------------------------------
     @abc.abstractmethod
     def check_layout(self, data_dir: Path) -> None:
-        """Raise ValueError naming what is missing under `data_dir` and how to get it."""
+        """Raise UserError naming what is missing under `data_dir` and how to get it."""
 
     @abc.abstractmethod
     def class_names(self, data_dir: Path) -> list[str]:
@@ -57,6 +59,10 @@ class Competition(abc.ABC):
 
     def expected_ids(self, data_dir: Path) -> list[str] | None:
         """Ids (and their order) the submission must contain, from the sample submission; None = the test items."""
+        return None
+
+    def sample_submission(self, data_dir: Path) -> Path | None:
+        """The CSV `expected_ids` reads (named in error messages); None when there is none."""
         return None
 
     # ---- scoring and submission ------------------------------------------------------------------
@@ -82,7 +88,7 @@ class Competition(abc.ABC):
 
     @abc.abstractmethod
     def from_submission(self, submission: pd.DataFrame, classes: list[str]) -> tuple[list[str], np.ndarray]:
-        """Parse a submission table back to (ids, y_submitted); ValueError naming the first bad row/column."""
+        """Parse a submission table back to (ids, y_submitted); UserError naming the first bad row/column."""
 
     @abc.abstractmethod
     def from_solution(self, solution: pd.DataFrame, classes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -116,12 +122,12 @@ def get_competition(name: str, metric: str | None = None, options: dict[str, str
     An unknown name lists the valid ones; an unknown option lists the plugin's options."""
     _load_plugins()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown competition {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+        raise UserError(f"unknown competition {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     plugin = _REGISTRY[name]
     accepted = [p for p in inspect.signature(plugin.__init__).parameters if p not in ("self", "metric")]
     unknown = sorted(set(options or {}) - set(accepted))
     if unknown:
-        raise ValueError(f"{name} has no option {', '.join(unknown)}; its options: {', '.join(accepted) or 'none'}")
+        raise UserError(f"{name} has no option {', '.join(unknown)}; its options: {', '.join(accepted) or 'none'}")
     return plugin(metric=metric, **(options or {}))
 
 
@@ -130,13 +136,13 @@ def _load_plugins() -> None:
 
 
 def target_matrix(labels: pd.Series, classes: list[str], source: Callable[[int], str] | None = None) -> np.ndarray:
-    """Rows of 0/1 targets in `classes` order from tuples of class names; unknown names are a ValueError."""
+    """Rows of 0/1 targets in `classes` order from tuples of class names; unknown names are a UserError."""
     index = {name: i for i, name in enumerate(classes)}
     y = np.zeros((len(labels), len(classes)), dtype=np.float32)
     for row, names in enumerate(labels):
         for name in names:
             if name not in index:
                 where = source(row) if source else f"row {row}"
-                raise ValueError(f"{where}: label {name!r} is not one of the known classes {classes}")
+                raise UserError(f"{where}: label {name!r} is not one of the known classes {classes}")
             y[row, index[name]] = 1.0
     return y

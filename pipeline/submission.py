@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import UserError
 from pipeline.registry import Competition
 
 
@@ -14,7 +15,7 @@ def reindex_to_expected(ids: list[str], y_submitted: np.ndarray, expected_ids: l
     position = {item_id: row for row, item_id in enumerate(ids)}
     missing = [item_id for item_id in expected_ids if item_id not in position]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{len(missing)} ids the sample submission expects have no test image, e.g. {missing[:5]}; "
             "check that the test folders are complete (re-download with `make data`)"
         )
@@ -23,45 +24,45 @@ def reindex_to_expected(ids: list[str], y_submitted: np.ndarray, expected_ids: l
 
 
 def validate_submission(table: pd.DataFrame, competition: Competition, classes: list[str], expected_ids: list[str]) -> None:
-    """Raise ValueError unless every expected id appears exactly once with valid values and nothing else does."""
+    """Raise UserError unless every expected id appears exactly once with valid values and nothing else does."""
     ids, values = competition.from_submission(table, classes)
     series = pd.Series(ids)
     duplicated = series[series.duplicated()].tolist()
     if duplicated:
-        raise ValueError(f"submission lists {len(duplicated)} ids more than once, e.g. {duplicated[:5]}")
+        raise UserError(f"submission lists {len(duplicated)} ids more than once, e.g. {duplicated[:5]}")
     expected = set(expected_ids)
     extra = [item_id for item_id in ids if item_id not in expected]
     missing = [item_id for item_id in expected_ids if item_id not in set(ids)]
     if extra or missing:
-        raise ValueError(
+        raise UserError(
             f"submission ids do not match the expected ids: {len(missing)} missing (e.g. {missing[:3]}), "
             f"{len(extra)} unexpected (e.g. {extra[:3]})"
         )
     if not np.isfinite(values).all():
         bad = ids[int(np.argwhere(~np.isfinite(values))[0, 0])]
-        raise ValueError(f"submission has a NaN or infinite value, first in the row of id {bad!r}")
+        raise UserError(f"submission has a NaN or infinite value, first in the row of id {bad!r}")
     if (values < 0).any() or (values > 1).any():
         bad = ids[int(np.argwhere((values < 0) | (values > 1))[0, 0])]
-        raise ValueError(f"submission values must lie in [0, 1]; the row of id {bad!r} does not")
+        raise UserError(f"submission values must lie in [0, 1]; the row of id {bad!r} does not")
 
 
 def load_submission(csv_path: Path, competition: Competition, data_dir: Path) -> pd.DataFrame:
     """Read a submission CSV and validate it against the plugin and the data's expected ids."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise ValueError(f"submission file {csv_path} does not exist")
+        raise UserError(f"submission file {csv_path} does not exist")
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise ValueError(f"{csv_path} is not a readable CSV: {error}") from error
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise UserError(f"{csv_path} is not a readable CSV: {error}") from error
     classes = competition.class_names(data_dir)
     expected = competition.expected_ids(data_dir)
     if expected is None:
         expected = competition.test_items(data_dir)["id"].tolist()
     try:
         validate_submission(table, competition, classes, expected)
-    except ValueError as error:
-        raise ValueError(f"{csv_path}: {error}") from error
+    except UserError as error:
+        raise UserError(f"{csv_path}: {error}") from error
     return table
 
 
@@ -73,7 +74,7 @@ def align_to_solution(competition: Competition, submission: pd.DataFrame, soluti
     position = {item_id: row for row, item_id in enumerate(sub_ids)}
     missing = [item_id for item_id in sol_ids if item_id not in position]
     if missing:
-        raise ValueError(f"the submission has no row for {len(missing)} solution ids, e.g. {missing[:3]}")
+        raise UserError(f"the submission has no row for {len(missing)} solution ids, e.g. {missing[:3]}")
     return y_true, submitted[[position[item_id] for item_id in sol_ids]], np.asarray(usage)
 
 
@@ -90,11 +91,15 @@ def score_against_solution(competition: Competition, submission: pd.DataFrame, s
 def read_solution(path: Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"solution file {path} does not exist (the samples write it beside their data/ folder)")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        raise UserError(f"solution file {path} does not exist (the samples write it beside their data/ folder)")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise UserError(f"solution {path} is not a readable CSV ({error}); expected Kaggle's solution.csv "
+                        "with an id column, the answer columns and Usage") from error
     if "Usage" not in table.columns:
-        raise ValueError(f"{path} has no Usage column; Kaggle's solution files mark each row Public or Private")
+        raise UserError(f"{path} has no Usage column; Kaggle's solution files mark each row Public or Private")
     bad = sorted(set(table["Usage"]) - {"Public", "Private", "Ignored"})
     if bad:
-        raise ValueError(f"{path}: Usage must be Public, Private or Ignored, found {bad[:3]}")
+        raise UserError(f"{path}: Usage must be Public, Private or Ignored, found {bad[:3]}")
     return table

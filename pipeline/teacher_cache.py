@@ -1,25 +1,32 @@
 """Disk caches keyed by everything that determines their content: the teacher's predictions, the
 embeddings of a frozen pretrained backbone, and the shift check's statistics. Changing only pseudo-label
-settings never retrains the teacher nor re-measures the images."""
+settings never retrains the teacher nor re-measures the images.
+
+Every entry is written and checked by pipeline/cache.py (manifest with sha256 per file): a truncated or
+altered entry is reported, removed and recomputed instead of crashing every later run. Nothing is pickled:
+JSON, .npy/.npz read with allow_pickle=False, and Keras .weights.h5."""
 from __future__ import annotations
 
 import hashlib
 import dataclasses
 import json
-import pickle
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipeline import cache
 from pipeline.config import RunConfig
-from pipeline.files import sha256_of
+from pipeline.files import hdf5_problem, sha256_of
 
 CACHE_VERSION = 3  # bump when training or prediction code changes what a cached teacher would contain
 WEIGHTS = "teacher.weights.h5"
+TEACHER_FILES = ("holdout_probs.npy", "test_probs.npy", WEIGHTS, "info.json")
+FEATURE_FILES = ("features.npy",)
+SHIFT_FILES = ("report.json", "tables.npz")
+# What a verified entry can still raise while loading (a file crafted to match its manifest, a wrong shape).
+_LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
 
 
 @dataclass
@@ -59,21 +66,44 @@ def get_or_train(cfg: RunConfig, spec, items) -> Teacher:
     from pipeline import train
 
     folder = Path(cfg.cache_dir) / cfg.competition / "teachers" / teacher_key(cfg, spec, items.fingerprint)
-    if (folder / "info.json").is_file():
+    cached = load_teacher(folder, len(items.x_holdout), len(items.x_test), spec.n_classes)
+    if cached is not None:
         print(f"teacher: cached in {folder} (delete it to retrain)", flush=True)
-        info = json.loads((folder / "info.json").read_text())
-        return Teacher(np.load(folder / "holdout_probs.npy"), np.load(folder / "test_probs.npy"), info, 0.0, "hit", folder / WEIGHTS)
+        return cached
     started = time.perf_counter()
     model, info = train.fit(spec, "teacher", [(items.x_train, items.y_train)], items.x_holdout, items.y_holdout, cfg.seed, cfg.epochs)
     holdout_probs = train.predict(model, items.x_holdout, cfg)
     test_probs = train.predict(model, items.x_test, cfg)
     seconds = time.perf_counter() - started
-    with _staging(folder) as staging:
-        np.save(staging / "holdout_probs.npy", holdout_probs)
-        np.save(staging / "test_probs.npy", test_probs)
-        model.save_weights(staging / WEIGHTS)
-        (staging / "info.json").write_text(json.dumps({**info, "train_seconds": round(seconds, 2)}, indent=2))
+    cache.write_entry(folder, {
+        "holdout_probs.npy": lambda path: np.save(path, holdout_probs, allow_pickle=False),
+        "test_probs.npy": lambda path: np.save(path, test_probs, allow_pickle=False),
+        WEIGHTS: lambda path: model.save_weights(path),
+        "info.json": lambda path: path.write_text(json.dumps({**info, "train_seconds": round(seconds, 2)}, indent=2)),
+    })
     return Teacher(holdout_probs, test_probs, info, seconds, "miss", folder / WEIGHTS)
+
+
+def load_teacher(folder: Path, n_holdout: int, n_test: int, n_classes: int) -> Teacher | None:
+    """The teacher cached in `folder`, or None (a miss, or a damaged entry: warned about and removed).
+
+    Beyond the manifest, the arrays must have the shapes this run expects and the weights must be a readable
+    HDF5 file, so a student never starts from weights that fail to load."""
+    if cache.load_entry(folder, TEACHER_FILES) is None:
+        return None
+    try:
+        info = json.loads((folder / "info.json").read_text())
+        if not isinstance(info, dict):
+            raise ValueError("info.json does not hold an object")
+        holdout_probs = _load_array(folder / "holdout_probs.npy", (n_holdout, n_classes))
+        test_probs = _load_array(folder / "test_probs.npy", (n_test, n_classes))
+        problem = hdf5_problem(folder / WEIGHTS)
+        if problem:
+            raise ValueError(f"{WEIGHTS} {problem}")
+    except _LOAD_ERRORS as error:
+        cache.discard(folder, f"{type(error).__name__}: {error}")
+        return None
+    return Teacher(holdout_probs, test_probs, info, 0.0, "hit", folder / WEIGHTS)
 
 
 def get_or_embed(cfg: RunConfig, paths: np.ndarray, fingerprint: str) -> np.ndarray:
@@ -83,48 +113,103 @@ def get_or_embed(cfg: RunConfig, paths: np.ndarray, fingerprint: str) -> np.ndar
     key = _key({"version": CACHE_VERSION, "data": fingerprint, "paths": _lines_digest(paths),
                 "backbone": cfg.backbone, "weights": _weights_identity(cfg), "image_size": cfg.image_size})
     folder = Path(cfg.cache_dir) / cfg.competition / "features" / key
-    if (folder / "features.npy").is_file():
-        print(f"features: cached in {folder}", flush=True)
-        return np.load(folder / "features.npy", mmap_mode="r")
+    if cache.load_entry(folder, FEATURE_FILES) is not None:
+        try:
+            features = np.load(folder / "features.npy", mmap_mode="r", allow_pickle=False)
+            if features.ndim != 2 or len(features) != len(paths):
+                raise ValueError(f"features.npy has shape {features.shape}, expected ({len(paths)}, n)")
+        except _LOAD_ERRORS as error:
+            cache.discard(folder, f"{type(error).__name__}: {error}")
+        else:
+            print(f"features: cached in {folder}", flush=True)
+            return features
     backbone = models.pretrained_backbone(cfg.backbone, cfg.image_size, cfg.weights)
     features = train.embed(backbone, paths, cfg, "train+test")
-    with _staging(folder) as staging:
-        np.save(staging / "features.npy", features)
+    cache.write_entry(folder, {"features.npy": lambda path: np.save(path, features, allow_pickle=False)})
     return features
 
 
 def get_or_assess_shift(cfg: RunConfig, sets: dict[str, list[str]], fingerprint: str, out_dir: Path, settings):
     """The shift report for these images and settings, from the cache when they have not changed.
 
-    The cache holds our own pickled report (statistics and property tables); plots are redrawn into out_dir."""
+    The cache holds the report's numbers (report.json) and property tables (tables.npz); plots are redrawn
+    into out_dir."""
     from pipeline.shift import assess_shift, write_outputs
 
     key = _key({"version": CACHE_VERSION, "data": fingerprint, "sets": {k: _lines_digest(v) for k, v in sets.items()},
                 "settings": dataclasses.asdict(settings), "seed": cfg.seed})
-    cached = Path(cfg.cache_dir) / cfg.competition / "shift" / key / "report.pickle"
-    if cached.is_file():
-        print(f"shift: cached in {cached.parent}", flush=True)
-        report = pickle.loads(cached.read_bytes())
-        write_outputs(report, out_dir)
-        return report
+    folder = Path(cfg.cache_dir) / cfg.competition / "shift" / key
+    if cache.load_entry(folder, SHIFT_FILES) is not None:
+        try:
+            report = load_shift_report(folder)
+        except _LOAD_ERRORS as error:
+            cache.discard(folder, f"{type(error).__name__}: {error}")
+        else:
+            print(f"shift: cached in {folder}", flush=True)
+            write_outputs(report, out_dir)
+            return report
     report = assess_shift(sets, out_dir, settings, seed=cfg.seed)
-    with _staging(cached.parent) as staging:
-        (staging / "report.pickle").write_bytes(pickle.dumps(report))
+    save_shift_report(report, folder)
     return report
 
 
-class _staging:
-    """A temporary sibling folder renamed into place only when complete, so a crash leaves no half cache."""
+def save_shift_report(report, folder: Path) -> Path:
+    """Cache a ShiftReport as report.json (settings, verdicts, statistics) and tables.npz (property tables)."""
+    state = {
+        "settings": dataclasses.asdict(report.settings),
+        "pairs": {key: dataclasses.asdict(pair) for key, pair in report.pairs.items()},
+        "sets": {name: {"columns": [[column, "number" if table.table[column].dtype.kind in "fiu" else "text"]
+                                    for column in table.table.columns],
+                        "unreadable": [list(row) for row in table.unreadable]}
+                 for name, table in report.sets.items()},
+    }
+    arrays = {f"{name}/{column}": (table.table[column].to_numpy(dtype=np.float64) if kind == "number"
+                                   else np.array(table.table[column].astype(str).tolist(), dtype=str))
+              for name, table in report.sets.items() for column, kind in state["sets"][name]["columns"]}
+    return cache.write_entry(folder, {
+        "report.json": lambda path: path.write_text(json.dumps(state, default=_plain)),
+        "tables.npz": lambda path: _save_npz(path, arrays),
+    })
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
 
-    def __enter__(self) -> Path:
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", dir=self.folder.parent))
-        return self.tmp
+def load_shift_report(folder: Path):
+    """The ShiftReport saved by save_shift_report (plots empty: write_outputs draws them again)."""
+    import pandas as pd
 
-    def __exit__(self, kind, value, traceback) -> None:
-        if kind is None and not self.folder.exists():
-            self.tmp.rename(self.folder)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+    from pipeline.image_properties import PropertyTable
+    from pipeline.shift import PairResult, PropertyResult, ShiftReport, ShiftSettings
+
+    state = json.loads((Path(folder) / "report.json").read_text())
+    with np.load(Path(folder) / "tables.npz", allow_pickle=False) as arrays:
+        sets = {}
+        for name, described in state["sets"].items():
+            columns = {column: (arrays[f"{name}/{column}"] if kind == "number"
+                                else pd.array(arrays[f"{name}/{column}"].tolist(), dtype="str"))
+                       for column, kind in described["columns"]}
+            sets[name] = PropertyTable(pd.DataFrame(columns, columns=list(columns)),
+                                       [(str(path), str(why)) for path, why in described["unreadable"]])
+    pairs = {key: PairResult(**{**pair, "properties": [PropertyResult(**p) for p in pair["properties"]]})
+             for key, pair in state["pairs"].items()}
+    return ShiftReport(settings=ShiftSettings(**state["settings"]), sets=sets, pairs=pairs)
+
+
+def _load_array(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    array = np.load(path, allow_pickle=False)
+    if array.shape != shape:
+        raise ValueError(f"{path.name} has shape {array.shape}, expected {shape}")
+    return array
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:  # a file object: np.savez would add ".npz" to a name it does not end with
+        np.savez(handle, **arrays)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in the shift cache")

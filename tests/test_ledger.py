@@ -147,7 +147,7 @@ def test_migrates_a_v1_file_built_by_hand(tmp_path: Path) -> None:
     db.close()
 
     ledger = Ledger(path)
-    assert ledger.schema_version() == SCHEMA_VERSION == 3
+    assert ledger.schema_version() == SCHEMA_VERSION == 5
     row = ledger.runs().iloc[0]
     assert (row["run_id"], row["holdout_student"], row["pseudo_ratio"]) == ("old", 0.8, 0.1)
     assert (row["lb_teacher_public"], row["lb_student_public"], row["lb_student_private"]) == (0.7, 0.6, 0.65)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
+from pipeline.errors import UserError
 from pipeline.files import write_csv_atomic
 
 TILE = 64
@@ -51,7 +52,7 @@ def write_sample(out_dir: Path, seed: int = 0, n_train: int = 800, n_public: int
     out_dir = Path(out_dir)
     data = out_dir / "data"
     if data.exists():
-        raise ValueError(f"{data} already exists; delete it (or choose another folder) to make a fresh sample")
+        raise UserError(f"{data} already exists; delete it (or choose another folder) to make a fresh sample")
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".data.", dir=out_dir))
     try:

@@ -6,6 +6,7 @@ import json
 import math
 
 from pipeline.commands.kaggle import add_ledger_options, ledger_path
+from pipeline.errors import UserError
 from pipeline.ledger import Ledger
 
 LIST_COLUMNS = ["run_id", "status", "started_at", "pseudo_ratio", "pseudo_groups", "holdout_teacher",
@@ -44,9 +45,9 @@ def list_runs(args: argparse.Namespace) -> int:
     for competition, group in runs.groupby("competition", sort=True):
         print(f"== {competition} ({len(group)} runs)")
         print(group[LIST_COLUMNS].to_string(index=False, na_rep="-", float_format=lambda x: f"{x:.4g}"))
-        for row in group[group["status"] == "failed"].itertuples():
+        for row in group[group["status"].isin(["failed", "interrupted"])].itertuples():
             last_line = (row.error or "").strip().splitlines()[-1:] or ["(no error text)"]
-            print(f"  {row.run_id} failed: {last_line[0]}")
+            print(f"  {row.run_id} {row.status}: {last_line[0]}")
     return 0
 
 
@@ -58,15 +59,15 @@ def show_run(args: argparse.Namespace) -> int:
 def score_run(args: argparse.Namespace) -> int:
     """Kaggle scores typed by hand become a submission row of the run, like scores synced from Kaggle."""
     if args.public is None and args.private is None:
-        raise ValueError("runs score needs --public and/or --private (the scores Kaggle shows for the submission)")
+        raise UserError("runs score needs --public and/or --private (the scores Kaggle shows for the submission)")
     for name in ("public", "private"):
         value = getattr(args, name)
         if value is not None and not math.isfinite(value):
-            raise ValueError(f"--{name} must be a finite number, got {value!r}")
+            raise UserError(f"--{name} must be a finite number, got {value!r}")
     ledger = Ledger(ledger_path(args))
     run = ledger.run(args.run_id)
     if not run["submission_sha256"]:
-        raise ValueError(f"run {run['run_id']} has no submission recorded (status {run['status']}); "
+        raise UserError(f"run {run['run_id']} has no submission recorded (status {run['status']}); "
                          "only a finished run's submission can have Kaggle scores")
     ledger.add_submission(run["run_id"], run["submission_sha256"], None, "scores typed by hand (runs score)",
                           "complete", args.public, args.private)

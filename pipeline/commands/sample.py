@@ -5,6 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
+from pipeline.errors import UserError
 from pipeline.registry import get_competition, list_competitions
 
 
@@ -19,7 +20,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     competition = get_competition(args.competition)
     if (args.out_dir / "data").exists():
-        raise ValueError(f"{args.out_dir / 'data'} already exists; remove it or choose another folder")
+        raise UserError(f"{args.out_dir / 'data'} already exists; remove it or choose another folder")
     started = time.perf_counter()
     competition.make_sample(args.out_dir, seed=args.seed)
     count = sum(1 for p in (args.out_dir / "data").rglob("*") if p.is_file())

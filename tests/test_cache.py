@@ -1,0 +1,216 @@
+"""Cache entries on real files: written whole with a manifest, checked on load, damaged ones warned about,
+removed and recomputed; nothing is ever unpickled (issue 11, item 1). No model is trained here."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import cache
+from pipeline.files import sha256_of
+from pipeline.shift import ShiftSettings
+from pipeline.teacher_cache import (SHIFT_FILES, TEACHER_FILES, WEIGHTS, get_or_assess_shift,
+                                    load_teacher)
+from tests.conftest import tiny_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_text(text: str):
+    return lambda path: path.write_text(text)
+
+
+def fake_weights(path: Path) -> None:
+    """A small HDF5 file laid out like a Keras .weights.h5 (written with h5py: no TensorFlow needed)."""
+    with h5py.File(path, "w") as handle:
+        handle.create_group("layers").create_dataset("dense/vars/0", data=np.ones((3, 2), dtype=np.float32))
+        handle.create_group("vars")
+
+
+def teacher_entry(folder: Path, n_holdout: int = 5, n_test: int = 7, n_classes: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    return cache.write_entry(folder, {
+        "holdout_probs.npy": lambda p: np.save(p, rng.random((n_holdout, n_classes), dtype=np.float32)),
+        "test_probs.npy": lambda p: np.save(p, rng.random((n_test, n_classes), dtype=np.float32)),
+        WEIGHTS: fake_weights,
+        "info.json": write_text(json.dumps({"epochs_run": 3})),
+    })
+
+
+def test_an_entry_round_trips_with_a_manifest_of_sha256s(tmp_path):
+    folder = cache.write_entry(tmp_path / "k1", {"a.json": write_text("{}"), "b.npy": lambda p: np.save(p, np.arange(4))})
+    assert cache.load_entry(folder, ["a.json", "b.npy"]) == folder
+    manifest = json.loads((folder / cache.MANIFEST).read_text())
+    assert set(manifest["files"]) == {"a.json", "b.npy"} and len(manifest["files"]["a.json"]["sha256"]) == 64
+    assert [p.name for p in tmp_path.iterdir()] == ["k1"]  # no staging folder left behind
+    assert cache.load_entry(tmp_path / "missing", ["a.json"]) is None
+
+
+def test_a_writer_that_fails_leaves_no_entry_and_no_temporary(tmp_path):
+    def boom(path: Path) -> None:
+        path.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        cache.write_entry(tmp_path / "k", {"a.json": write_text("{}"), "b.json": boom})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("truncate", "truncated or replaced"),
+    ("flip", "does not match its sha256"),
+    ("delete", "b.npy is missing"),
+    ("manifest", "manifest.json is unreadable"),
+    ("no-manifest", "no manifest.json"),
+    ("symlink", "not a regular file"),
+    ("not-listed", "c.json is not in manifest.json"),
+])
+def test_a_damaged_entry_is_warned_about_removed_and_reported_as_a_miss(tmp_path, capsys, damage, problem):
+    folder = cache.write_entry(tmp_path / "k", {"a.json": write_text('{"x": 1}'),
+                                                "b.npy": lambda p: np.save(p, np.arange(1000))})
+    expected = ["a.json", "b.npy"]
+    target = folder / "b.npy"
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[:100])
+    elif damage == "flip":
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 0xFF
+        target.write_bytes(bytes(data))
+    elif damage == "delete":
+        target.unlink()
+    elif damage == "manifest":
+        (folder / cache.MANIFEST).write_text('{"files": {"a.js')
+    elif damage == "no-manifest":
+        (folder / cache.MANIFEST).unlink()
+    elif damage == "symlink":  # a crafted entry pointing at an endless file must not hang the check
+        target.unlink()
+        os.symlink("/dev/zero", target)
+    elif damage == "not-listed":
+        expected = ["a.json", "c.json"]
+    assert cache.load_entry(folder, expected) is None
+    err = capsys.readouterr().err
+    assert f"WARNING: cache entry {folder} is unusable" in err and problem in err and "recomputing" in err
+    assert not os.path.lexists(folder)
+
+
+def test_a_teacher_entry_is_a_hit_and_a_truncated_one_a_warned_miss(tmp_path, capsys):
+    folder = teacher_entry(tmp_path / "teachers" / "key")
+    teacher = load_teacher(folder, 5, 7, 3)
+    assert teacher.cache_status == "hit" and teacher.test_probs.shape == (7, 3) and teacher.info == {"epochs_run": 3}
+    assert teacher.weights == folder / WEIGHTS
+    for name in TEACHER_FILES:  # the issue's cases: truncated weights, test_probs.npy, info.json
+        teacher_entry(folder)
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+        assert load_teacher(folder, 5, 7, 3) is None
+        assert f"{name} has {len(data) // 2} bytes" in capsys.readouterr().err and not folder.exists()
+
+
+def test_a_teacher_entry_whose_files_match_the_manifest_but_not_the_run_is_discarded(tmp_path, capsys):
+    """A manifest can be forged along with its files: the loader still checks shapes and the HDF5 weights."""
+    folder = teacher_entry(tmp_path / "key", n_test=6)
+    assert load_teacher(folder, 5, 7, 3) is None
+    assert "test_probs.npy has shape (6, 3), expected (7, 3)" in capsys.readouterr().err
+    cache.write_entry(folder, {
+        "holdout_probs.npy": lambda p: np.save(p, np.zeros((5, 3), np.float32)),
+        "test_probs.npy": lambda p: np.save(p, np.zeros((7, 3), np.float32)),
+        WEIGHTS: write_text("not weights"),
+        "info.json": write_text("{}"),
+    })
+    assert load_teacher(folder, 5, 7, 3) is None
+    assert "lacks the HDF5 signature" in capsys.readouterr().err
+    cache.write_entry(folder, {  # an object array would need pickle to load: refused, never unpickled
+        "holdout_probs.npy": lambda p: np.save(p, np.array([{"a": 1}] * 5, dtype=object), allow_pickle=True),
+        "test_probs.npy": lambda p: np.save(p, np.zeros((7, 3), np.float32)),
+        WEIGHTS: fake_weights,
+        "info.json": write_text("{}"),
+    })
+    assert load_teacher(folder, 5, 7, 3) is None
+    assert "allow_pickle" in capsys.readouterr().err
+
+
+def shift_images(root: Path) -> dict[str, list[str]]:
+    sets = {}
+    for name, shade in (("train", 60), ("public", 70), ("private", 200)):
+        (root / name).mkdir(parents=True)
+        sets[name] = []
+        for i in range(8):
+            path = root / name / f"{i}.png"
+            Image.new("RGB", (16 + i, 16), (shade, (shade + 40 * i) % 256, 90)).save(path)
+            sets[name].append(str(path))
+    return sets
+
+
+CHEAP_SHIFT = ShiftSettings(n_permutations=1, n_trees=20, min_images=4, workers=1, progress_every=0, n_examples=2)
+
+
+def test_the_shift_cache_is_json_and_npz_and_a_damaged_one_is_measured_again(tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "data", tmp_path)
+    sets = shift_images(tmp_path / "images")
+    first = get_or_assess_shift(cfg, sets, "fp", tmp_path / "run1", CHEAP_SHIFT)
+    (folder,) = (Path(cfg.cache_dir) / "fisheries" / "shift").iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*SHIFT_FILES, cache.MANIFEST])
+    json.loads((folder / "report.json").read_text())  # plain JSON
+
+    again = get_or_assess_shift(cfg, sets, "fp", tmp_path / "run2", CHEAP_SHIFT)
+    assert "shift: cached in" in capsys.readouterr().out
+    assert again.to_dict()["pairs"] == first.to_dict()["pairs"] and again.table() == first.table()
+    assert (tmp_path / "run2" / "shift.json").is_file()
+
+    (folder / "tables.npz").write_bytes((folder / "tables.npz").read_bytes()[:64])
+    third = get_or_assess_shift(cfg, sets, "fp", tmp_path / "run3", CHEAP_SHIFT)
+    captured = capsys.readouterr()
+    assert "tables.npz has 64 bytes" in captured.err and "shift: cached" not in captured.out
+    assert third.to_dict()["pairs"] == first.to_dict()["pairs"]
+    assert load_entry_ok(folder)  # written again, whole
+
+
+def load_entry_ok(folder: Path) -> bool:
+    return cache.load_entry(folder, SHIFT_FILES) == folder
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a crafted cache file could do with the old pickle cache."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pickle_in_the_shift_cache_never_runs(tmp_path, capsys):
+    """The old cache was report.pickle: a planted one is removed unread; bytes forged into report.json fail as JSON."""
+    marker = tmp_path / "pwned"
+    crafted = pickle.dumps(_Payload(marker))
+    cfg = tiny_config(tmp_path / "data", tmp_path)
+    sets = shift_images(tmp_path / "images")
+    get_or_assess_shift(cfg, sets, "fp", tmp_path / "run1", CHEAP_SHIFT)
+    (folder,) = (Path(cfg.cache_dir) / "fisheries" / "shift").iterdir()
+
+    for name in os.listdir(folder):  # the old layout: one pickle, no manifest
+        (folder / name).unlink()
+    (folder / "report.pickle").write_bytes(crafted)
+    get_or_assess_shift(cfg, sets, "fp", tmp_path / "run2", CHEAP_SHIFT)
+    assert "no manifest.json" in capsys.readouterr().err
+    assert not (folder / "report.pickle").exists() and load_entry_ok(folder)
+
+    (folder / "report.json").write_bytes(crafted)  # in place of the JSON, with a manifest forged to match
+    manifest = json.loads((folder / cache.MANIFEST).read_text())
+    manifest["files"]["report.json"] = {"sha256": sha256_of(folder / "report.json"), "bytes": len(crafted)}
+    (folder / cache.MANIFEST).write_text(json.dumps(manifest))
+    report = get_or_assess_shift(cfg, sets, "fp", tmp_path / "run3", CHEAP_SHIFT)
+    assert f"cache entry {folder} is unusable" in capsys.readouterr().err and report.worst
+    assert not marker.exists()
+
+
+def test_no_module_of_the_project_uses_pickle():
+    sources = [*REPO.glob("pipeline/**/*.py"), *REPO.glob("competitions/**/*.py")]
+    offenders = [str(p) for p in sources if "import pickle" in p.read_text() or "pickle.load" in p.read_text()]
+    assert offenders == []
