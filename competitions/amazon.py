@@ -55,6 +55,7 @@ class Amazon(Competition):
     kaggle_slug = "planet-understanding-the-amazon-from-space"
     public_folder: ClassVar[str] = "test-jpg"
     threshold_sweeps: ClassVar[int] = 3
+    flips = "horizontal_and_vertical"  # satellite tiles have no up or left
 
     def __init__(self, metric: str | None = None, public_folder: str | None = None) -> None:
         super().__init__(metric)

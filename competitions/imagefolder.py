@@ -17,6 +17,7 @@ from competitions.single_label import (ProbabilityTableCompetition, folder_entri
 from pipeline.errors import UserError
 from pipeline.registry import GROUPS, register
 
+FLIP_CHOICES = ("none", "horizontal", "horizontal_and_vertical")
 HINT = "expected DATA/train/<class>/<images> and DATA/test/[public|private]/<images>; `make demo COMP=imagefolder` makes an example"
 
 
@@ -25,6 +26,13 @@ class ImageFolder(ProbabilityTableCompetition):
     name = "imagefolder"
     metrics = ("logloss", "accuracy")
     id_column = "id"
+
+    def __init__(self, metric: str | None = None, flips: str = "horizontal") -> None:
+        super().__init__(metric)
+        if flips not in FLIP_CHOICES:
+            raise UserError(f"--option flips={flips!r} must be one of {', '.join(FLIP_CHOICES)} "
+                            "(which mirror images of your photos keep their label)")
+        self.flips = flips
 
     def check_layout(self, data_dir: Path) -> None:
         data_dir = Path(data_dir)

@@ -1,76 +1,142 @@
-"""RunConfig: every option of one run, validated once, saved beside the submission as config.json."""
+"""RunConfig: every option of one run, declared once.
+
+Each field carries its flag help, its constraint and whether it changes the teacher (scikit-learn's
+`_parameter_constraints` is the model). argparse (`add_run_options`), validation (`__post_init__`),
+config.json and the teacher's cache key (`teacher_settings`) are all generated from this one table, so a new
+option cannot be left out of any of them.
+"""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
+from pipeline.errors import UserError
 from pipeline.registry import GROUPS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS_DIR = REPO_ROOT / "submissions"
 CACHE_DIR = REPO_ROOT / "cache"
 LEDGER_PATH = SUBMISSIONS_DIR / "ledger.sqlite"
+AUGMENT_LEVELS = ("none", "light", "standard", "strong")
+BALANCE_MODES = ("predicted", "train", "none")
+
+
+# ---- constraints: each returns a problem sentence, or None ----------------------------------------------
+def integer(low: int) -> Callable[[Any], str | None]:
+    return lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= low else f"must be an integer >= {low}"
+
+
+def between(low: float, high: float, hint: str = "") -> Callable[[Any], str | None]:
+    def check(v):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high  # also rejects NaN
+        return None if ok else f"must be between {low} and {high}" + (f" ({hint})" if hint else "")
+    return check
+
+
+def one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def groups_subset(v) -> str | None:
+    return None if v and all(g in GROUPS for g in v) else f"must be a comma-separated subset of {','.join(GROUPS)}"
+
+
+def _groups(text: str) -> tuple[str, ...]:
+    return tuple(g.strip() for g in text.split(",") if g.strip())
+
+
+def option(default, help: str, *, check=None, teacher: bool = False, parse=None, cli: bool = True, flag: str | None = None):
+    """A RunConfig field: default, --help text, constraint, and whether it changes the trained teacher."""
+    meta = {"help": help, "check": check, "teacher": teacher, "parse": parse, "cli": cli, "flag": flag}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    competition: str
-    data: str
-    output: str | None = None  # also write the CSV here
-    solution: str | None = None  # Kaggle-format solution.csv: score like the public/private leaderboards
-    metric: str | None = None  # None = the competition's default
-    backbone: str = "small-cnn"  # or any keras.applications name, e.g. MobileNetV2
-    weights: str = "none"  # imagenet | none | PATH to a .weights.h5 file (pretrained backbones only)
-    fine_tune: bool = False  # pretrained backbone: train it too instead of caching its features
-    image_size: int = 64
-    epochs: int = 25
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    seed: int = 0
-    val_fraction: float = 0.2
-    run_name: str | None = None
-    pseudo_ratio: float = 0.25  # target share of pseudo-labeled items in the combined training set
-    pseudo_threshold: float = 0.0  # minimum confidence of a pseudo-label
-    pseudo_class_cap: float = 2.0  # a class gets at most this multiple of its train share of the pseudo-labels
-    pseudo_groups: tuple[str, ...] = GROUPS
-    pseudo_labels: str = "soft"  # hard | soft
-    pseudo_folds: int = 1  # K > 1: out-of-fold students, each predicting the fold it did not train on
-    student_init: str = "teacher"  # teacher: fine-tune the teacher's weights | scratch: a fresh model (Noisy Student)
-    student_epochs: int = 8  # maximum student epochs when it starts from the teacher (scratch uses --epochs)
-    on_shift: str = "warn"  # warn | fail | ignore
-    runs_dir: str = str(SUBMISSIONS_DIR)
-    cache_dir: str = str(CACHE_DIR)
-    ledger: str | None = str(LEDGER_PATH)  # None = do not record
-    plugin_options: dict = field(default_factory=dict)  # plugin-specific settings (--option KEY=VALUE)
+    competition: str = option("", "plugin name: fisheries, amazon, imagefolder", teacher=True)
+    data: str = option("", "the competition's data folder (Kaggle layout)")
+    output: str | None = option(None, "also write the submission CSV here")
+    solution: str | None = option(None, "Kaggle-format solution.csv (Usage column): score like the public/private leaderboards")
+    metric: str | None = option(None, "the competition's metric when it has several (imagefolder: logloss|accuracy)")
+    run_name: str | None = option(None, "the run folder's name (default: time, ratio, groups, seed)")
+    # ---- the teacher: everything here keys its cache ----
+    backbone: str = option("resnet", "resnet (a compact residual net trained from scratch), small-cnn, or a keras.applications "
+                                     "name such as MobileNetV2", teacher=True)
+    width: int = option(32, "channels of the first stage of the resnet backbone (doubling per stage)", check=integer(4), teacher=True)
+    weights: str = option("none", "imagenet | none | PATH to a .weights.h5 file (keras.applications backbones only)", teacher=True)
+    fine_tune: bool = option(False, "train a pretrained backbone too, instead of caching its features", teacher=True)
+    image_size: int = option(64, "square input size in pixels", check=integer(16), teacher=True)
+    epochs: int = option(30, "passes over its training items for each teacher model", check=integer(1), teacher=True)
+    min_steps: int = option(500, "at least this many optimizer steps per model fit (a few labels need many passes)",
+                            check=integer(1), teacher=True)
+    batch_size: int = option(32, "items per optimizer step", check=integer(1), teacher=True)
+    learning_rate: float = option(2e-3, "peak learning rate of AdamW (cosine decay to 0 over each fit)",
+                                  check=between(1e-6, 1.0), teacher=True)
+    weight_decay: float = option(5e-4, "AdamW decoupled weight decay", check=between(0.0, 1.0), teacher=True)
+    label_smoothing: float = option(0.1, "label smoothing of the training loss", check=between(0.0, 0.5), teacher=True)
+    augment: str = option("standard", "label-preserving augmentation of the teacher and control: " + "|".join(AUGMENT_LEVELS),
+                          check=one_of(*AUGMENT_LEVELS), teacher=True)
+    tta: bool = option(True, "average predictions over the image and its mirror (where the competition allows flips)", teacher=True)
+    seed: int = option(0, "same seed, same machine: same submission", check=integer(0), teacher=True)
+    folds: int = option(1, "1: one stratified holdout (--val-fraction); K > 1: K cross-validated teachers, out-of-fold "
+                           "predictions for the verdict, test predictions averaged", check=integer(1), teacher=True)
+    val_fraction: float = option(0.2, "with --folds 1: stratified holdout share, never trained on nor pseudo-labeled",
+                                 check=between(0.05, 0.5), teacher=True)
+    # ---- pseudo-labels and students ----
+    pseudo_ratio: float = option(0.9, "pseudo-labeled share of the combined training set in the last round (0 = teacher only; "
+                                      "0.25-0.33 is the fast.ai rule of thumb, more pays when labels are few)",
+                                 check=between(0.0, 0.99))
+    pseudo_rounds: int = option(2, "self-training rounds: round r's student relabels the test set and r/R of the share is used",
+                                check=integer(1))
+    pseudo_threshold: float = option(0.0, "minimum confidence of a pseudo-label", check=between(0.0, 1.0))
+    pseudo_balance: str = option("predicted", "class quotas follow the teacher's predicted class distribution on each test group, "
+                                              "the train share, or none: " + "|".join(BALANCE_MODES), check=one_of(*BALANCE_MODES))
+    pseudo_class_cap: float = option(1.0, "a class gets at most this multiple of its (--pseudo-balance) share of a group's quota",
+                                     check=between(0.01, 100.0, "use a large value (e.g. 100) for no cap"))
+    pseudo_groups: tuple[str, ...] = option(GROUPS, "which leaderboard groups to pseudo-label: public,private | public | private",
+                                            check=groups_subset, parse=_groups)
+    pseudo_labels: str = option("hard", "0/1 targets or the teacher's probabilities: hard|soft", check=one_of("hard", "soft"))
+    pseudo_folds: int = option(1, "K > 1: out-of-fold students (test fold k predicted by a student that never saw its pseudo-labels)",
+                               check=integer(1))
+    student_init: str = option("teacher", "start each student from the previous model's weights, or from scratch: teacher|scratch",
+                               check=one_of("teacher", "scratch"))
+    student_epochs: int = option(6, "passes over train + pseudo-labeled items per student round", check=integer(1))
+    student_augment: str = option("strong", "augmentation of the students (Noisy Student: noisier than the teacher): "
+                                  + "|".join(AUGMENT_LEVELS), check=one_of(*AUGMENT_LEVELS))
+    control: bool = option(True, "also train the control: the teacher continued on train only for the students' budget; "
+                                 "the verdict compares the student with it")
+    guard_confidence: float = option(0.8, "the student is submitted only if it beats the control in at least this share of "
+                                          "bootstrap resamples of the holdout/out-of-fold rows (0 = always submit the student)",
+                                     check=between(0.0, 1.0))
+    on_shift: str = option("warn", "what a shift between train and a test group does: warn|fail|ignore", check=one_of("warn", "fail", "ignore"))
+    runs_dir: str = option(str(SUBMISSIONS_DIR), "where run folders go")
+    cache_dir: str = option(str(CACHE_DIR), "image, teacher and feature caches")
+    ledger: str | None = option(None, "the SQLite run ledger (default: ledger.sqlite in --runs-dir)")
+    record: bool = option(True, "record the run in the ledger", flag="--no-ledger")
+    plugin_options: dict = option({}, "a plugin setting, e.g. --option public_folder=test-jpg-additional (amazon)", flag="--option")
 
     def __post_init__(self) -> None:
-        _in_range("--pseudo-ratio", self.pseudo_ratio, 0.0, 0.9, "0 means teacher only; 0.25-0.33 is the usual share")
-        _in_range("--pseudo-threshold", self.pseudo_threshold, 0.0, 1.0)
-        _in_range("--val-fraction", self.val_fraction, 0.05, 0.5, "the holdout needs items to score on and train needs the rest")
-        _in_range("--pseudo-class-cap", self.pseudo_class_cap, 0.0, 100.0, "use a large value (e.g. 100) for no cap")
-        if self.pseudo_class_cap <= 0:
-            raise ValueError("--pseudo-class-cap must be > 0 (a multiple of each class's train share)")
-        for name, value, low in (("--image-size", self.image_size, 16), ("--epochs", self.epochs, 1),
-                                 ("--batch-size", self.batch_size, 1), ("--pseudo-folds", self.pseudo_folds, 1),
-                                 ("--student-epochs", self.student_epochs, 1)):
-            if int(value) != value or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate!r}")
-        if self.pseudo_labels not in ("hard", "soft"):
-            raise ValueError(f"--pseudo-labels must be 'hard' or 'soft', got {self.pseudo_labels!r}")
-        if self.student_init not in ("teacher", "scratch"):
-            raise ValueError(f"--student-init must be 'teacher' or 'scratch', got {self.student_init!r}")
-        if self.on_shift not in ("warn", "fail", "ignore"):
-            raise ValueError(f"--on-shift must be warn, fail or ignore, got {self.on_shift!r}")
-        if not self.pseudo_groups or any(g not in GROUPS for g in self.pseudo_groups):
-            raise ValueError(f"--pseudo-groups must be a comma-separated subset of {','.join(GROUPS)}, got {','.join(self.pseudo_groups)!r}")
+        for f in dataclasses.fields(self):
+            check = f.metadata.get("check")
+            problem = check(getattr(self, f.name)) if check else None
+            if problem:
+                raise UserError(f"{flag_of(f)} {problem}, got {getattr(self, f.name)!r}")
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
-            raise ValueError(f"--weights must be imagenet, none or an existing weights file; {self.weights!r} is none of these")
-        if self.backbone == "small-cnn" and self.weights != "none":
-            raise ValueError("--weights applies to keras.applications backbones; small-cnn always trains from scratch")
+            raise UserError(f"--weights must be imagenet, none or an existing weights file; {self.weights!r} is none of these")
+        if self.backbone in ("resnet", "small-cnn") and self.weights != "none":
+            raise UserError(f"--weights applies to keras.applications backbones; {self.backbone} always trains from scratch")
+
+    @property
+    def ledger_path(self) -> Path | None:
+        if not self.record:
+            return None
+        return Path(self.ledger) if self.ledger else Path(self.runs_dir) / "ledger.sqlite"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,6 +150,61 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _in_range(name: str, value: float, low: float, high: float, hint: str = "") -> None:
-    if not (low <= value <= high):  # also rejects NaN
-        raise ValueError(f"{name} must be between {low} and {high}, got {value!r}" + (f" ({hint})" if hint else ""))
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def teacher_settings(cfg: RunConfig) -> dict:
+    """The options that change the trained teacher: what its cache key is made of."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata.get("teacher")}
+
+
+def add_run_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One argparse option per RunConfig field, with its default and help (shared by `submit` and `sweep`)."""
+    defaults = RunConfig()
+    for f in dataclasses.fields(RunConfig):
+        if not f.metadata.get("cli") or f.name in skip:
+            continue
+        flag, default = flag_of(f), getattr(defaults, f.name)
+        kwargs: dict = {"dest": f.name, "help": f.metadata["help"]}
+        if f.name in ("competition", "data"):
+            kwargs["required"] = True
+        elif f.name == "record":
+            kwargs.update(action="store_false", default=True, help="do not record the run in the ledger")
+        elif f.name == "plugin_options":
+            kwargs.update(action="append", default=[], metavar="KEY=VALUE")
+        elif isinstance(default, bool):
+            kwargs.update(action=argparse.BooleanOptionalAction, default=default)
+        else:
+            parse = f.metadata.get("parse") or (type(default) if default is not None else str)
+            kwargs.update(type=parse, default=default)
+            if isinstance(default, tuple):
+                kwargs["default"] = ",".join(default)
+                kwargs["type"] = str
+        parser.add_argument(flag, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> RunConfig:
+    """The RunConfig of parsed `add_run_options` arguments; `overrides` win."""
+    values = {}
+    for f in dataclasses.fields(RunConfig):
+        if f.name not in vars(args):
+            continue
+        value = getattr(args, f.name)
+        if f.name == "plugin_options":
+            value = parse_options(value)
+        elif f.metadata.get("parse") and isinstance(value, str):
+            value = f.metadata["parse"](value)
+        values[f.name] = value
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--option {pair!r} must look like KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options

@@ -6,7 +6,11 @@ import importlib
 import keras
 from keras import layers
 
+from pipeline.errors import UserError
+
 SMALL_CNN = "small-cnn"
+RESNET = "resnet"
+FROM_SCRATCH = (RESNET, SMALL_CNN)
 
 
 def application_names() -> list[str]:
@@ -15,7 +19,8 @@ def application_names() -> list[str]:
 
 def _application(name: str):
     if name not in application_names():
-        raise ValueError(f"unknown --backbone {name!r}; use {SMALL_CNN} or a keras.applications model: {', '.join(application_names())}")
+        raise UserError(f"unknown --backbone {name!r}; use {RESNET}, {SMALL_CNN} or a keras.applications model: "
+                        f"{', '.join(application_names())}")
     return getattr(keras.applications, name)
 
 
@@ -47,15 +52,33 @@ def small_cnn(image_size: int) -> keras.Model:
     return keras.Model(inputs, outputs, name="small_cnn")
 
 
+def resnet(image_size: int, width: int = 32) -> keras.Model:
+    """A compact residual net (stem + three stages of one basic block, width doubling per stage).
+
+    Measured on real photos with 10 labels per class (README, `make bench ARGS=real`): with augmentation it
+    beats the plain four-block CNN by a wide margin at about 60M multiply-adds per 64 px image.
+    """
+    inputs = keras.Input((image_size, image_size, 3))
+    x = layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = layers.Conv2D(width, 3, strides=2 if image_size >= 48 else 1, padding="same", use_bias=False)(x)
+    x = layers.Activation("relu")(layers.BatchNormalization()(x))
+    for stage in range(3):
+        filters, stride = width * 2 ** stage, 1 if stage == 0 else 2
+        shortcut = x
+        y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+        y = layers.Activation("relu")(layers.BatchNormalization()(y))
+        y = layers.BatchNormalization()(layers.Conv2D(filters, 3, padding="same", use_bias=False)(y))
+        if stride != 1 or shortcut.shape[-1] != filters:
+            shortcut = layers.BatchNormalization()(layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut))
+        x = layers.Activation("relu")(layers.Add()([y, shortcut]))
+    return keras.Model(inputs, layers.GlobalAveragePooling2D()(x), name="resnet")
+
+
 def image_classifier(backbone: keras.Model, n_classes: int, multi_label: bool, trainable_backbone: bool = True) -> keras.Model:
-    """Augmentation (training only) -> backbone -> dropout -> softmax or sigmoid head."""
+    """backbone -> dropout -> softmax or sigmoid head (augmentation happens in the input pipeline, see augment.py)."""
     backbone.trainable = trainable_backbone
     inputs = keras.Input(backbone.input_shape[1:])
-    # Noise for the student (and the teacher): flips, and lighting changes since cameras and nights differ
-    x = layers.RandomFlip("horizontal_and_vertical")(inputs)
-    x = layers.RandomBrightness(0.3)(x)
-    x = layers.RandomContrast(0.3)(x)
-    x = backbone(x) if trainable_backbone else backbone(x, training=False)  # frozen: batch norm stays in inference mode
+    x = backbone(inputs) if trainable_backbone else backbone(inputs, training=False)  # frozen: batch norm in inference mode
     return _head(inputs, x, n_classes, multi_label)
 
 
@@ -66,6 +89,6 @@ def feature_classifier(n_features: int, n_classes: int, multi_label: bool) -> ke
 
 
 def _head(inputs, x, n_classes: int, multi_label: bool) -> keras.Model:
-    x = layers.Dropout(0.3)(x)
+    x = layers.Dropout(0.2)(x)
     outputs = layers.Dense(n_classes, activation="sigmoid" if multi_label else "softmax", name="head")(x)
     return keras.Model(inputs, outputs)

@@ -12,13 +12,20 @@ import numpy as np
 GROUPS = ("public", "private")
 
 
+STATUSES = ("selected", "below threshold", "over class cap", "over quota", "not eligible", "group not pseudo-labeled")
+# why selection stopped, per group: a closed set (scikit-learn's termination_condition_), details go in text
+STOP_REASONS = ("nothing asked", "no eligible items", "quota reached", "threshold", "class caps")
+
+
 @dataclass(frozen=True)
 class PseudoSettings:
-    ratio: float = 0.25  # target share of pseudo-labeled items in train + pseudo
+    ratio: float = 0.9  # target share of pseudo-labeled items in train + pseudo, in the last round
     threshold: float = 0.0  # minimum confidence
-    class_cap: float = 2.0  # a class gets at most class_cap x its train share of a group's quota
+    class_cap: float = 1.0  # a class gets at most class_cap x its share (see balance) of a group's quota
     groups: tuple[str, ...] = GROUPS
-    labels: str = "soft"  # hard: 0/1 targets; soft: the teacher's probabilities
+    labels: str = "hard"  # hard: 0/1 targets; soft: the teacher's probabilities
+    balance: str = "predicted"  # predicted: the teacher's class distribution on the group; train: the train share; none
+    rounds: int = 1
 
 
 @dataclass
@@ -28,10 +35,12 @@ class PseudoSelection:
     group: np.ndarray  # "public" / "private"
     classes: list[tuple[int, ...]]  # the positive classes of each selected item
     confidence: np.ndarray
-    round: np.ndarray  # 1 for every item selected in the first round
+    round: int  # the self-training round (1 = picked from the teacher's predictions)
     target_count: int
-    stop_reason: str
+    stop_reason: str  # one of STOP_REASONS for a single group, or "target reached" / a per-group text
     per_group: dict = field(default_factory=dict)
+    status: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))  # one of STATUSES per test item
+    item_confidence: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per test item
 
     def __len__(self) -> int:
         return len(self.index)
@@ -43,20 +52,29 @@ class PseudoSelection:
             for c in positives:
                 by_group_class[str(group)][class_names[c]] += 1
         return {
+            "round": self.round,
             "target": self.target_count,
             "selected": len(self),
             "stop_reason": self.stop_reason,
             "by_group": {g: int((self.group == g).sum()) for g in GROUPS},
             "by_class": {c: sum(by_group_class[g][c] for g in GROUPS) for c in class_names},
             "by_group_class": by_group_class,
+            "by_status": {s: int((self.status == s).sum()) for s in STATUSES},
             "mean_confidence": {g: float(self.confidence[self.group == g].mean()) if (self.group == g).any() else None for g in GROUPS},
             "per_group": self.per_group,
         }
 
 
-def target_count(n_train: int, ratio: float) -> int:
-    """Pseudo items needed for them to be `ratio` of train + pseudo (0.25 -> one per three train items)."""
-    return 0 if ratio <= 0 else int(round(n_train * ratio / (1.0 - ratio)))
+def target_count(n_train: int, ratio: float, round: int = 1, rounds: int = 1) -> int:
+    """Pseudo items for them to be `ratio` of train + pseudo in the last round (0.25 -> one per three train
+    items); round r of R asks for r/R of that (a curriculum: the most confident first)."""
+    if ratio <= 0:
+        return 0
+    return int(round_half_up(n_train * ratio / (1.0 - ratio) * round / rounds))
+
+
+def round_half_up(value: float) -> int:
+    return int(np.floor(value + 0.5))
 
 
 def confidence_and_classes(probs: np.ndarray, multi_label: bool, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -85,13 +103,15 @@ def select_pseudo_labels(
     settings: PseudoSettings,
     multi_label: bool = False,
     thresholds: np.ndarray | None = None,
+    round: int = 1,
 ) -> PseudoSelection:
     """Pick the most confident eligible test items, with quotas per group and caps per class.
 
-    The target count follows `settings.ratio` of the combined set; it is split over the chosen groups in
-    proportion to their eligible sizes. Within a group items are taken by falling confidence, skipping any
-    whose class already holds `class_cap` x its train share of the quota (the teacher's favourite class
-    cannot flood the student).
+    The target count follows `settings.ratio` of the combined set (r/R of it in round r of R); it is split
+    over the chosen groups in proportion to their eligible sizes. Within a group items are taken by falling
+    confidence, skipping any whose class already holds `class_cap` x its share of the quota. The share is
+    the teacher's predicted class distribution on that group by default: a shifted group whose classes
+    differ from train keeps its own balance, and the teacher's favourite class cannot flood the student.
     """
     probs = np.asarray(probs, dtype=np.float64)
     groups = np.asarray(groups).astype(str)
@@ -99,44 +119,50 @@ def select_pseudo_labels(
     if not (len(probs) == len(groups) == len(eligible)):
         raise ValueError(f"probs, groups and eligible must have one row per test item; got {len(probs)}, {len(groups)}, {len(eligible)}")
     confidence, hard = confidence_and_classes(probs, multi_label, thresholds)
-    wanted = target_count(n_train, settings.ratio)
+    wanted = target_count(n_train, settings.ratio, round, settings.rounds)
+    status = np.where(np.isin(groups, settings.groups), "not eligible", "group not pseudo-labeled").astype(object)
     available = {g: np.flatnonzero(eligible & (groups == g)) for g in settings.groups}
     pool = sum(len(v) for v in available.values())
     chosen: list[int] = []
     per_group: dict[str, dict] = {}
     for g, candidates in available.items():
-        quota = min(len(candidates), int(round(wanted * len(candidates) / pool))) if pool else 0
-        caps = np.ceil(settings.class_cap * np.asarray(train_share, dtype=np.float64) * quota)
+        quota = min(len(candidates), round_half_up(wanted * len(candidates) / pool)) if pool else 0
+        caps = np.ceil(settings.class_cap * _class_share(hard[candidates], train_share, settings.balance) * quota)
         counts = np.zeros(probs.shape[1])
         taken: list[int] = []
         skipped_by_cap, below_threshold = 0, False
         for row in candidates[np.argsort(-confidence[candidates], kind="stable")]:
             if len(taken) >= quota:
-                break
+                status[row] = "over quota"
+                continue
             if confidence[row] < settings.threshold:
                 below_threshold = True
-                break
+                status[row] = "below threshold"
+                continue
             positives = np.flatnonzero(hard[row])
             if (counts[positives] >= caps[positives]).any():
                 skipped_by_cap += 1
+                status[row] = "over class cap"
                 continue
             counts[positives] += 1
             taken.append(int(row))
+            status[row] = "selected"
         if quota == 0:
             reason = "nothing asked" if wanted == 0 else "no eligible items"
         elif len(taken) >= quota:
             reason = "quota reached"
         elif below_threshold:
-            reason = f"threshold {settings.threshold}"
+            reason = "threshold"
         else:  # every candidate was seen: the rest were over their class cap
             reason = "class caps"
-        per_group[g] = {"eligible": int(len(candidates)), "quota": int(quota), "selected": len(taken), "stop_reason": reason, "skipped_by_class_cap": skipped_by_cap}
+        per_group[g] = {"eligible": int(len(candidates)), "quota": int(quota), "selected": len(taken), "stop_reason": reason,
+                        "skipped_by_class_cap": skipped_by_cap}
         chosen += taken
     index = np.array(sorted(chosen), dtype=np.int64)
     if wanted == 0:
         stop = "pseudo-ratio 0: teacher only"
     elif wanted > pool:
-        stop = f"ran out of eligible test items ({pool} for {wanted} wanted)"
+        stop = f"the whole eligible pool ({pool} for {wanted} wanted)"
     elif len(index) >= sum(v["quota"] for v in per_group.values()):
         stop = "target reached"
     else:
@@ -148,11 +174,24 @@ def select_pseudo_labels(
         group=groups[index],
         classes=[tuple(int(c) for c in np.flatnonzero(hard[i])) for i in index],
         confidence=confidence[index],
-        round=np.ones(len(index), dtype=np.int64),
+        round=round,
         target_count=wanted,
         stop_reason=stop,
         per_group=per_group,
+        status=status,
+        item_confidence=confidence,
     )
+
+
+def _class_share(hard: np.ndarray, train_share: np.ndarray, balance: str) -> np.ndarray:
+    """Each class's expected share of a group's pseudo-labels; infinite (no cap) with balance "none"."""
+    if balance == "none":
+        return np.full(hard.shape[1], np.inf)
+    if balance == "train":
+        return np.asarray(train_share, dtype=np.float64)
+    if balance == "predicted":
+        return hard.mean(axis=0) if len(hard) else np.zeros(hard.shape[1])
+    raise ValueError(f"unknown balance {balance!r}; expected predicted, train or none")
 
 
 def assign_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:

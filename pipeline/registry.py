@@ -32,6 +32,7 @@ class Competition(abc.ABC):
     multi_label: ClassVar[bool] = False
     metrics: ClassVar[tuple[str, ...]]  # the first one is the default
     kaggle_slug: ClassVar[str | None] = None  # the competition's name in Kaggle URLs and the API
+    flips: ClassVar[str] = "horizontal"  # mirror images that keep the label: none | horizontal | horizontal_and_vertical
 
     def __init__(self, metric: str | None = None) -> None:
         if metric is not None and metric not in self.metrics:
@@ -73,6 +74,12 @@ class Competition(abc.ABC):
     def fit_decision(self, y_true: np.ndarray, y_prob: np.ndarray) -> dict:
         """Parameters that turn probabilities into what is submitted (e.g. per-tag thresholds), fit on the holdout."""
         return {}
+
+    def decision_thresholds(self, y_true: np.ndarray, y_prob: np.ndarray) -> np.ndarray | None:
+        """Per-class cut-offs that `decide` applies (multi-label), fit like `fit_decision`; None = argmax/probabilities.
+        Pseudo-label selection reads them: "confidently on/off" is relative to these."""
+        thresholds = self.fit_decision(y_true, y_prob).get("thresholds")
+        return None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
 
     def decide(self, y_prob: np.ndarray, decision: dict) -> np.ndarray:
         """What gets submitted for these probabilities: probabilities themselves by default."""

@@ -17,30 +17,40 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import cache
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, teacher_settings
 from pipeline.files import hdf5_problem, sha256_of
 
-CACHE_VERSION = 3  # bump when training or prediction code changes what a cached teacher would contain
-WEIGHTS = "teacher.weights.h5"
-TEACHER_FILES = ("holdout_probs.npy", "test_probs.npy", WEIGHTS, "info.json")
+CACHE_VERSION = 4  # bump when training or prediction code changes what a cached teacher would contain
+TEACHER_FILES = ("scored_probs.npy", "test_probs.npy", "info.json")
 FEATURE_FILES = ("features.npy",)
 SHIFT_FILES = ("report.json", "tables.npz")
+
 # What a verified entry can still raise while loading (a file crafted to match its manifest, a wrong shape).
 _LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
 
 
 @dataclass
 class Teacher:
-    holdout_probs: np.ndarray
-    test_probs: np.ndarray
+    """The teacher's K models (one per fold; one with a single holdout) and their predictions."""
+
+    scored_probs: np.ndarray  # (n_train, C): each labeled row predicted by the model that never trained on it; NaN if none
+    test_probs: np.ndarray  # (K, n_test, C): each model's test predictions (the teacher's are their mean)
     info: dict
     seconds: float
     cache_status: str  # "hit" or "miss"
-    weights: Path  # the trained teacher's weights (students can start from them)
+    weights: list[Path]  # each model's weights (its students start from them)
+
+    @property
+    def mean_test_probs(self) -> np.ndarray:
+        return self.test_probs.mean(axis=0)
+
+
+def weights_name(model: int) -> str:
+    return f"teacher_{model}.weights.h5"
 
 
 def _key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def _lines_digest(lines) -> str:
@@ -48,66 +58,87 @@ def _lines_digest(lines) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+def array_digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
 def _weights_identity(cfg: RunConfig) -> str:
     return cfg.weights if cfg.weights in ("imagenet", "none") else sha256_of(Path(cfg.weights))
 
 
-def teacher_key(cfg: RunConfig, spec, fingerprint: str) -> str:
+def teacher_key(cfg: RunConfig, spec, items) -> str:
+    """Everything that determines the teacher: the images, their labels and split, and every option marked
+    `teacher` in RunConfig's table (so a new option cannot be left out)."""
     return _key({
-        "version": CACHE_VERSION, "data": fingerprint, "competition": cfg.competition, "backbone": cfg.backbone,
-        "weights": _weights_identity(cfg), "fine_tune": cfg.fine_tune, "image_size": cfg.image_size,
-        "epochs": cfg.epochs, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate, "seed": cfg.seed,
-        "val_fraction": cfg.val_fraction, "n_classes": spec.n_classes, "multi_label": spec.multi_label,
+        "version": CACHE_VERSION, "data": items.fingerprint, "labels": array_digest(items.y),
+        "split": array_digest(items.fold), "settings": teacher_settings(cfg), "weights": _weights_identity(cfg),
+        "n_classes": spec.n_classes, "multi_label": spec.multi_label, "flips": spec.flips,
     })
 
 
 def get_or_train(cfg: RunConfig, spec, items) -> Teacher:
-    """The cached teacher's holdout and test predictions, or train it now and cache them."""
-    from pipeline import train
+    """The cached teacher, or train its K models now (each on every labeled row outside its fold) and cache them."""
+    from pipeline import split, train
 
-    folder = Path(cfg.cache_dir) / cfg.competition / "teachers" / teacher_key(cfg, spec, items.fingerprint)
-    cached = load_teacher(folder, len(items.x_holdout), len(items.x_test), spec.n_classes)
+    folder = Path(cfg.cache_dir) / cfg.competition / "teachers" / teacher_key(cfg, spec, items)
+    n_models = split.n_models(items.fold)
+    cached = load_teacher(folder, n_models, len(items.y), len(items.test_rows), spec.n_classes)
     if cached is not None:
         print(f"teacher: cached in {folder} (delete it to retrain)", flush=True)
         return cached
     started = time.perf_counter()
-    model, info = train.fit(spec, "teacher", [(items.x_train, items.y_train)], items.x_holdout, items.y_holdout, cfg.seed, cfg.epochs)
-    holdout_probs = train.predict(model, items.x_holdout, cfg)
-    test_probs = train.predict(model, items.x_test, cfg)
+    scored = np.full((len(items.y), spec.n_classes), np.nan, dtype=np.float32)
+    test_probs, infos, models = [], [], []
+    for m in range(n_models):
+        fit_rows, scored_rows = np.flatnonzero(items.fold != m), np.flatnonzero(items.fold == m)
+        name = "teacher" if n_models == 1 else f"teacher {m + 1}/{n_models}"
+        model, info = train.fit(spec, name, items.train_x[fit_rows], items.y[fit_rows], spec.steps(len(fit_rows), cfg.epochs),
+                                cfg.seed + m, cfg.augment)
+        scored[scored_rows] = train.predict(model, items.train_x, scored_rows, spec)
+        test_probs.append(train.predict(model, items.test_source, items.test_rows, spec))
+        infos.append(info)
+        models.append(model)
+    test_probs = np.stack(test_probs)
     seconds = time.perf_counter() - started
-    cache.write_entry(folder, {
-        "holdout_probs.npy": lambda path: np.save(path, holdout_probs, allow_pickle=False),
+    info = {"models": infos, "train_seconds": round(seconds, 2)}
+    files = {
+        "scored_probs.npy": lambda path: np.save(path, scored, allow_pickle=False),
         "test_probs.npy": lambda path: np.save(path, test_probs, allow_pickle=False),
-        WEIGHTS: lambda path: model.save_weights(path),
-        "info.json": lambda path: path.write_text(json.dumps({**info, "train_seconds": round(seconds, 2)}, indent=2)),
-    })
-    return Teacher(holdout_probs, test_probs, info, seconds, "miss", folder / WEIGHTS)
+        "info.json": lambda path: path.write_text(json.dumps(info, indent=2)),
+    }
+    for m, model in enumerate(models):
+        files[weights_name(m)] = lambda path, model=model: model.save_weights(path)
+    cache.write_entry(folder, files)
+    return Teacher(scored, test_probs, info, seconds, "miss", [folder / weights_name(m) for m in range(n_models)])
 
 
-def load_teacher(folder: Path, n_holdout: int, n_test: int, n_classes: int) -> Teacher | None:
+def load_teacher(folder: Path, n_models: int, n_train: int, n_test: int, n_classes: int) -> Teacher | None:
     """The teacher cached in `folder`, or None (a miss, or a damaged entry: warned about and removed).
 
-    Beyond the manifest, the arrays must have the shapes this run expects and the weights must be a readable
-    HDF5 file, so a student never starts from weights that fail to load."""
-    if cache.load_entry(folder, TEACHER_FILES) is None:
+    Beyond the manifest, the arrays must have the shapes this run expects and the weights must be readable
+    HDF5 files, so a student never starts from weights that fail to load."""
+    names = TEACHER_FILES + tuple(weights_name(m) for m in range(n_models))
+    if cache.load_entry(folder, names) is None:
         return None
     try:
         info = json.loads((folder / "info.json").read_text())
         if not isinstance(info, dict):
             raise ValueError("info.json does not hold an object")
-        holdout_probs = _load_array(folder / "holdout_probs.npy", (n_holdout, n_classes))
-        test_probs = _load_array(folder / "test_probs.npy", (n_test, n_classes))
-        problem = hdf5_problem(folder / WEIGHTS)
-        if problem:
-            raise ValueError(f"{WEIGHTS} {problem}")
+        scored = _load_array(folder / "scored_probs.npy", (n_train, n_classes))
+        test_probs = _load_array(folder / "test_probs.npy", (n_models, n_test, n_classes))
+        for m in range(n_models):
+            problem = hdf5_problem(folder / weights_name(m))
+            if problem:
+                raise ValueError(f"{weights_name(m)} {problem}")
     except _LOAD_ERRORS as error:
         cache.discard(folder, f"{type(error).__name__}: {error}")
         return None
-    return Teacher(holdout_probs, test_probs, info, 0.0, "hit", folder / WEIGHTS)
+    return Teacher(scored, test_probs, info, 0.0, "hit", [folder / weights_name(m) for m in range(n_models)])
 
 
-def get_or_embed(cfg: RunConfig, paths: np.ndarray, fingerprint: str) -> np.ndarray:
-    """Embeddings of every image by the frozen backbone, computed once per data/backbone/weights/size."""
+def get_or_embed(cfg: RunConfig, paths: list[str], pixels: np.ndarray, fingerprint: str) -> np.ndarray:
+    """Embeddings of every image (rows of `pixels`, named by `paths`) by the frozen backbone, computed once
+    per data/backbone/weights/size."""
     from pipeline import models, train
 
     key = _key({"version": CACHE_VERSION, "data": fingerprint, "paths": _lines_digest(paths),
@@ -124,7 +155,7 @@ def get_or_embed(cfg: RunConfig, paths: np.ndarray, fingerprint: str) -> np.ndar
             print(f"features: cached in {folder}", flush=True)
             return features
     backbone = models.pretrained_backbone(cfg.backbone, cfg.image_size, cfg.weights)
-    features = train.embed(backbone, paths, cfg, "train+test")
+    features = train.embed(backbone, pixels, cfg, "train+test")
     cache.write_entry(folder, {"features.npy": lambda path: np.save(path, features, allow_pickle=False)})
     return features
 

@@ -1,4 +1,8 @@
-"""Fit and predict: thin Keras code shared by the teacher and the student."""
+"""Fit and predict: thin Keras code shared by the teacher, the control and the students.
+
+Every fit runs a fixed budget of optimizer steps (AdamW, short warm-up, cosine decay to zero) instead of
+early stopping on the holdout: the holdout then only scores, so its score is not biased by picking epochs.
+"""
 from __future__ import annotations
 
 import math
@@ -11,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import data, models
+from pipeline import augment, data, models
 from pipeline.config import RunConfig
 
 
@@ -23,79 +27,103 @@ def seed_everything(seed: int) -> None:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How items are fed (image paths, or cached embeddings of a frozen backbone) and which model learns them."""
+    """How items are fed (uint8 images, or cached embeddings of a frozen backbone) and which model learns them."""
 
     cfg: RunConfig
     n_classes: int
     multi_label: bool
+    flips: str = "horizontal"  # which mirror images keep the label (the competition's call)
     feature_dim: int | None = None  # set in feature-cache mode
 
     def build(self) -> keras.Model:
         if self.feature_dim is not None:
             return models.feature_classifier(self.feature_dim, self.n_classes, self.multi_label)
-        if self.cfg.backbone == models.SMALL_CNN:
+        if self.cfg.backbone == models.RESNET:
+            backbone = models.resnet(self.cfg.image_size, self.cfg.width)
+        elif self.cfg.backbone == models.SMALL_CNN:
             backbone = models.small_cnn(self.cfg.image_size)
         else:
             backbone = models.pretrained_backbone(self.cfg.backbone, self.cfg.image_size, self.cfg.weights)
         return models.image_classifier(backbone, self.n_classes, self.multi_label, trainable_backbone=True)
 
-    @property
-    def loss(self) -> str:
-        return "binary_crossentropy" if self.multi_label else "categorical_crossentropy"
+    def loss(self) -> keras.losses.Loss:
+        smoothing = self.cfg.label_smoothing
+        if self.multi_label:
+            return keras.losses.BinaryCrossentropy(label_smoothing=smoothing)
+        return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+
+    def steps(self, n_items: int, epochs: int) -> int:
+        """The optimizer steps of one fit: `epochs` passes, and at least --min-steps."""
+        return max(self.cfg.min_steps, epochs * math.ceil(n_items / self.cfg.batch_size))
 
 
-class EpochLog(keras.callbacks.Callback):
-    def __init__(self, name: str, epochs: int) -> None:
+class StepLog(keras.callbacks.Callback):
+    """About ten progress lines per fit: step, training loss, seconds."""
+
+    def __init__(self, name: str, steps: int) -> None:
         super().__init__()
-        self.name, self.epochs, self.start = name, epochs, time.perf_counter()
+        self.name, self.steps, self.start, self.done = name, steps, time.perf_counter(), 0
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        print(f"  {self.name} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
-              f"holdout loss {logs.get('val_loss', float('nan')):.4f} ({time.perf_counter() - self.start:.0f}s)", flush=True)
+        self.done = min(self.steps, self.done + self.params["steps"])
+        loss = (logs or {}).get("loss", float("nan"))
+        print(f"  {self.name}: step {self.done}/{self.steps}, loss {loss:.4f} ({time.perf_counter() - self.start:.0f}s)", flush=True)
 
 
-def fit(spec: ModelSpec, name: str, parts: list[tuple[np.ndarray, np.ndarray]], x_val: np.ndarray, y_val: np.ndarray, seed: int,
-        epochs: int, init_weights: Path | None = None) -> tuple[keras.Model, dict]:
-    """Train on one or more (x, targets) parts mixed in every batch in proportion to their sizes.
-
-    The holdout picks the epoch (early stopping on its loss, best weights restored); it is never trained on.
-    `init_weights` starts from saved weights (the teacher's) instead of a random initialisation.
-    """
+def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, seed: int, augment_level: str,
+        init: Path | list[np.ndarray] | None = None) -> tuple[keras.Model, dict]:
+    """Train on (x, targets) for exactly `steps` optimizer steps; `init` starts from saved or given weights."""
     cfg = spec.cfg
     seed_everything(seed)
     model = spec.build()
-    if init_weights is not None:
-        model.load_weights(init_weights)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=spec.loss)
-    sizes = [len(x) for x, _ in parts]
-    streams = [data.training_stream(x, y, cfg.image_size, seed + k) for k, (x, y) in enumerate(parts)]
-    batches = data.mixed_batches(streams, [n / sum(sizes) for n in sizes], cfg.batch_size, seed)
-    validation = data.element_dataset(x_val, y_val, cfg.image_size).cache().batch(cfg.batch_size)
-    # A model trained from scratch has a noisy holdout loss for its first epochs (batch-norm statistics are
-    # still settling), so early stopping only starts watching after a fifth of the epochs.
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=8, restore_best_weights=True,
-                                            start_from_epoch=0 if init_weights is not None else epochs // 5)
+    if isinstance(init, Path):
+        model.load_weights(init)
+    elif init is not None:
+        model.set_weights(init)
+    warmup = min(100, steps // 10)
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate * 0.1, max(1, steps - warmup), alpha=0.0,
+                                                      warmup_target=cfg.learning_rate, warmup_steps=warmup)
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay), loss=spec.loss())
+    batches = data.training_stream(x, y, seed).batch(cfg.batch_size)
+    noise = augment.augmenter(augment_level, spec.flips) if spec.feature_dim is None else None
+    if noise is not None:
+        batches = batches.map(lambda images, targets: (noise(tf.cast(images, tf.float32), training=True), targets),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    batches = batches.prefetch(tf.data.AUTOTUNE)
+    chunk = max(1, math.ceil(steps / 10))
+    started = time.perf_counter()
     with warnings.catch_warnings():  # Keras warns that a tf.data input ignores shuffle=True; ours is shuffled
         warnings.filterwarnings("ignore", message=".*shuffle=True.*")
-        history = model.fit(batches, epochs=epochs, steps_per_epoch=math.ceil(sum(sizes) / cfg.batch_size),
-                            validation_data=validation, callbacks=[stopper, EpochLog(name, epochs)], verbose=0)
-    losses = history.history["val_loss"]
-    return model, {"epochs_run": len(losses), "best_epoch": int(np.argmin(losses)) + 1, "best_holdout_loss": float(np.min(losses))}
+        history = model.fit(batches, epochs=math.ceil(steps / chunk), steps_per_epoch=chunk, verbose=0,
+                            callbacks=[StepLog(name, steps)])
+    losses = history.history["loss"]
+    return model, {"steps": int(math.ceil(steps / chunk) * chunk), "items": int(len(x)), "augment": augment_level,
+                   "final_loss": float(losses[-1]), "seconds": round(time.perf_counter() - started, 2)}
 
 
-def predict(model: keras.Model, x: np.ndarray, cfg: RunConfig) -> np.ndarray:
-    """Probabilities in input order, streamed batch by batch."""
-    if len(x) == 0:
-        return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
-    return model.predict(data.prediction_dataset(x, cfg.image_size, cfg.batch_size), verbose=0).astype(np.float32)
+def predict(model: keras.Model, source: np.ndarray, rows: np.ndarray | None, spec: ModelSpec) -> np.ndarray:
+    """Probabilities in row order, streamed batch by batch; averaged with the mirror image when --tta allows."""
+    n_out = model.output_shape[-1]
+    if spec.feature_dim is not None:  # cached embeddings: a small in-memory array
+        x = np.asarray(source if rows is None else source[rows], dtype=np.float32)
+        return model.predict(x, batch_size=1024, verbose=0).astype(np.float32) if len(x) else np.zeros((0, n_out), np.float32)
+    rows = np.arange(len(source)) if rows is None else np.asarray(rows)
+    if len(rows) == 0:
+        return np.zeros((0, n_out), dtype=np.float32)
+    batches = data.prediction_batches(source, rows, spec.cfg.batch_size * 4)
+    probs = model.predict(batches, verbose=0).astype(np.float32)
+    if spec.cfg.tta and "horizontal" in spec.flips:
+        mirrored = batches.map(lambda images: tf.reverse(images, axis=[2]))
+        probs = (probs + model.predict(mirrored, verbose=0).astype(np.float32)) / 2
+    return probs
 
 
-def embed(backbone: keras.Model, x: np.ndarray, cfg: RunConfig, what: str) -> np.ndarray:
-    """Embeddings of a frozen backbone, with progress; computed once and cached by the caller."""
+def embed(backbone: keras.Model, source: np.ndarray, cfg: RunConfig, what: str) -> np.ndarray:
+    """Embeddings of a frozen backbone for every row of `source`, with progress; cached by the caller."""
     out = []
-    for done, batch in enumerate(data.prediction_dataset(x, cfg.image_size, cfg.batch_size), start=1):
-        out.append(backbone(batch, training=False).numpy())
+    rows = np.arange(len(source))
+    for done, batch in enumerate(data.prediction_batches(source, rows, cfg.batch_size), start=1):
+        out.append(backbone(tf.cast(batch, tf.float32), training=False).numpy())
         if done % 20 == 0:
-            print(f"  embedded {min(done * cfg.batch_size, len(x))}/{len(x)} {what} images", flush=True)
+            print(f"  embedded {min(done * cfg.batch_size, len(rows))}/{len(rows)} {what} images", flush=True)
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, backbone.output_shape[-1]), np.float32)

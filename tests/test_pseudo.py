@@ -69,7 +69,7 @@ def test_class_cap_keeps_the_favourite_class_from_flooding():
     probs[:, 0] = 0.9  # the teacher calls everything class 0
     probs[250:] = [0.2, 0.8]
     share = np.array([0.5, 0.5])
-    selection = select(probs, np.array(["public"] * 300), n_train=300, share=share, ratio=0.25, class_cap=1.0)
+    selection = select(probs, np.array(["public"] * 300), n_train=300, share=share, ratio=0.25, class_cap=1.0, balance="train")
     counts = np.bincount([c[0] for c in selection.classes], minlength=2)
     assert counts[0] <= np.ceil(0.5 * 100) and counts[1] == 50
     assert selection.per_group["public"]["skipped_by_class_cap"] > 0
@@ -90,7 +90,7 @@ def test_ineligible_items_are_never_selected():
     eligible = np.arange(100) % 2 == 0
     selection = select(probs, np.array(["public"] * 100), n_train=3000, eligible=eligible, ratio=0.25, class_cap=100)
     assert eligible[selection.index].all() and len(selection) == 50
-    assert "ran out" in selection.stop_reason
+    assert "whole eligible pool" in selection.stop_reason
 
 
 def test_summary_counts_add_up():
@@ -99,7 +99,45 @@ def test_summary_counts_add_up():
     selection = select(probs, groups, n_train=150, ratio=0.25)
     summary = selection.summary(["a", "b", "c", "d"])
     assert summary["selected"] == len(selection) == sum(summary["by_group"].values()) == sum(summary["by_class"].values())
-    assert (selection.round == 1).all()
+    assert selection.round == 1
+    assert summary["by_status"]["selected"] == len(selection)
+    assert sum(summary["by_status"].values()) == len(probs)  # one status per test item
+
+
+def test_predicted_balance_follows_the_teachers_class_distribution_on_the_group():
+    # the teacher calls 80% of this group class 0 (a group unlike train, whose share is 50/50)
+    probs = np.tile([0.1, 0.9], (100, 1)).astype(float)
+    probs[:80] = [0.9, 0.1]
+    probs[:, :] += np.linspace(0, 0.05, 100)[:, None] * [1, -1]  # distinct confidences
+    selection = select(probs, np.array(["private"] * 100), n_train=50, share=np.array([0.5, 0.5]), ratio=0.5, class_cap=1.0)
+    counts = np.bincount([c[0] for c in selection.classes], minlength=2)
+    assert len(selection) == 50 and counts[0] == 40 and counts[1] == 10  # the group's own 80/20, not train's 50/50
+    trained = select(probs, np.array(["private"] * 100), n_train=50, share=np.array([0.5, 0.5]), ratio=0.5, class_cap=1.0, balance="train")
+    assert np.bincount([c[0] for c in trained.classes], minlength=2)[0] == 25
+
+
+def test_rounds_ask_for_a_growing_share_and_the_last_round_for_all_of_it():
+    probs = random_probs(1000, 4)
+    groups = np.array(["public"] * 500 + ["private"] * 500)
+    sizes = [len(select_pseudo_labels(probs, groups, np.ones(1000, bool), 100, np.full(4, 0.25),
+                                      PseudoSettings(ratio=0.8, rounds=3, class_cap=100), round=r)) for r in (1, 2, 3)]
+    wanted = [target_count(100, 0.8, r, 3) for r in (1, 2, 3)]
+    assert all(abs(got - want) <= 1 for got, want in zip(sizes, wanted))  # each group's quota is rounded
+    assert wanted[-1] == target_count(100, 0.8) == 400
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_every_item_gets_a_status_that_says_why():
+    probs = random_probs(60, 3)
+    groups = np.array(["public"] * 30 + ["private"] * 30)
+    eligible = np.arange(60) % 3 != 0
+    selection = select(probs, groups, n_train=20, eligible=eligible, ratio=0.5, threshold=0.5, groups=("public",))
+    assert set(selection.status[groups == "private"]) == {"group not pseudo-labeled"}
+    public = np.flatnonzero(groups == "public")
+    assert set(selection.status[public[~eligible[public]]]) == {"not eligible"}
+    low = public[eligible[public] & (selection.item_confidence[public] < 0.5)]
+    assert set(selection.status[low]) <= {"below threshold", "over quota"}
+    assert (selection.status[selection.index] == "selected").all()
 
 
 def test_multi_label_confidence_needs_every_tag_clear_of_its_threshold():

@@ -1,0 +1,147 @@
+"""Self-training and its control, for each of the teacher's models.
+
+Each teacher model m (one per fold) starts its own chain, so its scored rows stay unseen by every model of
+the chain and the verdict is honest: round r's student trains on m's train rows plus the test items its
+predecessor labels most confidently (r/R of the share), then relabels the test set for round r + 1. The
+control gets the same optimizer steps on the same train rows without any pseudo-label: what the student
+gains over it is the pseudo-labels' doing, not the longer training.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pipeline import pseudo, split
+from pipeline.config import RunConfig
+
+
+@dataclass
+class ModelFamily:
+    """Predictions of one kind of model (control or student) over all of the teacher's folds."""
+
+    name: str
+    scored_probs: np.ndarray  # (n_train, C), NaN on rows no model of the family is scored on
+    test_probs: np.ndarray  # (n_test, C): the mean over the folds' models
+    info: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class SelfTraining:
+    student: ModelFamily
+    control: ModelFamily | None
+    selections: list[pseudo.PseudoSelection]  # every (model, round, pseudo-fold) selection, in order
+    provenance: pd.DataFrame  # one row per readable test item and selection: status, round, fold, confidence
+    summary: dict  # the last round's selection of the first chain, plus per-round counts
+
+
+def settings_of(cfg: RunConfig) -> pseudo.PseudoSettings:
+    return pseudo.PseudoSettings(cfg.pseudo_ratio, cfg.pseudo_threshold, cfg.pseudo_class_cap, tuple(cfg.pseudo_groups),
+                                 cfg.pseudo_labels, cfg.pseudo_balance, cfg.pseudo_rounds)
+
+
+def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTraining:
+    """Rounds of pseudo-labeling and students for every teacher model, then the controls."""
+    from pipeline import train
+
+    settings = settings_of(cfg)
+    n_models = split.n_models(items.fold)
+    test_groups = items.test_groups
+    pseudo_fold = pseudo.assign_folds(test_groups, cfg.pseudo_folds, cfg.seed)
+    ids = items.test_ids
+    student_scored = np.full_like(teacher.scored_probs, np.nan)
+    student_test = np.zeros_like(teacher.mean_test_probs)
+    selections, provenance, infos, budgets = [], [], [], []
+    started = time.perf_counter()
+    for m in range(n_models):
+        fit_rows, scored_rows = np.flatnonzero(items.fold != m), np.flatnonzero(items.fold == m)
+        x_fit, y_fit = items.train_x[fit_rows], items.y[fit_rows]
+        thresholds = competition.decision_thresholds(items.y[scored_rows], teacher.scored_probs[scored_rows])
+        probs, init, steps_used = teacher.test_probs[m], teacher.weights[m], 0
+        chain = f"model {m + 1}/{n_models} " if n_models > 1 else ""
+        for r in range(1, cfg.pseudo_rounds + 1):
+            next_probs = np.zeros_like(probs)
+            scored_sum = np.zeros((len(scored_rows), probs.shape[1]), dtype=np.float32)
+            round_steps = 0
+            for k in range(cfg.pseudo_folds):
+                predict_rows = pseudo_fold == k  # all rows when there is one pseudo-fold
+                eligible = ~predict_rows if cfg.pseudo_folds > 1 else predict_rows
+                selection = pseudo.select_pseudo_labels(probs, test_groups, eligible, len(fit_rows), y_fit.mean(axis=0),
+                                                        settings, competition.multi_label, thresholds, round=r)
+                label = f"{chain}student round {r}/{cfg.pseudo_rounds}" + (f" fold {k + 1}/{cfg.pseudo_folds}" if cfg.pseudo_folds > 1 else "")
+                print(f"{label}: {len(selection)} pseudo-labels ({selection.stop_reason}); by group "
+                      f"{ {g: int((selection.group == g).sum()) for g in settings.groups} }", flush=True)
+                selections.append(selection)
+                provenance.append(_provenance(ids, test_groups, selection, m, k, items.classes))
+                if len(selection) == 0:  # nothing to learn from: this round's model is its predecessor
+                    next_probs[predict_rows] = probs[predict_rows]
+                    scored_sum += _scored(teacher, student_scored, scored_rows, r)
+                    infos.append({"model": m, "round": r, "pseudo_fold": k, "trained": False, "reason": selection.stop_reason})
+                    continue
+                x = np.concatenate([x_fit, items.test_x(selection.index)])
+                y = np.concatenate([y_fit, selection.targets])
+                steps = spec.steps(len(x), cfg.student_epochs)
+                model, info = train.fit(spec, label, x, y, steps, cfg.seed + 1000 * r + 100 * k + m, cfg.student_augment,
+                                        init=init if cfg.student_init == "teacher" else None)
+                round_steps = max(round_steps, steps)
+                next_probs[predict_rows] = train.predict(model, items.test_source, items.test_rows[predict_rows], spec)
+                scored_sum += train.predict(model, items.train_x, scored_rows, spec)
+                infos.append({"model": m, "round": r, "pseudo_fold": k, **info})
+                if cfg.pseudo_folds == 1:
+                    init = model.get_weights()  # the next round continues from this student
+            probs = next_probs
+            student_scored[scored_rows] = scored_sum / cfg.pseudo_folds
+            steps_used += round_steps
+        student_test += probs / n_models
+        budgets.append(steps_used)
+    student = ModelFamily("student", student_scored, student_test, infos, time.perf_counter() - started)
+    control = fit_controls(cfg, spec, items, teacher, budgets) if cfg.control else None
+    per_round = {}
+    for selection in selections:
+        per_round.setdefault(selection.round, []).append(len(selection))
+    last = [s for s in selections if s.round == cfg.pseudo_rounds][0]
+    summary = {**last.summary(items.classes), "rounds": cfg.pseudo_rounds,
+               "selected_per_round": {str(r): int(np.mean(v)) for r, v in per_round.items()}}
+    return SelfTraining(student, control, selections, pd.concat(provenance, ignore_index=True), summary)
+
+
+def fit_controls(cfg: RunConfig, spec, items, teacher, budgets: list[int]) -> ModelFamily:
+    """Each teacher model continued on its own train rows for the steps its students took (no pseudo-labels)."""
+    from pipeline import train
+
+    started = time.perf_counter()
+    scored = np.full_like(teacher.scored_probs, np.nan)
+    test = np.zeros_like(teacher.mean_test_probs)
+    infos = []
+    for m, steps in enumerate(budgets):
+        fit_rows, scored_rows = np.flatnonzero(items.fold != m), np.flatnonzero(items.fold == m)
+        if steps == 0:  # no student was trained: the control is the teacher itself
+            scored[scored_rows] = teacher.scored_probs[scored_rows]
+            test += teacher.test_probs[m] / len(budgets)
+            infos.append({"model": m, "trained": False})
+            continue
+        label = "control" + (f" {m + 1}/{len(budgets)}" if len(budgets) > 1 else "")
+        model, info = train.fit(spec, label, items.train_x[fit_rows], items.y[fit_rows], steps, cfg.seed + 7 + m, cfg.augment,
+                                init=teacher.weights[m])
+        scored[scored_rows] = train.predict(model, items.train_x, scored_rows, spec)
+        test += train.predict(model, items.test_source, items.test_rows, spec) / len(budgets)
+        infos.append({"model": m, **info})
+    return ModelFamily("control", scored, test, infos, time.perf_counter() - started)
+
+
+def _scored(teacher, student_scored: np.ndarray, rows: np.ndarray, round: int) -> np.ndarray:
+    """Scored-row predictions of the model a round without pseudo-labels keeps: the previous round's student."""
+    return teacher.scored_probs[rows] if round == 1 else student_scored[rows]
+
+
+def _provenance(ids: np.ndarray, groups: np.ndarray, selection: pseudo.PseudoSelection, model: int, pseudo_fold: int,
+                classes: list[str]) -> pd.DataFrame:
+    target = np.full(len(ids), "", dtype=object)
+    target[selection.index] = [" ".join(classes[i] for i in c) for c in selection.classes]
+    return pd.DataFrame({
+        "id": ids, "group": groups, "model": model + 1, "round": selection.round, "pseudo_fold": pseudo_fold + 1,
+        "status": selection.status, "confidence": np.round(selection.item_confidence, 5), "pseudo_label": target,
+    })
