@@ -69,7 +69,7 @@ def fit(spec: ModelSpec, name: str, parts: list[tuple[np.ndarray, np.ndarray]], 
         model.load_weights(init_weights)
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=spec.loss)
     sizes = [len(x) for x, _ in parts]
-    streams = [data.training_stream(x, y, cfg.image_size, seed + k) for k, (x, y) in enumerate(parts)]
+    streams = [data.path_training_stream(x, y, cfg.image_size, seed + k) for k, (x, y) in enumerate(parts)]
     batches = data.mixed_batches(streams, [n / sum(sizes) for n in sizes], cfg.batch_size, seed)
     validation = data.element_dataset(x_val, y_val, cfg.image_size).cache().batch(cfg.batch_size)
     # A model trained from scratch has a noisy holdout loss for its first epochs (batch-norm statistics are
