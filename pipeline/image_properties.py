@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageStat
+from PIL import Image
 
 NUMERIC_PROPERTIES = (
     "mean_intensity",  # mean grey level (PIL's "L": ITU-R 601 luma, rounded to integers per pixel), 0..255
@@ -47,14 +47,19 @@ def describe(rgb: Image.Image, *, width: int, height: int, file_size: int, fmt: 
     if max(rgb.size) > max_side:
         rgb = rgb.copy()
         rgb.thumbnail((max_side, max_side), Image.Resampling.BOX)
-    colour = ImageStat.Stat(rgb)  # histogram-based, in C
-    grey = ImageStat.Stat(rgb.convert("L"))  # ITU-R 601 luma
-    means = colour.mean
+    # ImageStat's formulas (population mean and standard deviation from the histogram), with numpy doing
+    # the sums instead of ImageStat's Python loops over the bins
+    levels = np.arange(256.0)
+    colour = np.asarray(rgb.histogram(), dtype=np.float64).reshape(3, 256)
+    means = [float(m) for m in colour @ levels / colour[0].sum()]
+    grey = np.asarray(rgb.convert("L").histogram(), dtype=np.float64)  # ITU-R 601 luma
+    grey_mean = float(grey @ levels / grey.sum())
+    grey_var = float(grey @ levels**2 / grey.sum()) - grey_mean**2
     total = sum(means)
     relative = [m / total for m in means] if total > 0 else [1 / 3] * 3
     return {
-        "mean_intensity": grey.mean[0],
-        "contrast": grey.stddev[0],
+        "mean_intensity": grey_mean,
+        "contrast": float(np.sqrt(max(grey_var, 0.0))),
         "red_mean": means[0], "green_mean": means[1], "blue_mean": means[2],
         "red_rel": relative[0], "green_rel": relative[1], "blue_rel": relative[2],
         "height": float(height), "width": float(width), "aspect_ratio": width / height, "area": float(width * height),

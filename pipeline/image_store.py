@@ -61,7 +61,8 @@ def decode_image(path: str, image_size: int, max_side: int = MAX_SIDE) -> tuple[
                 f"{width}x{height} = {width * height} pixels is over Pillow's limit of {limit} "
                 "(PIL.Image.MAX_IMAGE_PIXELS): a decompression bomb or a huge scan; shrink the file")
         image.draft("RGB", (image_size, image_size))  # JPEG only: smallest DCT scale >= image_size a side
-        rgb = image.convert("RGB")  # reads every byte: truncated files fail here
+        image.load()  # reads every byte: truncated files fail here
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
     props = describe(rgb, width=width, height=height, file_size=file_size, fmt=fmt, mode=mode, max_side=max_side)
     # BILINEAR in Pillow widens its support when shrinking: antialiased, like tf.image.resize(antialias=True)
     pixels = np.asarray(rgb.resize((image_size, image_size), Image.Resampling.BILINEAR), dtype=np.uint8)
@@ -91,7 +92,8 @@ def decode_all(paths: Sequence[str], image_size: int, max_side: int = MAX_SIDE,
 
     At most a few batches are in flight, so a million paths never become a million pending results.
     """
-    workers = workers or os.cpu_count() or 1
+    # default: ThreadPoolExecutor's, a few more threads than cores, which keeps the cores busy while files are read
+    workers = min(32, (os.cpu_count() or 1) + 4) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers!r}")
     window = 16 * workers
@@ -265,7 +267,7 @@ def _write(folder: Path, paths: list[str], files: list, image_size: int, what: s
         rows = PropertyRows(total)
         problems: dict[str, str] = {}
         blank = bytes(image_size * image_size * 3)
-        step = max(500, min(5000, total // 10))
+        step = next(s for s in (5000, 2000, 1000, 500) if total >= 10 * s or s == 500)  # about ten lines
         # Rows are written in order through a file, not a writable memory map: the page cache holds them,
         # not this process, so memory stays flat however many images there are.
         with open(staging / "pixels.npy", "wb", buffering=1 << 20) as handle:
