@@ -74,16 +74,15 @@ def prediction_batches(pixels: np.ndarray, rows: np.ndarray, batch_size: int) ->
                          f"got {rows.min()}..{rows.max()}")
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    n_batches = -(-len(rows) // batch_size)
 
-    def read(i: np.ndarray) -> np.ndarray:
-        return image_store.read_rows(pixels, rows[int(i) * batch_size:(int(i) + 1) * batch_size])
+    def batches():
+        for start in range(0, len(rows), batch_size):
+            yield image_store.read_rows(pixels, rows[start:start + batch_size])
 
-    shape = (None, *pixels.shape[1:])
-    batches = tf.data.Dataset.range(n_batches).map(
-        lambda i: tf.ensure_shape(tf.numpy_function(read, [i], tf.as_dtype(pixels.dtype), stateful=False), shape),
-        num_parallel_calls=AUTOTUNE, deterministic=True)
-    return batches.prefetch(AUTOTUNE)
+    # A generator, not Dataset.range(n).map(tf.numpy_function(...)): as fast here (both far above the
+    # model), and its peak memory stayed flat from 10,000 to 40,000 rows where the map's grew.
+    signature = tf.TensorSpec((None, *pixels.shape[1:]), tf.as_dtype(pixels.dtype))
+    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(AUTOTUNE)
 
 
 def mixed_batches(streams: list[tf.data.Dataset], shares: list[float], batch_size: int, seed: int) -> tf.data.Dataset:

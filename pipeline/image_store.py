@@ -63,9 +63,9 @@ def decode_image(path: str, image_size: int, max_side: int = MAX_SIDE) -> tuple[
         image.draft("RGB", (image_size, image_size))  # JPEG only: smallest DCT scale >= image_size a side
         image.load()  # reads every byte: truncated files fail here
         rgb = image if image.mode == "RGB" else image.convert("RGB")
-    props = describe(rgb, width=width, height=height, file_size=file_size, fmt=fmt, mode=mode, max_side=max_side)
-    # BILINEAR in Pillow widens its support when shrinking: antialiased, like tf.image.resize(antialias=True)
-    pixels = np.asarray(rgb.resize((image_size, image_size), Image.Resampling.BILINEAR), dtype=np.uint8)
+        props = describe(rgb, width=width, height=height, file_size=file_size, fmt=fmt, mode=mode, max_side=max_side)
+        # BILINEAR in Pillow widens its support when shrinking: antialiased, like tf.image.resize(antialias=True)
+        pixels = np.asarray(rgb.resize((image_size, image_size), Image.Resampling.BILINEAR), dtype=np.uint8)
     return pixels, props
 
 
@@ -199,14 +199,14 @@ class ImageStore:
         return read_rows(self.pixels, rows)
 
     def property_table(self, paths: Sequence[str] | None = None) -> PropertyTable:
-        """The shift check's input for these paths (default: all): readable rows and (path, why) for the rest."""
-        paths = self.paths if paths is None else [str(p) for p in paths]
-        wanted = set(paths) if paths is not self.paths else None
-        if wanted is not None:
-            self.rows(paths)  # names a path that is not in the store
-        table = self.properties if wanted is None else self.properties[self.properties["path"].isin(wanted)]
-        unreadable = [(p, self.problems[p]) for p in paths if p in self.problems]
-        return PropertyTable(table.reset_index(drop=True), unreadable)
+        """The shift check's input for these paths (default: all), in their order: the readable ones'
+        properties, and (path, why) for the others."""
+        if paths is None:
+            return PropertyTable(self.properties, [(p, self.problems[p]) for p in self.paths if p in self.problems])
+        rows = self.rows(paths)
+        position = np.cumsum(self.readable) - 1  # store row -> row of self.properties
+        table = self.properties.iloc[position[rows[self.readable[rows]]]].reset_index(drop=True)
+        return PropertyTable(table, [(self.paths[r], self.problems[self.paths[r]]) for r in rows[~self.readable[rows]]])
 
 
 def build_store(paths: Sequence[str], image_size: int, cache_dir: Path, what: str, *,

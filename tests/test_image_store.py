@@ -170,6 +170,10 @@ def test_unreadable_files_are_counted_with_reasons_and_rows_stay_aligned(tmp_pat
         assert np.array_equal(store.pixels[store.rows([path])[0]], expected_pixels(path))
     assert not store.pixels[~store.readable].any()
     assert store.properties["path"].tolist() == good
+    subset = store.property_table(paths[::-1])  # what the shift check gets for a group, in the group's order
+    assert subset.table["path"].tolist() == good[::-1]
+    assert [p for p, _ in subset.unreadable] == [p for p in paths[::-1] if p not in good]
+    assert subset.table.iloc[0].equals(store.properties.iloc[-1])
     again = build_store(paths, SIZE, tmp_path / "cache", "test")
     assert again.cache_status == "hit" and again.problems == store.problems
 
