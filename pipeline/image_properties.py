@@ -1,23 +1,18 @@
-"""Per-image properties (brightness, colour, contrast, size, format), streamed over many image files.
+"""Per-image properties (brightness, colour, contrast, size, format) for the shift check: what is measured.
 
-Why these: they are what drift tools compare between image sets, and they are cheap. Pixels come from a
-reduced copy of each image (`Image.draft` lets the JPEG decoder scale by 1/2..1/8 while decoding), so a
-large photo costs about as much as a small one. Only one small row per image is kept, so memory grows by
-a few hundred bytes per image however many images there are.
+Why these: they are what drift tools compare between image sets, and they are cheap. They are computed
+from the copy of each image that pipeline/image_store.py decodes anyway for the model (a JPEG is decoded
+at a reduced DCT scale there), so measuring costs no second read of the file. Only one small row per
+image is kept, so memory grows by a few hundred bytes per image however many images there are.
 """
 from __future__ import annotations
 
-import itertools
-import os
 import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageStat
+from PIL import Image
 
 NUMERIC_PROPERTIES = (
     "mean_intensity",  # mean grey level (PIL's "L": ITU-R 601 luma, rounded to integers per pixel), 0..255
@@ -29,8 +24,7 @@ NUMERIC_PROPERTIES = (
 )
 CATEGORICAL_PROPERTIES = ("format", "mode")  # PIL's format (JPEG, PNG, ...) and mode (RGB, L, P, ...)
 PROPERTIES = NUMERIC_PROPERTIES + CATEGORICAL_PROPERTIES
-# What Pillow raises for a missing, truncated, corrupt or oversized file; anything else is a bug to see.
-_UNREADABLE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+MAX_SIDE = 128  # pixel statistics are taken on a copy at most this big (box-filtered)
 
 
 @dataclass
@@ -45,27 +39,27 @@ class PropertyTable:
         return len(self.table) + len(self.unreadable)
 
 
-def image_properties(path: str, max_side: int = 128) -> dict:
-    """The properties of one image file; Pillow's error if it cannot be read."""
-    file_size = os.stat(path).st_size
-    with Image.open(path) as image:
-        fmt, mode = image.format or "unknown", image.mode
-        width, height = image.size
-        if fmt == "JPEG":
-            image.draft("RGB", (max_side, max_side))  # decode at the smallest DCT scale >= max_side
-        rgb = image.convert("RGB")
+def describe(rgb: Image.Image, *, width: int, height: int, file_size: int, fmt: str, mode: str,
+             max_side: int = MAX_SIDE) -> dict:
+    """The properties of one decoded RGB image; width, height, format and mode are those of the stored file."""
     if rgb.width * rgb.height == 0:
         raise ValueError("image has no pixels")
     if max(rgb.size) > max_side:
+        rgb = rgb.copy()
         rgb.thumbnail((max_side, max_side), Image.Resampling.BOX)
-    colour = ImageStat.Stat(rgb)  # histogram-based, in C
-    grey = ImageStat.Stat(rgb.convert("L"))  # ITU-R 601 luma
-    means = colour.mean
+    # ImageStat's formulas (population mean and standard deviation from the histogram), with numpy doing
+    # the sums instead of ImageStat's Python loops over the bins
+    levels = np.arange(256.0)
+    colour = np.asarray(rgb.histogram(), dtype=np.float64).reshape(3, 256)
+    means = [float(m) for m in colour @ levels / colour[0].sum()]
+    grey = np.asarray(rgb.convert("L").histogram(), dtype=np.float64)  # ITU-R 601 luma
+    grey_mean = float(grey @ levels / grey.sum())
+    grey_var = float(grey @ levels**2 / grey.sum()) - grey_mean**2
     total = sum(means)
     relative = [m / total for m in means] if total > 0 else [1 / 3] * 3
     return {
-        "mean_intensity": grey.mean[0],
-        "contrast": grey.stddev[0],
+        "mean_intensity": grey_mean,
+        "contrast": float(np.sqrt(max(grey_var, 0.0))),
         "red_mean": means[0], "green_mean": means[1], "blue_mean": means[2],
         "red_rel": relative[0], "green_rel": relative[1], "blue_rel": relative[2],
         "height": float(height), "width": float(width), "aspect_ratio": width / height, "area": float(width * height),
@@ -74,60 +68,30 @@ def image_properties(path: str, max_side: int = 128) -> dict:
     }
 
 
-def _measure_one(path: str, max_side: int) -> tuple[dict | None, str | None]:
-    try:
-        return image_properties(path, max_side), None
-    except _UNREADABLE_ERRORS as error:
-        return None, f"{type(error).__name__}: {error}"
+class PropertyRows:
+    """Collects one row per readable image into preallocated arrays (about 100 bytes per image, no dicts kept)."""
+
+    def __init__(self, total: int) -> None:
+        self.numbers = np.full((total, len(NUMERIC_PROPERTIES)), np.nan)
+        self.categories: dict[str, list[str]] = {name: [] for name in CATEGORICAL_PROPERTIES}
+        self.rows: list[int] = []  # index of each readable image in the input list
+
+    def add(self, index: int, props: dict) -> None:
+        self.numbers[len(self.rows)] = [props[name] for name in NUMERIC_PROPERTIES]
+        for name in CATEGORICAL_PROPERTIES:
+            self.categories[name].append(sys.intern(props[name]))  # a handful of distinct values
+        self.rows.append(index)
+
+    def frame(self, paths: list[str]) -> pd.DataFrame:
+        """Columns path, then PROPERTIES; one row per readable image, in input order."""
+        return property_frame([paths[i] for i in self.rows], self.numbers[: len(self.rows)],
+                              {name: list(values) for name, values in self.categories.items()})
 
 
-def measure_images(
-    paths: Sequence[str],
-    *,
-    workers: int = 2,
-    max_side: int = 128,
-    label: str = "images",
-    progress_every: int = 500,
-    log: Callable[[str], None] = print,
-) -> PropertyTable:
-    """Properties of every image in `paths` (in order), measured by `workers` threads.
-
-    Threads, not processes: Pillow's decoders and numpy release the GIL, so threads run in parallel
-    without pickling rows between processes. Work is handed out in bounded chunks so that a list of a
-    million paths never becomes a million pending futures, and numbers go straight into one preallocated
-    float array (about 100 bytes per image) instead of Python objects.
-    """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers!r}")
-    paths = [str(p) for p in paths]
-    total = len(paths)
-    numbers = np.full((total, len(NUMERIC_PROPERTIES)), np.nan)
-    categories: dict[str, list[str]] = {name: [] for name in CATEGORICAL_PROPERTIES}
-    readable: list[int] = []
-    unreadable: list[tuple[str, str]] = []
-    done, started = 0, time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for chunk in _chunks(range(total), 64 * workers):
-            for index, (props, error) in zip(chunk, pool.map(lambda i: _measure_one(paths[i], max_side), chunk)):
-                if props is None:
-                    unreadable.append((paths[index], error or "unreadable"))
-                else:
-                    numbers[len(readable)] = [props[name] for name in NUMERIC_PROPERTIES]
-                    for name in CATEGORICAL_PROPERTIES:
-                        categories[name].append(sys.intern(props[name]))  # a handful of distinct values
-                    readable.append(index)
-                done += 1
-                if progress_every and total >= progress_every and (done % progress_every == 0 or done == total):
-                    rate = done / max(time.perf_counter() - started, 1e-9)
-                    log(f"shift: {label}: {done}/{total} images measured ({rate:.0f}/s, {len(unreadable)} unreadable)")
-    table = pd.DataFrame(numbers[: len(readable)], columns=list(NUMERIC_PROPERTIES))
-    table.insert(0, "path", [paths[i] for i in readable])
+def property_frame(paths: list[str], numbers: np.ndarray, categories: dict[str, list[str]]) -> pd.DataFrame:
+    table = pd.DataFrame(np.asarray(numbers, dtype=np.float64).reshape(len(paths), len(NUMERIC_PROPERTIES)),
+                         columns=list(NUMERIC_PROPERTIES))
+    table.insert(0, "path", list(paths))
     for name in CATEGORICAL_PROPERTIES:
-        table[name] = pd.array(categories[name], dtype="str")
-    return PropertyTable(table=table, unreadable=unreadable)
-
-
-def _chunks(items: Iterable[int], size: int) -> Iterable[list[int]]:
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
+        table[name] = pd.array([str(v) for v in categories[name]], dtype="str")
+    return table

@@ -1,10 +1,11 @@
 """Distribution shift between train, public and private test images: statistics, verdicts, plots.
 
-`assess_shift` measures every image (pipeline/image_properties.py), compares each pair of sets property
-by property and with an adversarial classifier (pipeline/shift_stats.py), and turns the numbers into
-OK / WARN / FAIL. A verdict needs both a large enough effect (KS D, normalised Wasserstein distance,
-Cramér's V or adversarial AUC above its threshold) and significance after Bonferroni correction: on large
-sets tiny, harmless shifts are significant, and on small sets large-looking gaps are noise.
+`assess_shift` takes every image's properties (pipeline/image_properties.py, measured in the image store's
+one decoding pass), compares each pair of sets property by property and with an adversarial classifier
+(pipeline/shift_stats.py), and turns the numbers into OK / WARN / FAIL. A verdict needs both a large enough
+effect (KS D, normalised Wasserstein distance, Cramér's V or adversarial AUC above its threshold) and
+significance after Bonferroni correction: on large sets tiny, harmless shifts are significant, and on small
+sets large-looking gaps are noise.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.files import write_bytes_atomic, write_text_atomic
-from pipeline.image_properties import CATEGORICAL_PROPERTIES, NUMERIC_PROPERTIES, PropertyTable, measure_images
+from pipeline.image_properties import CATEGORICAL_PROPERTIES, NUMERIC_PROPERTIES, PropertyTable
+from pipeline.image_store import measure_images
 from pipeline.registry import GROUPS
 from pipeline.shift_stats import adversarial_validation, compare_numeric, cramers_v
 
@@ -55,7 +57,6 @@ class ShiftSettings:
     max_adversarial_rows: int = 1000  # per set; a seeded random subset keeps the classifier fast on big sets
     min_images: int = 30  # fewer readable images in either set: "too few to judge"
     workers: int = 2
-    max_side: int = 128  # pixels are measured on a copy at most this big
     n_examples: int = 8  # images listed and shown per pair and side
     progress_every: int = 500  # images between progress lines; 0 = quiet
 
@@ -69,7 +70,7 @@ class ShiftSettings:
             if not (0 < getattr(self, name) < 1):
                 raise ValueError(f"shift setting {name} must be between 0 and 1, got {getattr(self, name)!r}")
         for name, low in (("n_permutations", 1), ("n_trees", 20), ("max_adversarial_rows", 2), ("min_images", 2),
-                          ("workers", 1), ("max_side", 8), ("n_examples", 0), ("progress_every", 0)):
+                          ("workers", 1), ("n_examples", 0), ("progress_every", 0)):
             value = getattr(self, name)
             if int(value) != value or value < low:
                 raise ValueError(f"shift setting {name} must be an integer >= {low}, got {value!r}")
@@ -201,27 +202,35 @@ class ShiftReport:
 
 
 def assess_shift(
-    sets: dict[str, list[str]],
+    sets: dict[str, list[str] | PropertyTable],
     out_dir: Path | None,
     settings: ShiftSettings = ShiftSettings(),
     seed: int = 0,
 ) -> ShiftReport:
-    """Measure the images of train / public / private (any may be missing or empty) and compare them.
+    """Compare the images of train / public / private (any may be missing or empty).
 
+    A set is either its properties, already measured by the image store's one decoding pass
+    (`ImageStore.property_table`), or a list of paths measured here without caching pixels.
     With `out_dir`, writes shift.json and the PNG plots there.
     """
     unknown = set(sets) - set(SETS)
     if unknown:
         raise ValueError(f"assess_shift got image sets {sorted(unknown)}; expected keys among {', '.join(SETS)}")
-    tables = {
-        name: measure_images([str(p) for p in sets.get(name, [])], workers=settings.workers, max_side=settings.max_side,
-                             label=name, progress_every=settings.progress_every)
-        for name in SETS
-    }
+    tables = {name: _properties(name, sets.get(name, []), settings) for name in SETS}
     report = compare_sets(tables, settings, seed)
     if out_dir is not None:
         write_outputs(report, Path(out_dir))
     return report
+
+
+def _properties(name: str, images: list[str] | PropertyTable, settings: ShiftSettings) -> PropertyTable:
+    if isinstance(images, PropertyTable):
+        missing = [c for c in ("path", *NUMERIC_PROPERTIES, *CATEGORICAL_PROPERTIES) if c not in images.table.columns]
+        if missing:
+            raise ValueError(f"the {name} property table lacks columns {missing}; build it with ImageStore.property_table")
+        return images
+    return measure_images([str(p) for p in images], workers=settings.workers, label=name,
+                          progress_every=settings.progress_every)
 
 
 def compare_sets(tables: dict[str, PropertyTable], settings: ShiftSettings = ShiftSettings(),

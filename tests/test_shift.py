@@ -11,7 +11,7 @@ from scipy import stats
 from scipy.stats.contingency import association
 
 from pipeline.__main__ import main
-from pipeline.image_properties import image_properties, measure_images
+from pipeline.image_store import build_store, decode_image, measure_images
 from pipeline.registry import GROUPS, get_competition
 from pipeline.shift import FAIL, OK, PLOT_NAMES, TOO_FEW, WARN, ShiftSettings, assess_shift
 from pipeline.shift_stats import adversarial_validation, compare_numeric, cramers_v
@@ -78,7 +78,7 @@ def test_cramers_v_matches_scipy_and_the_extremes():
 def test_image_properties_of_a_known_image(tmp_path):
     path = tmp_path / "red.png"
     Image.new("RGB", (40, 20), (200, 0, 0)).save(path)
-    props = image_properties(str(path))
+    _, props = decode_image(str(path), 64)
     assert props["red_mean"] == pytest.approx(200) and props["green_mean"] == 0 and props["blue_mean"] == 0
     assert props["mean_intensity"] == pytest.approx(0.299 * 200, abs=0.5)  # ITU-R 601 luma, rounded per pixel
     assert props["contrast"] == pytest.approx(0.0, abs=1e-3)
@@ -92,7 +92,7 @@ def test_large_jpeg_is_measured_from_a_reduced_decode(tmp_path):
     path = tmp_path / "big.jpg"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8)).save(path)
-    props = image_properties(str(path), max_side=64)
+    _, props = decode_image(str(path), 64, max_side=64)
     assert (props["width"], props["height"]) == (1600, 1200)  # the stored size, not the decoded one
     assert props["mean_intensity"] == pytest.approx(np.asarray(Image.open(path).convert("L")).mean(), abs=2.0)
 
@@ -180,6 +180,20 @@ def test_unreadable_images_are_counted_and_named(image_sets, tmp_path):
     assert "not_an_image.jpg" in report.table()
 
 
+def test_property_tables_from_a_store_give_the_same_report_as_paths(image_sets, tmp_path):
+    train = build_store(image_sets["train"], 64, tmp_path / "cache", "train")
+    test = build_store(image_sets["public"] + image_sets["private"], 64, tmp_path / "cache", "test")
+    tables = {"train": train.property_table(), "public": test.property_table(image_sets["public"]),
+              "private": test.property_table(image_sets["private"])}
+    assert [len(t.table) for t in tables.values()] == [120, 60, 60]
+    assert tables["private"].table["path"].tolist() == image_sets["private"]
+    from_store = assess_shift(tables, None, FAST)
+    from_paths = assess_shift(image_sets, None, FAST)
+    assert from_store.summary() == from_paths.summary()
+    with pytest.raises(ValueError, match="public property table lacks columns.*contrast"):
+        assess_shift({"public": type(tables["public"])(tables["public"].table.drop(columns="contrast"))}, None, FAST)
+
+
 def test_a_small_group_is_too_few_to_judge(image_sets):
     sets = {"train": image_sets["train"], "public": image_sets["public"][:10], "private": image_sets["private"]}
     report = assess_shift(sets, None, FAST)
@@ -213,6 +227,7 @@ def test_cli_on_an_imagefolder_layout(tmp_path, capsys):
     make_images(data / "test" / "private", 40, seed=14, brightness=0.55, green=30)
     out = tmp_path / "report"
     rc = main(["shift", "--competition", "imagefolder", "--data", str(data), "--out", str(out),
+               "--cache-dir", str(tmp_path / "cache"), "--image-size", "32",
                "--permutations", "19", "--trees", "30", "--warn-d", "0.12"])
     printed = capsys.readouterr().out
     assert rc == 0
@@ -221,6 +236,9 @@ def test_cli_on_an_imagefolder_layout(tmp_path, capsys):
     assert saved["pairs"]["train_vs_private"]["status"] in (WARN, FAIL)
     assert saved["pairs"]["train_vs_public"]["status"] == OK
     assert "train (n=80) vs private (n=40)" in printed and str(out / "shift.json") in printed
+    # the properties came from the image stores a run at --image-size 32 reuses: train, and every test image
+    stores = sorted(p.name.split("-")[:2] for p in (tmp_path / "cache" / "images").iterdir())
+    assert stores == [["test", "32px"], ["train", "32px"]]
     assert main(["shift", "--competition", "nope", "--data", str(data)]) == 2
     assert main(["shift", "--competition", "imagefolder", "--data", str(data), "--warn-d", "0.5"]) == 2
     assert "warn_d <= fail_d" in capsys.readouterr().err

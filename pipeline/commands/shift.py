@@ -5,7 +5,8 @@ import argparse
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.config import SUBMISSIONS_DIR
+from pipeline.config import CACHE_DIR, SUBMISSIONS_DIR, RunConfig
+from pipeline.image_store import build_store
 from pipeline.registry import GROUPS, get_competition
 from pipeline.shift import ShiftSettings, assess_shift
 
@@ -37,6 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--competition", required=True, help="plugin name, e.g. fisheries")
     parser.add_argument("--data", required=True, type=Path, help="the competition's data folder")
     parser.add_argument("--out", type=Path, help="output folder (default: submissions/<competition>/shift-<UTC time>/)")
+    parser.add_argument("--image-size", type=int, default=RunConfig.image_size,
+                        help="size of the decoded copies cached with the properties; the same as submit's "
+                             "--image-size lets the run reuse them (default: %(default)s)")
+    parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR,
+                        help="where the decoded images are cached (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the adversarial classifier and its permutations (default: %(default)s)")
     for flag, name, kind, text in _SETTING_OPTIONS:
@@ -53,8 +59,11 @@ def run(args: argparse.Namespace) -> int:
     strange = sorted(set(test["group"]) - set(GROUPS))
     if strange:
         raise ValueError(f"{competition.name}: test items have groups {strange}; expected only {', '.join(GROUPS)}")
-    sets = {"train": competition.train_items(args.data)["path"].tolist()}
-    sets.update({group: test.loc[test["group"] == group, "path"].tolist() for group in GROUPS})
+    # The same two stores as a run (train, and every test image in plugin order): one decode serves both.
+    train = build_store(competition.train_items(args.data)["path"].tolist(), args.image_size, args.cache_dir, "train")
+    test_store = build_store(test["path"].tolist(), args.image_size, args.cache_dir, "test")
+    sets = {"train": train.property_table()}
+    sets.update({group: test_store.property_table(test.loc[test["group"] == group, "path"].tolist()) for group in GROUPS})
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = args.out or SUBMISSIONS_DIR / competition.name / f"shift-{stamp}"
     report = assess_shift(sets, out_dir, settings, seed=args.seed)
