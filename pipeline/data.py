@@ -22,7 +22,7 @@ def image_problem(path: str) -> str | None:
 def scan_images(paths: Sequence[str], what: str) -> dict[str, str]:
     """{path: problem} for the images the store's decoder cannot read (threads; Pillow releases the GIL).
 
-    To be removed once run.py builds the image store, which finds the same problems in its one pass.
+    A check without caching (tests, tools); a run builds the image store, which finds the same problems in its one pass.
     """
     problems: dict[str, str] = {}
     step = max(500, len(paths) // 10)
@@ -85,46 +85,3 @@ def prediction_batches(pixels: np.ndarray, rows: np.ndarray, batch_size: int) ->
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
     n_batches = -(-len(rows) // batch_size)  # known length: Keras then stops without an "ran out of data" warning
     return dataset.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(AUTOTUNE)
-
-
-def mixed_batches(streams: list[tf.data.Dataset], shares: list[float], batch_size: int, seed: int) -> tf.data.Dataset:
-    """Batches that draw from each stream at the given shares (train items and pseudo-labeled test items)."""
-    if len(streams) == 1:
-        mixed = streams[0]
-    else:
-        mixed = tf.data.Dataset.sample_from_datasets(streams, weights=shares, seed=seed)
-    return mixed.batch(batch_size).prefetch(AUTOTUNE)
-
-
-# ---- to be removed: path-based loaders, used by train.py and run.py until they read the image store -----
-# They decode with tf.io.decode_image, which disagrees with the store's decoder on some files (1-bit and
-# RGB565 BMPs, TIFF, WebP): the store is the one definition of readable.
-
-def _decode(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    raw = tf.io.read_file(path)
-    image = tf.io.decode_image(raw, channels=3, expand_animations=False)
-    image = tf.image.resize(image, (image_size, image_size), antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)  # uint8 keeps the cache 4x smaller
-
-
-def element_dataset(x: np.ndarray, y: np.ndarray | None, image_size: int) -> tf.data.Dataset:
-    """One element per item: decoded images from paths, or rows of cached features."""
-    if x.dtype.kind in "OUS":
-        dataset = tf.data.Dataset.from_tensor_slices(np.asarray(x, dtype=str))
-        dataset = dataset.map(lambda p: _decode(p, image_size), num_parallel_calls=AUTOTUNE, deterministic=True)
-    else:
-        dataset = tf.data.Dataset.from_tensor_slices(np.asarray(x, dtype=np.float32))
-    if y is None:
-        return dataset
-    return tf.data.Dataset.zip((dataset, tf.data.Dataset.from_tensor_slices(np.asarray(y, dtype=np.float32))))
-
-
-def prediction_dataset(x: np.ndarray, image_size: int, batch_size: int) -> tf.data.Dataset:
-    """Streamed in input order (no shuffle, no cache): memory does not grow with the test set."""
-    return element_dataset(x, None, image_size).batch(batch_size).prefetch(AUTOTUNE)
-
-
-def path_training_stream(x: np.ndarray, y: np.ndarray, image_size: int, seed: int) -> tf.data.Dataset:
-    """Endless shuffled (item, target) stream; decoded images are cached so each file is decoded once per fit."""
-    dataset = element_dataset(x, y, image_size).cache()
-    return dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()

@@ -119,10 +119,12 @@ def select_pseudo_labels(
     if not (len(probs) == len(groups) == len(eligible)):
         raise ValueError(f"probs, groups and eligible must have one row per test item; got {len(probs)}, {len(groups)}, {len(eligible)}")
     confidence, hard = confidence_and_classes(probs, multi_label, thresholds)
-    wanted = target_count(n_train, settings.ratio, round, settings.rounds)
     status = np.where(np.isin(groups, settings.groups), "not eligible", "group not pseudo-labeled").astype(object)
     available = {g: np.flatnonzero(eligible & (groups == g)) for g in settings.groups}
     pool = sum(len(v) for v in available.values())
+    final = target_count(n_train, settings.ratio)
+    # the curriculum grows towards what the last round can have: the target, or the whole pool when it is smaller
+    wanted = round_half_up(min(final, pool) * round / settings.rounds) if round < settings.rounds else final
     chosen: list[int] = []
     per_group: dict[str, dict] = {}
     for g, candidates in available.items():

@@ -75,7 +75,9 @@ def check_shift(cfg: RunConfig, items: Items, run_dir: Path) -> ShiftReport | No
     test = items.test
     sets = {"train": items.stores["train"].paths}
     sets.update({g: test.loc[test["group"] == g, "path"].tolist() for g in GROUPS})
-    shift = get_or_assess_shift(cfg, sets, items.fingerprint, run_dir, ShiftSettings(), stores=items.stores)
+    tables = {"train": items.stores["train"].property_table()}
+    tables.update({g: items.stores["test"].property_table(paths) for g, paths in sets.items() if g != "train"})
+    shift = get_or_assess_shift(cfg, sets, items.fingerprint, run_dir, ShiftSettings(), tables=tables)
     print(shift.table(), flush=True)
     shifted = shift.shifted_groups()
     if shifted and cfg.on_shift == "fail":

@@ -160,11 +160,12 @@ def get_or_embed(cfg: RunConfig, paths: list[str], pixels: np.ndarray, fingerpri
     return features
 
 
-def get_or_assess_shift(cfg: RunConfig, sets: dict[str, list[str]], fingerprint: str, out_dir: Path, settings):
+def get_or_assess_shift(cfg: RunConfig, sets: dict[str, list[str]], fingerprint: str, out_dir: Path, settings,
+                        tables: dict | None = None):
     """The shift report for these images and settings, from the cache when they have not changed.
 
     The cache holds the report's numbers (report.json) and property tables (tables.npz); plots are redrawn
-    into out_dir."""
+    into out_dir. `tables` are the sets' properties already measured by the image store (else measured here)."""
     from pipeline.shift import assess_shift, write_outputs
 
     key = _key({"version": CACHE_VERSION, "data": fingerprint, "sets": {k: _lines_digest(v) for k, v in sets.items()},
@@ -179,7 +180,7 @@ def get_or_assess_shift(cfg: RunConfig, sets: dict[str, list[str]], fingerprint:
             print(f"shift: cached in {folder}", flush=True)
             write_outputs(report, out_dir)
             return report
-    report = assess_shift(sets, out_dir, settings, seed=cfg.seed)
+    report = assess_shift(tables or sets, out_dir, settings, seed=cfg.seed)
     save_shift_report(report, folder)
     return report
 

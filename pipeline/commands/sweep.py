@@ -7,126 +7,33 @@ ends with the `compare` table of its runs: which groups to pseudo-label, and wha
 from __future__ import annotations
 
 import argparse
-import time
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.commands.compare import add_compare_options, print_comparison
-from pipeline.commands.submit import add_run_options, config_from_args
-from pipeline.config import RunConfig
+from pipeline.config import add_run_options, config_from_args
+from pipeline.errors import UserError
 from pipeline.ledger import Ledger
 from pipeline.registry import GROUPS
-
-
-@dataclass
-class SweepResult:
-    ratio: float
-    groups: tuple[str, ...]
-    wall_s: float
-    run_id: str | None = None
-    teacher_cache: str | None = None  # "hit" | "miss"
-    timings: dict | None = None  # the run's metrics["timings"]: teacher_s, student_s, total_s
-    error: str | None = None
-
-    @property
-    def label(self) -> str:
-        return "ratio 0 (teacher only)" if self.ratio == 0 else f"ratio {self.ratio:g} on {','.join(self.groups)}"
+from pipeline.sweep import run_sweep, summary, sweep_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("sweep", help="grid of pseudo-label ratios x groups, reusing the cached teacher",
                                    description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_run_options(parser)
+    add_run_options(parser, skip=("output", "run_name", "pseudo_ratio", "pseudo_groups"))
     parser.add_argument("--ratios", type=float, nargs="+", required=True,
                         help="pseudo-label shares to try (0 = teacher only, run once); replaces --pseudo-ratio")
     parser.add_argument("--groups", nargs="+", default=[",".join(GROUPS)],
                         help="leaderboard groups to pseudo-label, one comma-separated set per setting, e.g. "
                              "public private public,private; replaces --pseudo-groups")
-    if "--ledger" not in parser._option_string_actions:  # the run options may gain it; one definition only
-        parser.add_argument("--ledger", type=Path, default=Path(RunConfig(competition="", data="").ledger),
-                            help="ledger file the runs are recorded in and compared from")
     add_compare_options(parser)
     parser.set_defaults(func=run)
 
 
-def sweep_settings(ratios: list[float], groups: list[str]) -> list[tuple[float, tuple[str, ...]]]:
-    """(ratio, groups) pairs in the order given; ratio 0 once (it pseudo-labels nothing), duplicates dropped."""
-    group_sets = []
-    for text in groups:
-        chosen = tuple(g for g in GROUPS if g in {part.strip() for part in text.split(",") if part.strip()})
-        unknown = sorted({part.strip() for part in text.split(",") if part.strip()} - set(GROUPS))
-        if unknown or not chosen:
-            raise ValueError(f"--groups entry {text!r} must be a comma-separated subset of {','.join(GROUPS)}")
-        if chosen not in group_sets:
-            group_sets.append(chosen)
-    settings: list[tuple[float, tuple[str, ...]]] = []
-    for ratio in ratios:
-        for chosen in ([GROUPS] if ratio == 0 else group_sets):
-            if (ratio, chosen) not in settings:
-                settings.append((ratio, chosen))
-    return settings
-
-
-def run_sweep(base: RunConfig, settings: list[tuple[float, tuple[str, ...]]]) -> list[SweepResult]:
-    """One run_pipeline per setting, in this process. The first setting's failure stops the sweep (every
-    later one would fail the same way); a later failure is reported and the sweep goes on."""
-    from pipeline.run import run_pipeline
-
-    configs = [base.replace(pseudo_ratio=ratio, pseudo_groups=groups, run_name=None) for ratio, groups in settings]
-    results = []
-    for number, cfg in enumerate(configs, start=1):
-        result = SweepResult(cfg.pseudo_ratio, cfg.pseudo_groups, 0.0)
-        print(f"\n=== sweep {number}/{len(configs)}: {result.label}", flush=True)
-        started = time.perf_counter()
-        try:
-            outcome = run_pipeline(cfg)
-        except Exception as error:
-            if number == 1:
-                raise
-            result.error = f"{type(error).__name__}: {error}"
-            traceback.print_exc()
-        else:
-            result.run_id, result.teacher_cache = outcome.run_id, outcome.metrics.get("teacher_cache")
-            result.timings = outcome.metrics.get("timings")
-        result.wall_s = time.perf_counter() - started
-        print(f"=== sweep {number}/{len(configs)}: {result.label} took {result.wall_s:.1f}s"
-              + (f" (FAILED: {result.error})" if result.error else f", teacher cache {result.teacher_cache}"), flush=True)
-        results.append(result)
-    return results
-
-
-def summary(results: list[SweepResult]) -> str:
-    """Per-setting wall time and how much cheaper the later settings were than the first."""
-    lines = [f"sweep: {len(results)} settings in {sum(r.wall_s for r in results):.1f}s"]
-    width = max(len(r.label) for r in results)
-    for r in results:
-        if r.error:
-            outcome = f"FAILED {r.error}"
-        else:
-            t = r.timings or {}
-            outcome = (f"teacher {r.teacher_cache or '?'} {t.get('teacher_s', float('nan')):6.1f}s, "
-                       f"student {t.get('student_s', float('nan')):6.1f}s  {r.run_id}")
-        lines.append(f"  {r.label:<{width}}  {r.wall_s:7.1f}s  {outcome}")
-    later = [r.wall_s for r in results[1:] if not r.error]
-    if later and not results[0].error:
-        mean_later = sum(later) / len(later)
-        lines.append(f"first/later wall time: {results[0].wall_s:.1f}s / {mean_later:.1f}s "
-                     f"(mean of {len(later)}) = {results[0].wall_s / mean_later:.1f}x")
-    else:
-        lines.append("first/later wall time: n/a (needs a successful first and a later setting)")
-    misses = [r.label for r in results[1:] if r.teacher_cache == "miss"]
-    if misses:
-        lines.append(f"note: the teacher was retrained for {', '.join(misses)}: is the cache folder writable?")
-    return "\n".join(lines)
-
-
 def run(args: argparse.Namespace) -> int:
     base = config_from_args(args)
-    if base.ledger:
-        base = base.replace(ledger=str(args.ledger))
-    if not base.ledger:
-        raise ValueError("sweep compares its runs through the ledger; drop --no-ledger")
+    if base.ledger_path is None:
+        raise UserError("sweep compares its runs through the ledger; drop --no-ledger")
     settings = sweep_settings(args.ratios, args.groups)
     for ratio, groups in settings:  # every setting valid before hours of training start
         base.replace(pseudo_ratio=ratio, pseudo_groups=groups)
@@ -135,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
     results = run_sweep(base, settings)
     print("\n" + summary(results) + "\n", flush=True)
     run_ids = [r.run_id for r in results if r.run_id]
-    print_comparison(Ledger(Path(base.ledger)), base.competition, args, run_ids=run_ids)
+    print_comparison(Ledger(base.ledger_path), base.competition, args, run_ids=run_ids)
     return 1 if any(r.error for r in results) else 0
