@@ -12,6 +12,8 @@ ARGS ?=
 RATIOS ?= 0 0.1 0.25 0.33
 GROUPS ?= public private public,private
 MESSAGE ?=
+# the demo's training budget: about 2 minutes on 2 CPU cores (QUICK= runs the full defaults)
+QUICK ?= --epochs 12 --student-epochs 3 --min-steps 100 --pseudo-rounds 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
@@ -34,7 +36,7 @@ $(SAMPLE)/data: | $(VENV)/.installed
 sample: $(SAMPLE)/data ## make the bundled sample data set for COMP under data/sample/
 
 demo: $(VENV)/.installed $(SAMPLE)/data ## the whole pipeline on the bundled sample (COMP=fisheries|amazon|imagefolder)
-	$(PY) -m pipeline submit --competition $(COMP) --data $(SAMPLE)/data --solution $(SAMPLE)/solution.csv $(ARGS)
+	$(PY) -m pipeline submit --competition $(COMP) --data $(SAMPLE)/data --solution $(SAMPLE)/solution.csv $(QUICK) $(ARGS)
 
 test: $(VENV)/.installed ## the test suite (what CI runs)
 	$(PY) -m pytest -q -n 2 --dist loadgroup

@@ -37,7 +37,7 @@ def main() -> None:
         rows = []
         for seed in SEEDS:
             cfg = RunConfig(competition="amazon", data=str(data), solution=str(solution_csv), seed=seed,
-                            runs_dir=str(root / "runs"), cache_dir=str(root / f"cache-{seed}"), ledger=None)
+                            runs_dir=str(root / "runs"), cache_dir=str(root / f"cache-{seed}"), record=False)
             result = run_pipeline(cfg)
             m = result.metrics
             decision = m["decision"]["teacher"]

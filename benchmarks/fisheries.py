@@ -34,7 +34,7 @@ def main() -> None:
             started = time.perf_counter()
             cfg = RunConfig(competition="fisheries", data=str(work / "sample" / "data"), solution=str(work / "sample" / "solution.csv"),
                             seed=seed, pseudo_ratio=args.ratio, pseudo_labels=args.labels, pseudo_groups=tuple(args.groups.split(",")),
-                            runs_dir=str(work / "runs"), cache_dir=str(work / "cache"), ledger=None)
+                            runs_dir=str(work / "runs"), cache_dir=str(work / "cache"), record=False)
             m = run_pipeline(cfg).metrics
             lb = m["leaderboard"]
             rows.append((seed, m["holdout"]["teacher"], m["holdout"]["student"], lb["teacher"]["public"], lb["student"]["public"],

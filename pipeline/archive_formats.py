@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.extract_guard import CHUNK, ArchiveBudget, Budget, check_mode, is_junk, refuse_special, safe_parts
+from pipeline.errors import UserError
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 ARCHIVE_SUFFIXES = (".zip", ".7z", *TAR_SUFFIXES)
@@ -65,7 +66,7 @@ def _extract_zip(archive: Path, dest: Path, root: Path, budget: Budget, label: s
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as error:
-        raise ValueError(f"{label} is not a readable zip archive ({error}); delete it and download again") from error
+        raise UserError(f"{label} is not a readable zip archive ({error}); delete it and download again") from error
     with zf:
         plan = []
         for info in zf.infolist():
@@ -94,7 +95,7 @@ def _extract_zip(archive: Path, dest: Path, root: Path, budget: Budget, label: s
                     with zf.open(info) as source:
                         meter.copy(source, out, info.filename, info.compress_size)
             except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError) as error:
-                raise ValueError(f"{label}: entry {info.filename!r} cannot be extracted ({error}); "
+                raise UserError(f"{label}: entry {info.filename!r} cannot be extracted ({error}); "
                                  "download the data again") from error
         if meter.files >= 1000:
             meter.report()
@@ -112,11 +113,11 @@ def _extract_7z(archive: Path, dest: Path, root: Path, budget: Budget, label: st
         try:
             sz = py7zr.SevenZipFile(handle, mode="r")
         except errors as error:
-            raise ValueError(f"{label} is not a readable 7z archive ({type(error).__name__}: {error}); "
+            raise UserError(f"{label} is not a readable 7z archive ({type(error).__name__}: {error}); "
                              "delete it and download again") from error
         with sz:
             if sz.needs_password():
-                raise ValueError(f"{label} is encrypted (needs a password); this pipeline cannot extract it")
+                raise UserError(f"{label} is encrypted (needs a password); this pipeline cannot extract it")
             plan: dict[str, tuple[object, Path]] = {}
             dirs, files, wanted = [], [], []
             for entry in sz.files:
@@ -149,14 +150,14 @@ def _extract_7z(archive: Path, dest: Path, root: Path, budget: Budget, label: st
             except ValueError:
                 raise
             except errors as error:
-                raise ValueError(f"{label}: cannot be extracted ({type(error).__name__}: {error}); "
+                raise UserError(f"{label}: cannot be extracted ({type(error).__name__}: {error}); "
                                  "download the data again") from error
             finally:
                 factory.close_all()
     for key, (entry, out) in plan.items():
         if key not in factory.done:
             if int(entry.uncompressed or 0) != 0:
-                raise ValueError(f"{label}: entry {entry.filename!r} was not extracted; download the data again")
+                raise UserError(f"{label}: entry {entry.filename!r} was not extracted; download the data again")
             out.parent.mkdir(parents=True, exist_ok=True)
             out.touch(exist_ok=False)  # an empty file: 7z stores no stream for it
             meter.file_done()
@@ -201,7 +202,7 @@ class _SevenZipSinks:
     def create(self, filename: str):
         key = "/".join(safe_parts(filename, self.label)).lower()
         if key not in self.plan:
-            raise ValueError(f"{self.label}: py7zr wrote {filename!r}, an entry that was not checked; refusing")
+            raise UserError(f"{self.label}: py7zr wrote {filename!r}, an entry that was not checked; refusing")
         entry, out = self.plan[key]
         sink = _sink_class()(self, key, entry, out)
         self.open.append(sink)
@@ -283,9 +284,9 @@ def _extract_tar(archive: Path, dest: Path, root: Path, budget: Budget, label: s
                 with source:
                     meter.copy(source, out, member.name, None)
     except tarfile.TarError as error:
-        raise ValueError(f"{label} is not a readable tar archive ({error}); delete it and download again") from error
+        raise UserError(f"{label} is not a readable tar archive ({error}); delete it and download again") from error
     except (EOFError, OSError) as error:
-        raise ValueError(f"{label}: cannot be extracted ({type(error).__name__}: {error}); "
+        raise UserError(f"{label}: cannot be extracted ({type(error).__name__}: {error}); "
                          "download the data again") from error
     if meter.files >= 1000:
         meter.report()

@@ -78,7 +78,7 @@ def compare_runs(ledger: Ledger, competition: str, sort: str = "public", solutio
         record = ledger.run(run.run_id)
         rows.append(_row(ledger, plugin, run, record, solution, solutions, resamples, seed, notes))
     table = pd.DataFrame(rows)
-    numeric = [c for c in table.columns if c not in ("run_id", "groups", "verdict", "board_source")]
+    numeric = [c for c in table.columns if c not in ("run_id", "groups", "verdict", "board_source", "submitted")]
     table[numeric] = table[numeric].astype(float)  # None -> NaN so that sorting and plotting treat it as missing
     ascending = not plugin.greater_is_better
     table = table.sort_values(sort, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
@@ -94,7 +94,10 @@ def _row(ledger: Ledger, plugin: Competition, run, record: dict, solution: Path 
     """One table row; local leaderboard scores and the bootstrap come from the run folder and the solution."""
     config = record["config"] or {}
     run_dir = Path(run.submission_path).parent
-    student_csv, teacher_csv = run_dir / "submission.csv", run_dir / "teacher_submission.csv"
+    # the student's own predictions (runs before the control and guard wrote only submission.csv for it)
+    student_csv = run_dir / "student_submission.csv"
+    student_csv = student_csv if student_csv.is_file() else run_dir / "submission.csv"
+    teacher_csv = run_dir / "teacher_submission.csv"
     solution_path = Path(solution) if solution else (Path(config["solution"]) if config.get("solution") else None)
     board = {"teacher": {"public": run.lb_teacher_public, "private": run.lb_teacher_private},
              "student": {"public": run.lb_student_public, "private": run.lb_student_private}}
@@ -128,6 +131,8 @@ def _row(ledger: Ledger, plugin: Competition, run, record: dict, solution: Path 
         "public_gain_low": gain_ci.get("low"), "public_gain_high": gain_ci.get("high"), "verdict": gain_ci["verdict"],
         "private": private, "private_gain": _gain(plugin, private, teacher_private),
         "teacher_holdout": run.holdout_teacher, "teacher_public": teacher_public, "teacher_private": teacher_private,
+        "control_holdout": run.holdout_control, "control_public": run.lb_control_public, "control_private": run.lb_control_private,
+        "submitted": run.submitted_model,
         "board_source": source, "pseudo_selected": run.pseudo_selected, "wall_time_s": run.wall_time_s,
     }
 
@@ -298,6 +303,8 @@ def _display_table(table: pd.DataFrame) -> pd.DataFrame:
         "groups": table["groups"].fillna("-"),
         "holdout": [number(v) for v in table["holdout"]],
         "holdout gain": [number(v, True) for v in table["holdout_gain"]],
+        "control holdout": [number(v) for v in table["control_holdout"]],
+        "submitted": table["submitted"].fillna("-"),
         "public": [number(v) for v in table["public"]],
         "public gain": [number(v, True) for v in table["public_gain"]],
         "95% CI of public gain": [interval(a, b) for a, b in zip(table["public_gain_low"], table["public_gain_high"])],

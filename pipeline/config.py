@@ -68,12 +68,12 @@ class RunConfig:
     # ---- the teacher: everything here keys its cache ----
     backbone: str = option("resnet", "resnet (a compact residual net trained from scratch), small-cnn, or a keras.applications "
                                      "name such as MobileNetV2", teacher=True)
-    width: int = option(32, "channels of the first stage of the resnet backbone (doubling per stage)", check=integer(4), teacher=True)
+    width: int = option(16, "channels of the first stage of the resnet backbone (doubling per stage)", check=integer(4), teacher=True)
     weights: str = option("none", "imagenet | none | PATH to a .weights.h5 file (keras.applications backbones only)", teacher=True)
     fine_tune: bool = option(False, "train a pretrained backbone too, instead of caching its features", teacher=True)
     image_size: int = option(64, "square input size in pixels", check=integer(16), teacher=True)
     epochs: int = option(30, "passes over its training items for each teacher model", check=integer(1), teacher=True)
-    min_steps: int = option(500, "at least this many optimizer steps per model fit (a few labels need many passes)",
+    min_steps: int = option(800, "at least this many optimizer steps per model fit (a few labels need many passes)",
                             check=integer(1), teacher=True)
     batch_size: int = option(32, "items per optimizer step", check=integer(1), teacher=True)
     learning_rate: float = option(2e-3, "peak learning rate of AdamW (cosine decay to 0 over each fit)",
@@ -89,7 +89,7 @@ class RunConfig:
     val_fraction: float = option(0.2, "with --folds 1: stratified holdout share, never trained on nor pseudo-labeled",
                                  check=between(0.05, 0.5), teacher=True)
     # ---- pseudo-labels and students ----
-    pseudo_ratio: float = option(0.9, "pseudo-labeled share of the combined training set in the last round (0 = teacher only; "
+    pseudo_ratio: float = option(0.95, "pseudo-labeled share of the combined training set in the last round (0 = teacher only; "
                                       "0.25-0.33 is the fast.ai rule of thumb, more pays when labels are few)",
                                  check=between(0.0, 0.99))
     pseudo_rounds: int = option(2, "self-training rounds: round r's student relabels the test set and r/R of the share is used",

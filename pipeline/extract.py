@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.archive_formats import ARCHIVE_SUFFIXES, archive_stem, extract_one, is_archive
+from pipeline.errors import UserError
 from pipeline.extract_guard import (DEFAULT_DISK_SHARE, DEFAULT_MAX_FILES, DEFAULT_MAX_RATIO,  # noqa: F401
                                     DEFAULT_MAX_TOTAL_BYTES, GB, RATIO_FLOOR_BYTES, Budget, ExtractSummary, Limits,
                                     is_junk)
@@ -43,9 +44,9 @@ def extract_archive(archive: Path, target: Path, limits: Limits = Limits(), layo
     """
     archive, target = Path(archive), Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ValueError(f"{target} already exists and is not an empty folder; remove it or choose another target")
+        raise UserError(f"{target} already exists and is not an empty folder; remove it or choose another target")
     if not archive.is_file():
-        raise ValueError(f"archive {archive} does not exist; download it again")
+        raise UserError(f"archive {archive} does not exist; download it again")
     target.parent.mkdir(parents=True, exist_ok=True)
     layout_names = frozenset(layout or ())
     summary = ExtractSummary()
@@ -90,7 +91,7 @@ def _extract_nested(root: Path, budget: Budget, layout: frozenset[str], depth: i
     if not inner:
         return
     if depth > MAX_NESTING:
-        raise ValueError(f"archives nested more than {MAX_NESTING} deep (e.g. {inner[0].relative_to(root)}); "
+        raise UserError(f"archives nested more than {MAX_NESTING} deep (e.g. {inner[0].relative_to(root)}); "
                          "refusing to go on")
     for path in inner:
         label = str(path.relative_to(root))
@@ -139,7 +140,7 @@ def _visible(folder: Path) -> list[Path]:
 
 def _move(source: Path, destination: Path, label: str) -> None:
     if destination.exists():
-        raise ValueError(f"{label}: its {source.name!r} would overwrite {destination.name!r}, which another archive "
+        raise UserError(f"{label}: its {source.name!r} would overwrite {destination.name!r}, which another archive "
                          "already extracted; refusing to mix them (download the data again or report the archive)")
     os.replace(source, destination)
 

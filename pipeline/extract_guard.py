@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import stat
+from pipeline.errors import UserError
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -40,9 +41,9 @@ class Limits:
 
     def __post_init__(self) -> None:
         if not self.max_total_bytes > 0 or not self.max_ratio > 0 or not self.max_files > 0:
-            raise ValueError(f"extraction limits must be positive, got {self}")
+            raise UserError(f"extraction limits must be positive, got {self}")
         if not 0 < self.disk_share <= 1:
-            raise ValueError(f"disk_share must be in (0, 1], got {self.disk_share!r}")
+            raise UserError(f"disk_share must be in (0, 1], got {self.disk_share!r}")
 
 
 @dataclass
@@ -64,12 +65,12 @@ def safe_parts(name: str, label: str) -> list[str]:
     """Path components of an entry name, or ValueError for absolute paths, `..`, drive letters and NUL bytes."""
     unified = name.replace("\\", "/")
     if "\x00" in name or unified.startswith("/") or _DRIVE.match(unified):
-        raise ValueError(f"{label}: entry {name!r} has an absolute path; refusing to extract")
+        raise UserError(f"{label}: entry {name!r} has an absolute path; refusing to extract")
     parts = [p for p in PurePosixPath(unified).parts if p not in ("", ".")]
     if ".." in parts:
-        raise ValueError(f"{label}: entry {name!r} points outside the target folder ('..'); refusing to extract")
+        raise UserError(f"{label}: entry {name!r} points outside the target folder ('..'); refusing to extract")
     if not parts:
-        raise ValueError(f"{label}: an entry has an empty name {name!r}; refusing to extract")
+        raise UserError(f"{label}: an entry has an empty name {name!r}; refusing to extract")
     return parts
 
 
@@ -103,7 +104,7 @@ class Budget:
     def check_declared(self, label: str, files: int, declared: int) -> None:
         """Refuse an archive whose declared contents alone break a limit, before anything of it is written."""
         if self.summary.files + files > self.limits.max_files:
-            raise ValueError(f"{label} has {files} files, more than the limit of {self.limits.max_files}; "
+            raise UserError(f"{label} has {files} files, more than the limit of {self.limits.max_files}; "
                              "refusing to extract")
         if self.summary.bytes + declared > self.allowed:
             raise self.over_total(f"{label} declares {declared} bytes uncompressed")
@@ -129,18 +130,18 @@ class ArchiveBudget:
         parts = safe_parts(name, self.label)
         key = "/".join(parts).lower()  # case-insensitively unique: no overwrites on case-insensitive disks either
         if key in self.seen and not is_dir:
-            raise ValueError(f"{self.label}: entry {name!r} appears more than once; refusing to overwrite")
+            raise UserError(f"{self.label}: entry {name!r} appears more than once; refusing to overwrite")
         self.seen.add(key)
         out = dest.joinpath(*parts)
         if not out.resolve().is_relative_to(root.resolve()):
-            raise ValueError(f"{self.label}: entry {name!r} would be written outside {root}; refusing to extract")
+            raise UserError(f"{self.label}: entry {name!r} would be written outside {root}; refusing to extract")
         if out.exists() and not is_dir:
-            raise ValueError(f"{self.label}: entry {name!r} would overwrite {out.relative_to(root)}; refusing to extract")
+            raise UserError(f"{self.label}: entry {name!r} would overwrite {out.relative_to(root)}; refusing to extract")
         return out
 
     def check_entry_ratio(self, name: str, size: int, compressed: int | None) -> None:
         if compressed is not None and size > RATIO_FLOOR_BYTES and size / max(compressed, 1) > self.budget.limits.max_ratio:
-            raise ValueError(
+            raise UserError(
                 f"{self.label}: entry {name!r} expands {size / max(compressed, 1):.0f}x ({compressed} -> {size} bytes), "
                 f"over the limit of {self.budget.limits.max_ratio:.0f}x; refusing to extract (possible zip bomb)")
 
@@ -152,12 +153,12 @@ class ArchiveBudget:
         limit = self.budget.limits.max_ratio
         ratio = archive_bytes / self.archive_size
         if archive_bytes > RATIO_FLOOR_BYTES and ratio > limit:
-            raise ValueError(
+            raise UserError(
                 f"{self.label} {verb} {archive_bytes} bytes from {self.archive_size} bytes ({ratio:.0f}x), over the "
                 f"limit of {limit:.0f}x for a whole archive; refusing to extract (possible zip bomb)")
         grand = self.budget.summary.bytes
         if grand > RATIO_FLOOR_BYTES and grand / self.budget.top_size > limit:
-            raise ValueError(
+            raise UserError(
                 f"{self.label}: {grand} bytes extracted in all from a {self.budget.top_size}-byte download "
                 f"({grand / self.budget.top_size:.0f}x), over the limit of {limit:.0f}x; refusing to extract "
                 "(possible zip bomb)")
@@ -177,7 +178,7 @@ class ArchiveBudget:
         self.files += 1
         self.budget.summary.files += 1
         if self.budget.summary.files > self.budget.limits.max_files:
-            raise ValueError(f"{self.label}: more than {self.budget.limits.max_files} files; refusing to extract")
+            raise UserError(f"{self.label}: more than {self.budget.limits.max_files} files; refusing to extract")
         if self.files - self._last_files >= self._next_files:
             self.report()
 

@@ -143,3 +143,18 @@ def _proc_stat(pid: int) -> tuple[str | None, str | None]:
         return None, None
     fields = text[text.rfind(")") + 2:].split()  # the command name (in parentheses) may hold spaces
     return (fields[0], fields[19]) if len(fields) > 19 else (None, None)
+
+
+def json_plain(value: object) -> object:
+    """`json.dumps(default=...)` for what our records hold besides plain JSON: numpy values, paths, sets."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as JSON")

@@ -24,6 +24,7 @@ from pipeline.archive_formats import is_archive
 from pipeline.extract import ExtractSummary, Limits, extract_archive
 from pipeline.files import sha256_of
 from pipeline.registry import Competition, get_competition
+from pipeline.errors import UserError
 
 SETUP_STEPS = """To set up Kaggle credentials:
   1. Sign in at https://www.kaggle.com, open https://www.kaggle.com/settings/api and click "Generate New Token"
@@ -50,7 +51,7 @@ KAGGLE_LAYOUTS: dict[str, tuple[str, ...]] = {
 }
 
 
-class KaggleError(ValueError):
+class KaggleError(UserError):
     """Kaggle refused or failed a request; the message says why and never contains a credential."""
 
 
@@ -102,7 +103,7 @@ def find_credentials() -> Credentials:
         try:
             data = json.loads(config.read_text() or "{}")
         except json.JSONDecodeError as error:
-            raise ValueError(f"{config} is not valid JSON ({error.msg} at line {error.lineno}); download it again from "
+            raise UserError(f"{config} is not valid JSON ({error.msg} at line {error.lineno}); download it again from "
                              "https://www.kaggle.com/settings/api") from None
         if data.get("key"):
             secrets.append(str(data["key"]))
@@ -119,7 +120,7 @@ def find_credentials() -> Credentials:
             if data.get("refresh_token"):
                 sources.append(str(oauth))
     if not sources:
-        raise ValueError(f"no Kaggle credentials found. {SETUP_STEPS}")
+        raise UserError(f"no Kaggle credentials found. {SETUP_STEPS}")
     secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)  # longest first: no partial blanking
     return Credentials(source=sources[0], secrets=tuple(secrets))
 
@@ -244,7 +245,7 @@ def kaggle_api(timeout_s: float = DEFAULT_HTTP_TIMEOUT_S):
 
 def _slug(competition: Competition) -> str:
     if not competition.kaggle_slug:
-        raise ValueError(f"competition {competition.name!r} is not a Kaggle competition (its plugin has no kaggle_slug)")
+        raise UserError(f"competition {competition.name!r} is not a Kaggle competition (its plugin has no kaggle_slug)")
     return competition.kaggle_slug
 
 
@@ -261,7 +262,7 @@ def verify_data(competition: Competition, data_dir: Path, layout: tuple[str, ...
     competition.check_layout(data_dir)
     missing = [name for name in layout if not (data_dir / name).exists()]
     if missing:
-        raise ValueError(f"{data_dir} lacks {', '.join(missing)} (the {competition.name} layout is "
+        raise UserError(f"{data_dir} lacks {', '.join(missing)} (the {competition.name} layout is "
                          f"{', '.join(layout)})")
     expected = competition.expected_ids(data_dir)
     if expected is None:
@@ -270,7 +271,7 @@ def verify_data(competition: Competition, data_dir: Path, layout: tuple[str, ...
     want = set(expected)
     no_image, not_expected = [i for i in expected if i not in have], sorted(have - want)
     if no_image or not_expected:
-        raise ValueError(
+        raise UserError(
             f"{data_dir}: the test images and the sample submission disagree: {len(no_image)} ids the sample "
             f"submission expects have no test image (first: {[str(i) for i in no_image[:3]]}), {len(not_expected)} "
             f"test images are not in it (first: {not_expected[:3]}); the download is incomplete or a test archive "
@@ -292,7 +293,7 @@ def download_competition(name: str, data_dir: Path, limits: Limits = Limits(),
         try:
             competition.check_layout(data_dir)
         except ValueError as error:
-            raise ValueError(f"{data_dir} already has files but not a complete layout ({error}); "
+            raise UserError(f"{data_dir} already has files but not a complete layout ({error}); "
                              f"move it away and run the download again") from None
         verify_data(competition, data_dir)
         print(f"{data_dir} already holds the {name} data; nothing to download")
@@ -312,7 +313,7 @@ def download_competition(name: str, data_dir: Path, limits: Limits = Limits(),
             try:
                 verify_data(competition, staged, layout)
             except ValueError as error:
-                raise ValueError(f"downloaded and extracted {archives[0].name}, but the data is not usable, so "
+                raise UserError(f"downloaded and extracted {archives[0].name}, but the data is not usable, so "
                                  f"{data_dir} was not created: {str(error).replace(str(staged), str(data_dir))}") \
                     from None
 

@@ -30,7 +30,7 @@ import pandas as pd
 
 from pipeline.config import REPO_ROOT
 from pipeline.errors import UserError
-from pipeline.files import pid_is_alive, process_start_token, sha256_of
+from pipeline.files import json_plain, pid_is_alive, process_start_token, sha256_of
 
 BUSY_TIMEOUT_S = 60.0
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -39,7 +39,11 @@ DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "sc
                  "pillow", "matplotlib", "kaggle")
 STATUSES = ("running", "done", "failed", "interrupted")
 LEADERBOARD_COLUMNS = {("teacher", "public"): "lb_teacher_public", ("teacher", "private"): "lb_teacher_private",
-                       ("student", "public"): "lb_student_public", ("student", "private"): "lb_student_private"}
+                       ("student", "public"): "lb_student_public", ("student", "private"): "lb_student_private",
+                       ("control", "public"): "lb_control_public", ("control", "private"): "lb_control_private"}
+# a released migration step must not change: v2 backfilled exactly these columns
+_V2_LEADERBOARD_COLUMNS = {("teacher", "public"): "lb_teacher_public", ("teacher", "private"): "lb_teacher_private",
+                           ("student", "public"): "lb_student_public", ("student", "private"): "lb_student_private"}
 _SECRET_KEY = re.compile(r"(^|[_\-.])(key|token|secret|password|credentials?)($|[_\-.])", re.IGNORECASE)
 
 _V3_RUN_COLUMNS = ("run_id, competition, status, started_at, finished_at, git_commit, git_dirty, data_fingerprint,"
@@ -95,7 +99,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN shift_json TEXT",
         *(f"UPDATE runs SET {column} = json_extract(metrics_json, '$.leaderboard.{who}.{group}') "
           "WHERE metrics_json IS NOT NULL AND json_valid(metrics_json)"
-          for (who, group), column in LEADERBOARD_COLUMNS.items()),
+          for (who, group), column in _V2_LEADERBOARD_COLUMNS.items()),
         "CREATE INDEX submissions_by_sha256 ON submissions (sha256)",
         "CREATE INDEX submissions_by_run ON submissions (run_id)",
     ),
@@ -160,6 +164,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE runs",
         "ALTER TABLE runs_v5 RENAME TO runs",
         "CREATE INDEX runs_by_competition ON runs (competition, started_at)",
+    ),
+    (  # v6: the control (teacher continued without pseudo-labels) and which model the verdict submitted
+        "ALTER TABLE runs ADD COLUMN holdout_control REAL",
+        "ALTER TABLE runs ADD COLUMN lb_control_public REAL",
+        "ALTER TABLE runs ADD COLUMN lb_control_private REAL",
+        "ALTER TABLE runs ADD COLUMN submitted_model TEXT",
+        "ALTER TABLE runs ADD COLUMN verdict_json TEXT",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -232,6 +243,8 @@ class Ledger:
                 "data_fingerprint": metrics.get("data_fingerprint") or row["data_fingerprint"],
                 "greater_is_better": _bool(metrics.get("greater_is_better")),
                 "holdout_teacher": _float(holdout.get("teacher")), "holdout_student": _float(holdout.get("student")),
+                "holdout_control": _float(holdout.get("control")),
+                "submitted_model": (metrics.get("submission") or {}).get("model"), "verdict_json": _json(metrics.get("verdict")),
                 "pseudo_json": _json(metrics.get("pseudo")), "submission_path": str(submission_path.resolve()),
                 "submission_sha256": sha256, "wall_time_s": float(wall_time_s), "metrics_json": _json(redact(metrics)),
                 "versions_json": _json(versions), "error": None, **scores,
@@ -337,7 +350,8 @@ class Ledger:
             kaggle = _latest_kaggle_scores(db)
         columns = ["run_id", "competition", "status", "started_at", "finished_at", "wall_time_s", "metric",
                    "greater_is_better", "pseudo_ratio", "pseudo_groups", "pseudo_labels", "pseudo_selected",
-                   "holdout_teacher", "holdout_student", *LEADERBOARD_COLUMNS.values(), "kaggle_public",
+                   "holdout_teacher", "holdout_student", "holdout_control", "submitted_model",
+                   *LEADERBOARD_COLUMNS.values(), "kaggle_public",
                    "kaggle_private", "seed", "data_fingerprint", "git_commit", "git_dirty", "submission_path",
                    "submission_sha256", "error"]
         table = []
@@ -357,7 +371,7 @@ class Ledger:
                 "kaggle_public": public, "kaggle_private": private,
             })
         frame = pd.DataFrame(table, columns=columns)
-        numeric = ["wall_time_s", "pseudo_ratio", "pseudo_selected", "holdout_teacher", "holdout_student",
+        numeric = ["wall_time_s", "pseudo_ratio", "pseudo_selected", "holdout_teacher", "holdout_student", "holdout_control",
                    *LEADERBOARD_COLUMNS.values(), "kaggle_public", "kaggle_private"]
         frame[numeric] = frame[numeric].astype(float)
         return frame
@@ -552,19 +566,7 @@ def _now() -> str:
 
 
 def _json(value: object) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True, default=_plain)
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"cannot store {type(value).__name__} {value!r} in the ledger as JSON")
+    return None if value is None else json.dumps(value, sort_keys=True, default=json_plain)
 
 
 def _float(value: object) -> float | None:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import report, split
-from pipeline.files import sha256_of, write_bytes_atomic, write_csv_atomic, write_text_atomic
+from pipeline.files import json_plain, sha256_of, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from pipeline.items import Items, group_sizes
 from pipeline.registry import Competition
 from pipeline.submission import read_solution, reindex_to_expected, score_against_solution, validate_submission
@@ -79,7 +79,7 @@ def leaderboard(cfg, competition: Competition, items: Items, tables: dict[str, p
 
 def write_metrics(run_dir: Path, metrics: dict, items: Items, test: dict[str, np.ndarray], multi_label: bool, extra_html: str) -> None:
     report.write_report(run_dir, metrics, items.test_groups, test, multi_label, extra_html=extra_html)
-    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=json_plain) + "\n")
 
 
 def item_counts(items: Items) -> dict:
@@ -93,16 +93,6 @@ def item_counts(items: Items) -> dict:
 
 def submission_record(path: Path, rows: int) -> dict:
     return {"path": str(path), "sha256": sha256_of(path), "rows": rows}
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
 def print_summary(metrics: dict, run_dir: Path) -> None:

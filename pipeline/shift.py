@@ -22,6 +22,7 @@ import pandas as pd
 
 from pipeline.files import write_bytes_atomic, write_text_atomic
 from pipeline.image_properties import CATEGORICAL_PROPERTIES, NUMERIC_PROPERTIES, PropertyTable
+from pipeline.errors import UserError
 from pipeline.image_store import measure_images
 from pipeline.registry import GROUPS
 from pipeline.shift_stats import adversarial_validation, compare_numeric, cramers_v
@@ -65,15 +66,15 @@ class ShiftSettings:
                            ("warn_auc", "fail_auc")):
             low, high = getattr(self, warn), getattr(self, fail)
             if not (0 <= low <= high):
-                raise ValueError(f"shift thresholds need 0 <= {warn} <= {fail}, got {low!r} and {high!r}")
+                raise UserError(f"shift thresholds need 0 <= {warn} <= {fail}, got {low!r} and {high!r}")
         for name in ("alpha", "auc_alpha"):
             if not (0 < getattr(self, name) < 1):
-                raise ValueError(f"shift setting {name} must be between 0 and 1, got {getattr(self, name)!r}")
+                raise UserError(f"shift setting {name} must be between 0 and 1, got {getattr(self, name)!r}")
         for name, low in (("n_permutations", 1), ("n_trees", 20), ("max_adversarial_rows", 2), ("min_images", 2),
                           ("workers", 1), ("n_examples", 0), ("progress_every", 0)):
             value = getattr(self, name)
             if int(value) != value or value < low:
-                raise ValueError(f"shift setting {name} must be an integer >= {low}, got {value!r}")
+                raise UserError(f"shift setting {name} must be an integer >= {low}, got {value!r}")
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import cache
 from pipeline.config import RunConfig, teacher_settings
-from pipeline.files import hdf5_problem, sha256_of
+from pipeline.files import json_plain, hdf5_problem, sha256_of
 
 CACHE_VERSION = 4  # bump when training or prediction code changes what a cached teacher would contain
 TEACHER_FILES = ("scored_probs.npy", "test_probs.npy", "info.json")
@@ -199,7 +199,7 @@ def save_shift_report(report, folder: Path) -> Path:
                                    else np.array(table.table[column].astype(str).tolist(), dtype=str))
               for name, table in report.sets.items() for column, kind in state["sets"][name]["columns"]}
     return cache.write_entry(folder, {
-        "report.json": lambda path: path.write_text(json.dumps(state, default=_plain)),
+        "report.json": lambda path: path.write_text(json.dumps(state, default=json_plain)),
         "tables.npz": lambda path: _save_npz(path, arrays),
     })
 
@@ -235,13 +235,3 @@ def _load_array(path: Path, shape: tuple[int, int]) -> np.ndarray:
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with open(path, "wb") as handle:  # a file object: np.savez would add ".npz" to a name it does not end with
         np.savez(handle, **arrays)
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot store {type(value).__name__} in the shift cache")

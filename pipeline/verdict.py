@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_RESAMPLES = 500
 
 
 @dataclass

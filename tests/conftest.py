@@ -25,7 +25,8 @@ def tiny_config(data: Path, tmp: Path, **changes):
     """A RunConfig small enough for tests: 32 px, few epochs, everything written under tmp."""
     from pipeline.config import RunConfig
 
-    values = dict(competition="fisheries", data=str(data), image_size=32, epochs=3, batch_size=32,
-                  runs_dir=str(tmp / "runs"), cache_dir=str(tmp / "cache"), ledger=None)
+    values = dict(competition="fisheries", data=str(data), image_size=32, epochs=3, batch_size=32, min_steps=10, width=8,
+                  student_epochs=1,
+                  runs_dir=str(tmp / "runs"), cache_dir=str(tmp / "cache"), record=False)
     values.update(changes)
     return RunConfig(**values)

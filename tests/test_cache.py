@@ -15,8 +15,7 @@ from PIL import Image
 from pipeline import cache
 from pipeline.files import sha256_of
 from pipeline.shift import ShiftSettings
-from pipeline.teacher_cache import (SHIFT_FILES, TEACHER_FILES, WEIGHTS, get_or_assess_shift,
-                                    load_teacher)
+from pipeline.teacher_cache import SHIFT_FILES, TEACHER_FILES, get_or_assess_shift, load_teacher, weights_name
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,9 +35,9 @@ def fake_weights(path: Path) -> None:
 def teacher_entry(folder: Path, n_holdout: int = 5, n_test: int = 7, n_classes: int = 3) -> Path:
     rng = np.random.default_rng(0)
     return cache.write_entry(folder, {
-        "holdout_probs.npy": lambda p: np.save(p, rng.random((n_holdout, n_classes), dtype=np.float32)),
-        "test_probs.npy": lambda p: np.save(p, rng.random((n_test, n_classes), dtype=np.float32)),
-        WEIGHTS: fake_weights,
+        "scored_probs.npy": lambda p: np.save(p, rng.random((n_holdout, n_classes), dtype=np.float32)),
+        "test_probs.npy": lambda p: np.save(p, rng.random((1, n_test, n_classes), dtype=np.float32)),
+        weights_name(0): fake_weights,
         "info.json": write_text(json.dumps({"epochs_run": 3})),
     })
 
@@ -101,37 +100,37 @@ def test_a_damaged_entry_is_warned_about_removed_and_reported_as_a_miss(tmp_path
 
 def test_a_teacher_entry_is_a_hit_and_a_truncated_one_a_warned_miss(tmp_path, capsys):
     folder = teacher_entry(tmp_path / "teachers" / "key")
-    teacher = load_teacher(folder, 5, 7, 3)
-    assert teacher.cache_status == "hit" and teacher.test_probs.shape == (7, 3) and teacher.info == {"epochs_run": 3}
-    assert teacher.weights == folder / WEIGHTS
-    for name in TEACHER_FILES:  # the issue's cases: truncated weights, test_probs.npy, info.json
+    teacher = load_teacher(folder, 1, 5, 7, 3)
+    assert teacher.cache_status == "hit" and teacher.test_probs.shape == (1, 7, 3) and teacher.info == {"epochs_run": 3}
+    assert teacher.weights == [folder / weights_name(0)]
+    for name in (*TEACHER_FILES, weights_name(0)):  # the issue's cases: truncated weights, test_probs.npy, info.json
         teacher_entry(folder)
         data = (folder / name).read_bytes()
         (folder / name).write_bytes(data[: len(data) // 2])
-        assert load_teacher(folder, 5, 7, 3) is None
+        assert load_teacher(folder, 1, 5, 7, 3) is None
         assert f"{name} has {len(data) // 2} bytes" in capsys.readouterr().err and not folder.exists()
 
 
 def test_a_teacher_entry_whose_files_match_the_manifest_but_not_the_run_is_discarded(tmp_path, capsys):
     """A manifest can be forged along with its files: the loader still checks shapes and the HDF5 weights."""
     folder = teacher_entry(tmp_path / "key", n_test=6)
-    assert load_teacher(folder, 5, 7, 3) is None
-    assert "test_probs.npy has shape (6, 3), expected (7, 3)" in capsys.readouterr().err
+    assert load_teacher(folder, 1, 5, 7, 3) is None
+    assert "test_probs.npy has shape (1, 6, 3), expected (1, 7, 3)" in capsys.readouterr().err
     cache.write_entry(folder, {
-        "holdout_probs.npy": lambda p: np.save(p, np.zeros((5, 3), np.float32)),
-        "test_probs.npy": lambda p: np.save(p, np.zeros((7, 3), np.float32)),
-        WEIGHTS: write_text("not weights"),
+        "scored_probs.npy": lambda p: np.save(p, np.zeros((5, 3), np.float32)),
+        "test_probs.npy": lambda p: np.save(p, np.zeros((1, 7, 3), np.float32)),
+        weights_name(0): write_text("not weights"),
         "info.json": write_text("{}"),
     })
-    assert load_teacher(folder, 5, 7, 3) is None
+    assert load_teacher(folder, 1, 5, 7, 3) is None
     assert "lacks the HDF5 signature" in capsys.readouterr().err
     cache.write_entry(folder, {  # an object array would need pickle to load: refused, never unpickled
-        "holdout_probs.npy": lambda p: np.save(p, np.array([{"a": 1}] * 5, dtype=object), allow_pickle=True),
-        "test_probs.npy": lambda p: np.save(p, np.zeros((7, 3), np.float32)),
-        WEIGHTS: fake_weights,
+        "scored_probs.npy": lambda p: np.save(p, np.array([{"a": 1}] * 5, dtype=object), allow_pickle=True),
+        "test_probs.npy": lambda p: np.save(p, np.zeros((1, 7, 3), np.float32)),
+        weights_name(0): fake_weights,
         "info.json": write_text("{}"),
     })
-    assert load_teacher(folder, 5, 7, 3) is None
+    assert load_teacher(folder, 1, 5, 7, 3) is None
     assert "allow_pickle" in capsys.readouterr().err
 
 
@@ -214,3 +213,28 @@ def test_no_module_of_the_project_uses_pickle():
     sources = [*REPO.glob("pipeline/**/*.py"), *REPO.glob("competitions/**/*.py")]
     offenders = [str(p) for p in sources if "import pickle" in p.read_text() or "pickle.load" in p.read_text()]
     assert offenders == []
+
+
+def test_the_teacher_key_changes_with_the_labels_the_split_and_every_teacher_option():
+    """Issue 11 item 3: relabeled train data must not reuse a teacher trained on the old labels."""
+    from types import SimpleNamespace
+
+    from pipeline.config import RunConfig, teacher_settings
+    from pipeline.teacher_cache import teacher_key
+
+    cfg = RunConfig(competition="fisheries", data="d")
+    spec = SimpleNamespace(n_classes=3, multi_label=False, flips="horizontal")
+    y = np.eye(3, dtype=np.float32)[np.arange(30) % 3]
+    items = SimpleNamespace(fingerprint="f", y=y, fold=np.arange(30) % 5)
+    base = teacher_key(cfg, spec, items)
+    relabeled = SimpleNamespace(fingerprint="f", y=y[::-1].copy(), fold=items.fold)
+    resplit = SimpleNamespace(fingerprint="f", y=y, fold=(np.arange(30) + 1) % 5)
+    assert len({base, teacher_key(cfg, spec, relabeled), teacher_key(cfg, spec, resplit)}) == 3
+    for name in teacher_settings(cfg):  # every option marked `teacher` in the table keys the cache
+        value = getattr(cfg, name)
+        changed = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v / 2,
+                   str: lambda v: {"standard": "strong", "resnet": "small-cnn"}.get(v, v + "x")}[type(value)](value)
+        if name == "weights":
+            continue  # must name an existing file; a weights file's sha256 keys the cache (see _weights_identity)
+        assert teacher_key(cfg.replace(**{name: changed}), spec, items) != base, name
+    assert teacher_key(cfg.replace(pseudo_ratio=0.5, pseudo_rounds=3), spec, items) == base  # students only

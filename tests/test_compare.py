@@ -247,7 +247,7 @@ def test_render_and_plot_with_missing_scores(world: dict, tmp_path: Path) -> Non
 
 
 def test_sweep_settings_run_ratio_zero_once_and_check_groups() -> None:
-    from pipeline.commands.sweep import SweepResult, summary, sweep_settings
+    from pipeline.sweep import SweepResult, summary, sweep_settings
 
     settings = sweep_settings([0, 0.1, 0.25, 0.1], ["public", "private", "public,private", "private,public"])
     assert settings == [(0, ("public", "private")), (0.1, ("public",)), (0.1, ("private",)),
@@ -268,7 +268,8 @@ def test_sweep_end_to_end_reuses_the_teacher_and_ends_with_the_table(
     ledger_path = tmp_path / "subs" / "ledger.sqlite"
     code = main(["sweep", "--competition", "fisheries", "--data", str(tiny_fisheries / "data"),
                  "--solution", str(tiny_fisheries / "solution.csv"), "--ratios", "0.25", "0",
-                 "--groups", "public", "public,private", "--epochs", "2", "--image-size", "32",
+                 "--groups", "public", "public,private", "--epochs", "2", "--image-size", "32", "--min-steps", "10",
+                 "--width", "8", "--student-epochs", "1",
                  "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
                  "--ledger", str(ledger_path), "--resamples", "100"])
     out = capsys.readouterr().out

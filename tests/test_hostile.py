@@ -285,8 +285,6 @@ def test_an_unknown_competition_on_the_command_line_is_exit_2_without_traceback(
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="RunConfig (pipeline/config.py) still raises plain ValueError; the engineer "
-                                       "rewriting config.py converts it to UserError: then remove this mark")
 @pytest.mark.parametrize("option, fragment", [(["--epochs", "0"], "--epochs must be an integer >= 1"),
                                               (["--pseudo-ratio", "1.5"], "--pseudo-ratio must be between")])
 def test_a_bad_run_option_is_exit_2_without_traceback(tmp_path, option, fragment):

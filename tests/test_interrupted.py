@@ -103,7 +103,7 @@ def test_a_v3_ledger_migrates_keeping_every_column_and_leaves_rows_without_a_pid
                    " public_gain_json, shift_json) VALUES ('old-done', 'fisheries', 'done', '2026-01-02T00:00:00+00:00',"
                    " '{}', 0.61, '{\"gain\": 0.1}', '{\"worst\": \"OK\"}')")
     ledger = Ledger(path)
-    assert ledger.schema_version() == 5 and ledger.run("old-running")["status"] == "running"
+    assert ledger.schema_version() == 6 and ledger.run("old-running")["status"] == "running"
     done = ledger.run("old-done")
     assert (done["lb_student_private"], done["public_gain"], done["shift"]) == (0.61, {"gain": 0.1}, {"worst": "OK"})
     ledger.start_run("new", "fisheries", {}, "fp", 0)

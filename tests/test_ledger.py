@@ -147,7 +147,7 @@ def test_migrates_a_v1_file_built_by_hand(tmp_path: Path) -> None:
     db.close()
 
     ledger = Ledger(path)
-    assert ledger.schema_version() == SCHEMA_VERSION == 5
+    assert ledger.schema_version() == SCHEMA_VERSION == 6
     row = ledger.runs().iloc[0]
     assert (row["run_id"], row["holdout_student"], row["pseudo_ratio"]) == ("old", 0.8, 0.1)
     assert (row["lb_teacher_public"], row["lb_student_public"], row["lb_student_private"]) == (0.7, 0.6, 0.65)
@@ -308,7 +308,7 @@ def test_the_pipeline_records_a_run_that_fails_on_bad_data(tmp_path: Path) -> No
     from PIL import Image
 
     data = tmp_path / "data"
-    for folder, count in (("train/ALB", 3), ("test_stg1", 2)):
+    for folder, count in (("train/ALB", 3), ("train/BET", 3), ("test_stg1", 2)):  # passes preflight, too few to split
         (data / folder).mkdir(parents=True)
         for i in range(count):
             Image.new("RGB", (40, 30), (i * 40, 90, 200)).save(data / folder / f"img_{folder[:4]}{i}.jpg")

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.config import RunConfig
 from pipeline.registry import get_competition
 from pipeline.submission import load_submission
 from tests.conftest import tiny_config
@@ -47,7 +48,8 @@ def test_run_writes_a_valid_submission_with_every_expected_id(base_run, data_wit
     expected = fisheries.expected_ids(data_with_bad_images)
     assert table["image"].tolist() == expected
     assert (Path(cfg.output).read_bytes() == (result.run_dir / "submission.csv").read_bytes())
-    for name in ("config.json", "metrics.json", "report.html", "confidence.png", "teacher_submission.csv", "pseudo_labels.csv"):
+    for name in ("config.json", "metrics.json", "report.html", "confidence.png", "teacher_submission.csv", "control_submission.csv",
+                 "student_submission.csv", "pseudo_labels.csv", "split.csv", "probabilities.npz"):
         assert (result.run_dir / name).is_file(), name
     assert (result.run_dir / "confidence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -55,14 +57,16 @@ def test_run_writes_a_valid_submission_with_every_expected_id(base_run, data_wit
 def test_metrics_record_scores_counts_and_unreadable_images(base_run):
     _, result = base_run
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
-    assert set(metrics["holdout"]) == {"teacher", "student"}
+    assert set(metrics["holdout"]) == {"teacher", "control", "student"}
     assert all(np.isfinite(v) for v in metrics["holdout"].values())
     assert set(metrics["leaderboard"]["student"]) == {"public", "private"}
     assert sorted(Path(p).name for p in metrics["items"]["unreadable_train"]) == ["corrupt.jpg", "notes.txt"]
     assert len(metrics["items"]["unreadable_test"]) == 1
     pseudo = metrics["pseudo"]
     assert pseudo["selected"] == sum(pseudo["by_group"].values()) > 0
-    assert pseudo["target"] == round(metrics["items"]["train"] * 0.25 / 0.75)
+    ratio = RunConfig().pseudo_ratio
+    assert pseudo["target"] == round(metrics["items"]["train"] * ratio / (1 - ratio))
+    assert pseudo["selected_per_round"]["1"] < pseudo["selected_per_round"]["2"]  # the curriculum grows
 
 
 def test_unreadable_test_image_still_gets_a_row_from_the_class_prior(base_run):
@@ -79,10 +83,14 @@ def test_unreadable_test_image_still_gets_a_row_from_the_class_prior(base_run):
 
 def test_only_test_items_are_pseudo_labeled_never_the_holdout(base_run):
     _, result = base_run
-    selected = pd.read_csv(result.run_dir / "pseudo_labels.csv")
+    provenance = pd.read_csv(result.run_dir / "pseudo_labels.csv")
     test_ids = set(pd.read_csv(result.run_dir / "submission.csv")["image"])
-    assert set(selected["id"]) <= test_ids
-    assert selected["id"].is_unique and set(selected["group"]) <= {"public", "private"}
+    holdout = pd.read_csv(result.run_dir / "split.csv").query("role == 'holdout'")["path"].map(lambda p: Path(p).name)
+    assert set(provenance["id"]) <= test_ids and not set(holdout) & set(provenance["id"])
+    for _, one in provenance.groupby(["model", "round", "pseudo_fold"]):  # one row per readable test item and selection
+        assert one["id"].is_unique and len(one) == len(test_ids) - 1  # the unreadable test image is not among them
+    selected = provenance[provenance["status"] == "selected"]
+    assert len(selected) > 0 and set(selected["group"]) <= {"public", "private"} and (selected["pseudo_label"].str.len() > 0).all()
 
 
 def test_same_seed_gives_the_same_submission_and_teacher_is_reused(base_run, data_with_bad_images, tmp_path):
@@ -107,11 +115,14 @@ def test_out_of_fold_students_and_private_only_pseudo_labels(tiny_fisheries, tmp
 
     cfg = tiny_config(tiny_fisheries / "data", tmp_path, epochs=2, pseudo_folds=2, pseudo_groups=("private",), pseudo_labels="hard")
     result = run_pipeline(cfg)
-    selected = pd.read_csv(result.run_dir / "pseudo_labels.csv")
-    assert set(selected["group"]) == {"private"} and set(selected["student"]) == {1, 2}
+    provenance = pd.read_csv(result.run_dir / "pseudo_labels.csv")
+    selected = provenance[provenance["status"] == "selected"]
+    assert set(selected["group"]) == {"private"} and set(selected["pseudo_fold"]) == {1, 2}
+    assert set(provenance.loc[provenance["group"] == "public", "status"]) == {"group not pseudo-labeled"}
+    for (_, fold), one in selected.groupby(["round", "pseudo_fold"]):  # fold k's student never trains on fold k's items
+        other = provenance[(provenance["pseudo_fold"] == fold) & (provenance["status"] == "not eligible")]
+        assert not set(one["id"]) & set(other["id"])
     assert result.metrics["pseudo"]["by_group"]["public"] == 0
-    folds = result.metrics["pseudo"]["folds"]
-    assert len(folds) == 2 and all(f["selected"] > 0 for f in folds)
 
 
 def test_imagefolder_with_accuracy(tmp_path):
@@ -146,7 +157,7 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 def test_cli_rejects_out_of_range_options_and_missing_data(tiny_fisheries, tmp_path):
     out = run_cli("submit", "--competition", "fisheries", "--data", str(tiny_fisheries / "data"), "--pseudo-ratio", "1.5", "--no-ledger")
-    assert out.returncode == 2 and "--pseudo-ratio must be between 0.0 and 0.9, got 1.5" in out.stderr
+    assert out.returncode == 2 and "--pseudo-ratio must be between 0.0 and 0.99, got 1.5" in out.stderr
     out = run_cli("submit", "--competition", "fisheries", "--data", str(tmp_path / "missing"), "--no-ledger", "--runs-dir", str(tmp_path))
     assert out.returncode == 2 and "missing" in out.stderr and "make demo" in out.stderr
     out = run_cli("submit", "--competition", "kaggle-titanic", "--data", ".", "--no-ledger")
@@ -158,7 +169,7 @@ def test_cli_help_lists_every_option_with_defaults():
     for option in ("--pseudo-ratio", "--pseudo-groups", "--pseudo-folds", "--pseudo-labels", "--backbone", "--weights",
                    "--image-size", "--val-fraction", "--run-name", "--output", "--solution", "--seed"):
         assert option in out.stdout
-    assert "default: 0.25" in out.stdout
+    assert f"default: {RunConfig().pseudo_ratio}" in out.stdout and "--folds" in out.stdout and "--pseudo-rounds" in out.stdout
 
 
 def test_shift_check_runs_before_pseudo_labeling_and_can_stop_the_run(base_run, tiny_fisheries, tmp_path):
@@ -173,3 +184,46 @@ def test_shift_check_runs_before_pseudo_labeling_and_can_stop_the_run(base_run, 
         pytest.skip("the tiny sample's private shift was not detected at this size; the full-size check is in test_shift.py")
     with pytest.raises(ValueError, match="distribution shift between train and .*private"):
         run_pipeline(tiny_config(tiny_fisheries / "data", tmp_path, on_shift="fail"))
+
+
+def test_verdict_compares_student_control_and_teacher_on_the_same_rows(base_run):
+    _, result = base_run
+    verdict = result.metrics["verdict"]
+    assert verdict["kind"] == "holdout" and verdict["rows"] == result.metrics["items"]["holdout"]
+    for pair in ("student_vs_control", "control_vs_teacher", "student_vs_teacher"):
+        low, high = verdict[pair]["interval"]
+        assert low <= verdict[pair]["gain"] <= high and 0 <= verdict[pair]["p_better"] <= 1
+    # the control trained as many steps as the students, on train only
+    control_steps = sum(i["steps"] for i in result.metrics["control_training"])
+    student_steps = sum(i["steps"] for i in result.metrics["student_training"])
+    assert control_steps == student_steps > 0
+    chosen = result.metrics["submission"]["model"]
+    assert (result.run_dir / "submission.csv").read_bytes() == (result.run_dir / f"{chosen}_submission.csv").read_bytes()
+
+
+def test_guard_submits_the_control_or_teacher_when_the_student_does_not_clearly_win(tiny_fisheries, tmp_path):
+    from pipeline.run import run_pipeline
+
+    # guard 1.0: the student must win in every bootstrap resample of the holdout
+    result = run_pipeline(tiny_config(tiny_fisheries / "data", tmp_path, guard_confidence=1.0, pseudo_rounds=1))
+    verdict = result.metrics["verdict"]
+    if verdict["student_vs_control"]["p_better"] == 1.0:
+        pytest.skip("the student won every resample at this size; the guard had nothing to catch")
+    assert verdict["submitted"] in ("control", "teacher") and verdict["reason"].startswith("GUARD")
+    chosen = result.run_dir / f"{verdict['submitted']}_submission.csv"
+    assert (result.run_dir / "submission.csv").read_bytes() == chosen.read_bytes()
+
+
+def test_cross_validated_teachers_score_every_labeled_image_out_of_fold(tiny_fisheries, tmp_path):
+    from pipeline.run import run_pipeline
+
+    result = run_pipeline(tiny_config(tiny_fisheries / "data", tmp_path, folds=2, pseudo_rounds=1, on_shift="ignore"))
+    metrics = result.metrics
+    assert metrics["verdict"]["kind"] == "out-of-fold" and metrics["verdict"]["rows"] == metrics["items"]["labeled"]
+    assert len(metrics["teacher_training"]["models"]) == 2
+    split = pd.read_csv(result.run_dir / "split.csv")
+    assert sorted(split["fold"].unique()) == [0, 1] and len(split) == metrics["items"]["labeled"]
+    saved = np.load(result.run_dir / "probabilities.npz")
+    for model in ("teacher", "control", "student"):  # every labeled row scored by a model that never trained on it
+        assert np.isfinite(saved[f"scored_{model}"]).all() and len(saved[f"scored_{model}"]) == len(split)
+        assert saved[f"test_{model}"].shape == (len(saved["test_ids"]), 8)

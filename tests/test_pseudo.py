@@ -165,3 +165,14 @@ def test_selection_module_does_not_import_tensorflow():
     code = "import sys, pipeline.pseudo; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_pool_smaller_than_the_target_is_still_taken_as_a_curriculum():
+    probs = random_probs(200, 4)
+    groups = np.array(["public"] * 100 + ["private"] * 100)
+    settings = PseudoSettings(ratio=0.95, rounds=2, class_cap=100)  # wants 19x train = 1900, only 200 exist
+    first, last = (select_pseudo_labels(probs, groups, np.ones(200, bool), 100, np.full(4, 0.25), settings, round=r)
+                   for r in (1, 2))
+    assert len(first) == 100 and len(last) == 200  # half the pool, then all of it
+    assert set(first.index) <= set(last.index)  # the most confident first
+    assert "whole eligible pool" in last.stop_reason

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pipeline.config import SUBMISSIONS_DIR
 from pipeline.extract import DEFAULT_MAX_RATIO, DEFAULT_MAX_TOTAL_BYTES, GB, Limits
+from pipeline.errors import UserError
 
 HTTP_TIMEOUT_S = 60.0  # kaggle_client.DEFAULT_HTTP_TIMEOUT_S; repeated so that building the CLI imports no Kaggle code
 
@@ -32,7 +33,7 @@ def ledger_path(args: argparse.Namespace) -> Path:
 
 def positive(name: str, value: float) -> float:
     if not value > 0:  # also NaN
-        raise ValueError(f"{name} must be > 0, got {value}")
+        raise UserError(f"{name} must be > 0, got {value}")
     return value
 
 

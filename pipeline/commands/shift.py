@@ -9,6 +9,7 @@ from pipeline.config import CACHE_DIR, SUBMISSIONS_DIR, RunConfig
 from pipeline.image_store import build_store
 from pipeline.registry import GROUPS, get_competition
 from pipeline.shift import ShiftSettings, assess_shift
+from pipeline.errors import UserError
 
 _DEFAULTS = ShiftSettings()
 _SETTING_OPTIONS = (  # flag, ShiftSettings field, type, help
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     test = competition.test_items(args.data)
     strange = sorted(set(test["group"]) - set(GROUPS))
     if strange:
-        raise ValueError(f"{competition.name}: test items have groups {strange}; expected only {', '.join(GROUPS)}")
+        raise UserError(f"{competition.name}: test items have groups {strange}; expected only {', '.join(GROUPS)}")
     # The same two stores as a run (train, and every test image in plugin order): one decode serves both.
     train = build_store(competition.train_items(args.data)["path"].tolist(), args.image_size, args.cache_dir, "train")
     test_store = build_store(test["path"].tolist(), args.image_size, args.cache_dir, "test")

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from pipeline.commands.kaggle import add_http_timeout, add_ledger_options, ledger_path, positive
+from pipeline.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -32,24 +33,24 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.ledger import Ledger
 
     if not args.poll_timeout >= 0:
-        raise ValueError(f"--poll-timeout must be >= 0 seconds, got {args.poll_timeout}")
+        raise UserError(f"--poll-timeout must be >= 0 seconds, got {args.poll_timeout}")
     http_timeout = positive("--http-timeout", args.http_timeout)
     run_dir = find_run_folder(args.run, Path(args.runs_dir), ledger_path(args))
     config = _read_json(run_dir / "config.json")
     run_id = (_read_json(run_dir / "metrics.json", required=False) or {}).get("run_id") or run_dir.name
     csv = run_dir / "submission.csv"
     if not csv.is_file():
-        raise ValueError(f"{csv} does not exist: run {run_id} did not finish writing its submission; "
+        raise UserError(f"{csv} does not exist: run {run_id} did not finish writing its submission; "
                          "run `python -m pipeline submit` again")
     competition, data = config.get("competition"), args.data or config.get("data")
     if not competition or not data:
-        raise ValueError(f"{run_dir / 'config.json'} names no competition or data folder; pass --data")
+        raise UserError(f"{run_dir / 'config.json'} names no competition or data folder; pass --data")
     # where the run recorded itself (its config), unless --ledger says otherwise; else beside --runs-dir
     ledger_file = args.ledger or (Path(config["ledger"]) if config.get("ledger") else ledger_path(args))
     if Path(ledger_file).is_file():
         recorded = _recorded_sha256(Ledger(Path(ledger_file)), run_id)
         if recorded and recorded != sha256_of(csv):
-            raise ValueError(f"{csv} changed since run {run_id} wrote it (the ledger {ledger_file} recorded sha256 "
+            raise UserError(f"{csv} changed since run {run_id} wrote it (the ledger {ledger_file} recorded sha256 "
                              f"{recorded[:12]}..., the file now has {sha256_of(csv)[:12]}...); refusing to upload a file "
                              "whose scores could not be matched to its run")
     find_credentials()
@@ -64,22 +65,22 @@ def find_run_folder(run: str, runs_dir: Path, ledger_file: Path) -> Path:
     if given.is_dir():
         return given
     if "/" in run or "\\" in run or run in ("", ".", ".."):
-        raise ValueError(f"run folder {run} does not exist")
+        raise UserError(f"run folder {run} does not exist")
     found = sorted(folder / run for folder in (runs_dir.iterdir() if runs_dir.is_dir() else [])
                    if folder.is_dir() and (folder / run).is_dir())
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
-        raise ValueError(f"run {run!r} is in several competitions: {', '.join(map(str, found))}; pass the folder")
+        raise UserError(f"run {run!r} is in several competitions: {', '.join(map(str, found))}; pass the folder")
     if Path(ledger_file).is_file():
         from pipeline.ledger import Ledger
 
         record = Ledger(Path(ledger_file)).run(run)  # ValueError naming the candidates when not unique
         if record.get("submission_path") and Path(record["submission_path"]).parent.is_dir():
             return Path(record["submission_path"]).parent
-        raise ValueError(f"run {record['run_id']} is in the ledger {ledger_file} but its folder is gone "
+        raise UserError(f"run {record['run_id']} is in the ledger {ledger_file} but its folder is gone "
                          f"({record.get('submission_path') or 'no submission recorded'})")
-    raise ValueError(f"no run {run!r} under {runs_dir} and no ledger at {ledger_file}; pass the run folder "
+    raise UserError(f"no run {run!r} under {runs_dir} and no ledger at {ledger_file}; pass the run folder "
                      "(`python -m pipeline runs list` shows the recorded runs)")
 
 
@@ -93,9 +94,9 @@ def _recorded_sha256(ledger, run_id: str) -> str | None:
 def _read_json(path: Path, required: bool = True) -> dict | None:
     if not path.is_file():
         if required:
-            raise ValueError(f"{path} does not exist; is {path.parent} a run folder made by `python -m pipeline submit`?")
+            raise UserError(f"{path} does not exist; is {path.parent} a run folder made by `python -m pipeline submit`?")
         return None
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}); was it edited by hand?") from None
+        raise UserError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}); was it edited by hand?") from None
