@@ -103,7 +103,7 @@ def print_summary(metrics: dict, run_dir: Path) -> None:
     print(f"{verdict['kind']:<11} " + "   ".join(f"{m} {metrics['holdout'][m]:.4f}" for m in names) + f"   ({verdict['rows']} rows)")
     scores = metrics.get("leaderboard")
     for board in ("public", "private"):
-        if scores and scores["student"].get(board) is not None:
+        if scores and scores["teacher"].get(board) is not None:
             print(f"{board:<11} " + "   ".join(f"{m} {scores[m][board]:.4f}" for m in names if m in scores))
     for key in ("student_vs_control", "control_vs_teacher", "student_vs_teacher"):
         if key in verdict:

@@ -35,13 +35,23 @@ def confidence_histogram(path: Path, groups: np.ndarray, probs: dict[str, np.nda
 
 def write_report(run_dir: Path, metrics: dict, test_groups: np.ndarray, probs: dict[str, np.ndarray], multi_label: bool, extra_html: str = "") -> Path:
     confidence_histogram(run_dir / "confidence.png", test_groups, probs, multi_label)
-    rows = [("holdout", metrics["holdout"]["teacher"], metrics["holdout"]["student"])]
+    models = [m for m in ("teacher", "control", "student") if metrics["holdout"].get(m) is not None]
+    verdict = metrics["verdict"]
+    rows = [(f"{verdict['kind']} ({verdict['rows']} rows)", [metrics["holdout"][m] for m in models])]
     for board in ("public", "private"):
         scores = metrics.get("leaderboard", {})
-        if scores and scores["student"].get(board) is not None:
-            rows.append((f"{board} (solution)", scores["teacher"][board], scores["student"][board]))
+        if scores and scores["teacher"].get(board) is not None:
+            rows.append((f"{board} (solution)", [scores[m][board] for m in models]))
     better = "higher" if metrics["greater_is_better"] else "lower"
-    score_rows = "".join(f"<tr><td>{name}</td><td>{t:.4f}</td><td>{s:.4f}</td></tr>" for name, t, s in rows)
+    score_rows = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{v:.4f}</td>" for v in values) + "</tr>"
+                         for name, values in rows)
+    header = "".join(f"<th>{m}</th>" for m in models)
+    comparisons = "".join(
+        f"<li>{key.replace('_', ' ')}: gain {verdict[key]['gain']:+.4f}, 90% interval [{verdict[key]['interval'][0]:+.4f}, "
+        f"{verdict[key]['interval'][1]:+.4f}], better in {verdict[key]['p_better']:.0%} of resamples</li>"
+        for key in ("student_vs_control", "control_vs_teacher", "student_vs_teacher") if key in verdict)
+    verdict_html = (f"<h2>Did pseudo-labeling help?</h2><ul>{comparisons}</ul>"
+                    f"<p><b>Submitted: {html.escape(verdict['submitted'])}</b> ({html.escape(verdict['reason'])})</p>")
     pseudo = metrics["pseudo"]
     classes = list(pseudo["by_class"])
     count_rows = "".join(
@@ -53,12 +63,13 @@ def write_report(run_dir: Path, metrics: dict, test_groups: np.ndarray, probs: d
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:2px 10px;text-align:right}} th:first-child,td:first-child{{text-align:left}}</style>
 </head><body><h1>{html.escape(metrics['competition'])}: run {html.escape(metrics['run_id'])}</h1>
 <h2>Scores ({html.escape(metrics['metric'])}, {better} is better)</h2>
-<table><tr><th></th><th>teacher</th><th>student</th></tr>{score_rows}</table>
-<h2>Pseudo-labels: {pseudo['selected']} of {pseudo['target']} wanted</h2><p>Stopped: {html.escape(pseudo['stop_reason'])}</p>
+<table><tr><th></th>{header}</tr>{score_rows}</table>
+{verdict_html}
+<h2>Pseudo-labels (last round): {pseudo['selected']} of {pseudo['target']} wanted; per round {html.escape(str(pseudo.get('selected_per_round', {})))}</h2><p>Stopped: {html.escape(pseudo['stop_reason'])}</p>
 <table><tr><th>group</th>{''.join(f'<th>{html.escape(c)}</th>' for c in classes)}<th>total</th><th>mean confidence</th></tr>{count_rows}</table>
 <h2>Confidence on the test set</h2><img src="confidence.png" alt="confidence histograms per test group">
 {extra_html}
-<h2>Items</h2><p>train {metrics['items']['train']}, holdout {metrics['items']['holdout']} (never pseudo-labeled),
+<h2>Items</h2><p>labeled {metrics['items']['labeled']} in {metrics['items']['folds']} fold(s) (train {metrics['items']['train']}, holdout {metrics['items']['holdout']}; scored rows are never pseudo-labeled),
 test {html.escape(str(metrics['items']['test']))}; unreadable: {len(unreadable)}</p>
 <ul>{''.join(f'<li>{html.escape(p)}</li>' for p in unreadable)}</ul>
 <p>Submission: {html.escape(metrics['submission']['path'])} ({metrics['submission']['rows']} rows, sha256 {metrics['submission']['sha256'][:12]})</p>

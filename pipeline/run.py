@@ -120,8 +120,7 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
     tables = outputs.write_submissions(cfg, competition, data_dir, items, run_dir, test, decisions, outcome.submitted)
     outputs.write_recomputables(run_dir, items, scored, test,
                                 training.provenance if training else _no_provenance(items))
-    pseudo_summary = training.summary if training else {"selected": 0, "target": 0, "stop_reason": "pseudo-ratio 0: teacher only",
-                                                        "by_group": {g: 0 for g in GROUPS}, "selected_per_round": {}}
+    pseudo_summary = training.summary if training else _teacher_only_summary(cfg, items, teacher)
     submission_path = run_dir / "submission.csv"
     metrics = {
         "run_id": run_id,
@@ -151,6 +150,15 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
     outputs.write_metrics(run_dir, metrics, items, test, competition.multi_label, "" if shift is None else shift.html_fragment())
     outputs.print_summary(metrics, run_dir)
     return metrics
+
+
+def _teacher_only_summary(cfg: RunConfig, items: Items, teacher) -> dict:
+    """The selection summary of --pseudo-ratio 0 (nothing selected), in the same shape as a real one."""
+    from pipeline import pseudo, selftrain
+
+    nothing = pseudo.select_pseudo_labels(teacher.mean_test_probs, items.test_groups, np.ones(len(items.test_rows), bool),
+                                          len(items.y), items.y.mean(axis=0), selftrain.settings_of(cfg))
+    return {**nothing.summary(items.classes), "rounds": 0, "selected_per_round": {}}
 
 
 def _no_provenance(items: Items):

@@ -113,7 +113,8 @@ def test_same_seed_gives_the_same_submission_and_teacher_is_reused(base_run, dat
 def test_out_of_fold_students_and_private_only_pseudo_labels(tiny_fisheries, tmp_path):
     from pipeline.run import run_pipeline
 
-    cfg = tiny_config(tiny_fisheries / "data", tmp_path, epochs=2, pseudo_folds=2, pseudo_groups=("private",), pseudo_labels="hard")
+    cfg = tiny_config(tiny_fisheries / "data", tmp_path, epochs=2, pseudo_folds=2, pseudo_groups=("private",), pseudo_labels="hard",
+                      pseudo_rounds=1)
     result = run_pipeline(cfg)
     provenance = pd.read_csv(result.run_dir / "pseudo_labels.csv")
     selected = provenance[provenance["status"] == "selected"]
@@ -130,7 +131,7 @@ def test_imagefolder_with_accuracy(tmp_path):
 
     get_competition("imagefolder").make_sample(tmp_path / "s", seed=0)
     cfg = tiny_config(tmp_path / "s" / "data", tmp_path, competition="imagefolder", metric="accuracy",
-                      epochs=2, solution=str(tmp_path / "s" / "solution.csv"))
+                      epochs=2, pseudo_rounds=1, solution=str(tmp_path / "s" / "solution.csv"))
     result = run_pipeline(cfg)
     assert 0.0 <= result.metrics["leaderboard"]["student"]["private"] <= 1.0 and result.metrics["greater_is_better"]
     header = pd.read_csv(result.run_dir / "submission.csv", nrows=0).columns.tolist()
@@ -144,7 +145,7 @@ def test_frozen_pretrained_backbone_runs_in_feature_cache_mode_from_a_weights_fi
 
     weights = tmp_path / "mobilenet.weights.h5"
     keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg", alpha=1.0).save_weights(weights)
-    cfg = tiny_config(tiny_fisheries / "data", tmp_path, backbone="MobileNetV2", weights=str(weights), epochs=2)
+    cfg = tiny_config(tiny_fisheries / "data", tmp_path, backbone="MobileNetV2", weights=str(weights), epochs=2, pseudo_rounds=1)
     first = run_pipeline(cfg)
     assert list((tmp_path / "cache" / "fisheries" / "features").iterdir())
     second = run_pipeline(cfg.replace(pseudo_ratio=0.1))
