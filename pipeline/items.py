@@ -50,14 +50,13 @@ class Items:
         return np.asarray(self.test_source[rows])
 
 
-def load_items(cfg: RunConfig, competition: Competition, data_dir: Path) -> Items:
-    """List, decode once, split: bad train images are skipped, bad test images kept for prior rows."""
+def load_items(cfg: RunConfig, competition: Competition, data_dir: Path, train: pd.DataFrame, test: pd.DataFrame) -> Items:
+    """Decode once and split the plugin's listed items (`train_items`, `test_items`): bad train images are
+    skipped, bad test images kept for prior rows."""
     from pipeline import data
     from pipeline.image_store import build_store
 
     classes = competition.class_names(data_dir)
-    train = competition.train_items(data_dir)
-    test = competition.test_items(data_dir)
     if test.empty:
         raise UserError(f"no test images found under {data_dir}; the submission needs them")
     counts = ", ".join(f"{g} {n}" for g, n in test["group"].value_counts().sort_index().items())

@@ -44,7 +44,8 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     run_dir = Path(cfg.runs_dir) / cfg.competition / run_id
     if run_dir.exists():
         raise UserError(f"run folder {run_dir} already exists; pick another --run-name")
-    preflight.check_before_training(cfg, competition, data_dir, competition.train_items(data_dir), competition.test_items(data_dir))
+    train, test = competition.train_items(data_dir), competition.test_items(data_dir)  # listed once, for both
+    preflight.check_before_training(cfg, competition, data_dir, train, test)
     ledger = _open_ledger(cfg)  # a corrupt ledger stops the run before it leaves a folder behind
     run_dir.mkdir(parents=True)
     cfg.save(run_dir / "config.json")
@@ -52,7 +53,7 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     if ledger:  # recorded before anything can fail, so every failure is in the ledger too
         ledger.start_run(run_id, cfg.competition, cfg.to_dict(), None, cfg.seed)
     try:
-        items = load_items(cfg, competition, data_dir)
+        items = load_items(cfg, competition, data_dir, train, test)
         shift = check_shift(cfg, items, run_dir)
         if ledger and shift is not None:
             ledger.record_shift(run_id, shift.summary())
