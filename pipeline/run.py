@@ -119,9 +119,11 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
     print(("" if outcome.submitted == "student" else "WARNING: ") + outcome.reason, file=sys.stderr if outcome.submitted != "student" else sys.stdout, flush=True)
 
     tables = outputs.write_submissions(cfg, competition, data_dir, items, run_dir, test, decisions, outcome.submitted)
-    outputs.write_recomputables(run_dir, items, scored, test,
-                                training.provenance if training else _no_provenance(items))
-    pseudo_summary = training.summary if training else _teacher_only_summary(cfg, items, teacher)
+    if training:
+        provenance, pseudo_summary = training.provenance, training.summary
+    else:
+        provenance, pseudo_summary = _teacher_only_selection(cfg, items, teacher)
+    outputs.write_recomputables(run_dir, items, scored, test, provenance)
     submission_path = run_dir / "submission.csv"
     metrics = {
         "run_id": run_id,
@@ -153,19 +155,14 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
     return metrics
 
 
-def _teacher_only_summary(cfg: RunConfig, items: Items, teacher) -> dict:
-    """The selection summary of --pseudo-ratio 0 (nothing selected), in the same shape as a real one."""
+def _teacher_only_selection(cfg: RunConfig, items: Items, teacher) -> tuple:
+    """The provenance and summary of --pseudo-ratio 0 (nothing selected), in the same shape as a real selection's."""
     from pipeline import pseudo, selftrain
 
     nothing = pseudo.select_pseudo_labels(teacher.mean_test_probs, items.test_groups, np.ones(len(items.test_rows), bool),
                                           len(items.y), items.y.mean(axis=0), selftrain.settings_of(cfg))
-    return {**nothing.summary(items.classes), "rounds": 0, "selected_per_round": {}}
-
-
-def _no_provenance(items: Items):
-    import pandas as pd
-
-    return pd.DataFrame({"id": items.test_ids, "group": items.test_groups, "status": "not eligible"})
+    provenance = selftrain.provenance_rows(items.test_ids, items.test_groups, nothing, 0, 0, items.classes)
+    return provenance, {**nothing.summary(items.classes), "rounds": 0, "selected_per_round": {}}
 
 
 def _run_id(cfg: RunConfig) -> str:

@@ -75,7 +75,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                 print(f"{label}: {len(selection)} pseudo-labels ({selection.stop_reason}); by group "
                       f"{ {g: int((selection.group == g).sum()) for g in settings.groups} }", flush=True)
                 selections.append(selection)
-                provenance.append(_provenance(ids, test_groups, selection, m, k, items.classes))
+                provenance.append(provenance_rows(ids, test_groups, selection, m, k, items.classes))
                 if len(selection) == 0:  # nothing to learn from: this round's model is its predecessor
                     next_probs[predict_rows] = probs[predict_rows]
                     scored_sum += _scored(teacher, student_scored, scored_rows, r)
@@ -137,8 +137,9 @@ def _scored(teacher, student_scored: np.ndarray, rows: np.ndarray, round: int) -
     return teacher.scored_probs[rows] if round == 1 else student_scored[rows]
 
 
-def _provenance(ids: np.ndarray, groups: np.ndarray, selection: pseudo.PseudoSelection, model: int, pseudo_fold: int,
-                classes: list[str]) -> pd.DataFrame:
+def provenance_rows(ids: np.ndarray, groups: np.ndarray, selection: pseudo.PseudoSelection, model: int, pseudo_fold: int,
+                    classes: list[str]) -> pd.DataFrame:
+    """One row per test item of one selection: what happened to it (status), why, and with which confidence."""
     target = np.full(len(ids), "", dtype=object)
     target[selection.index] = [" ".join(classes[i] for i in c) for c in selection.classes]
     return pd.DataFrame({

@@ -20,7 +20,7 @@ from pipeline import cache
 from pipeline.config import RunConfig, teacher_settings
 from pipeline.files import json_plain, hdf5_problem, sha256_of
 
-CACHE_VERSION = 4  # bump when training or prediction code changes what a cached teacher would contain
+CACHE_VERSION = 5  # bump when training or prediction code changes what a cached teacher would contain
 TEACHER_FILES = ("scored_probs.npy", "test_probs.npy", "info.json")
 FEATURE_FILES = ("features.npy",)
 SHIFT_FILES = ("report.json", "tables.npz")

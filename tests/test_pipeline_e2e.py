@@ -103,6 +103,11 @@ def test_same_seed_gives_the_same_submission_and_teacher_is_reused(base_run, dat
     teacher_only = run_pipeline(cfg.replace(runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"), output=None, pseudo_ratio=0.0))
     assert teacher_only.metrics["teacher_cache"] == "hit"
     assert teacher_only.metrics["pseudo"]["selected"] == 0
+    # its provenance says what its selection says: every readable test item is over the (zero) quota
+    statuses = pd.read_csv(teacher_only.run_dir / "pseudo_labels.csv")["status"]
+    counts = teacher_only.metrics["items"]
+    assert set(statuses) == {"over quota"}
+    assert len(statuses) == sum(counts["test"].values()) - len(counts["unreadable_test"])
     # the shift check depends on the images only: the second run takes it from the cache, plots redrawn
     assert teacher_only.metrics["shift"] == again.metrics["shift"]
     assert (teacher_only.run_dir / "shift_mean_intensity.png").is_file()
