@@ -95,6 +95,9 @@ class RunConfig:
     pseudo_rounds: int = option(2, "self-training rounds: round r's student relabels the test set and r/R of the share is used",
                                 check=integer(1))
     pseudo_threshold: float = option(0.0, "minimum confidence of a pseudo-label", check=between(0.0, 1.0))
+    pseudo_precision: float = option(0.0, "raise each round's confidence threshold until the labeling model's predictions "
+                                          "that confident are right this often on the holdout/out-of-fold rows (0 = off)",
+                                     check=between(0.0, 1.0))
     pseudo_balance: str = option("predicted", "class quotas follow the teacher's predicted class distribution on each test group, "
                                               "the train share, or none: " + "|".join(BALANCE_MODES), check=one_of(*BALANCE_MODES))
     pseudo_class_cap: float = option(1.0, "a class gets at most this multiple of its (--pseudo-balance) share of a group's quota",

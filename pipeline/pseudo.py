@@ -94,6 +94,27 @@ def confidence_and_classes(probs: np.ndarray, multi_label: bool, thresholds: np.
     return margin.min(axis=1), (probs >= t).astype(np.float64)
 
 
+def precision_threshold(probs: np.ndarray, y_true: np.ndarray, target: float, multi_label: bool = False,
+                        thresholds: np.ndarray | None = None) -> float:
+    """The lowest confidence at which a model's pseudo-labels are still right `target` of the time.
+
+    Measured on labeled rows the model never trained on (holdout or out-of-fold): ranked by confidence, the
+    largest top slice whose labels are right at least `target` of the time sets the threshold. A weak teacher
+    then hands over only what it is sure of, a strong one nearly everything. Right means the predicted class
+    (single-label) or the share of tags decided correctly (multi-label). 0 when `target` is 0; infinite when
+    not even the most confident row reaches it.
+    """
+    if target <= 0 or len(probs) == 0:
+        return 0.0
+    confidence, hard = confidence_and_classes(probs, multi_label, thresholds)
+    agree = hard == (np.asarray(y_true) > 0.5)
+    right = agree.mean(axis=1) if multi_label else agree.all(axis=1).astype(np.float64)
+    order = np.argsort(-confidence, kind="stable")
+    precision = np.cumsum(right[order]) / np.arange(1, len(order) + 1)
+    reached = np.flatnonzero(precision >= target - 1e-12)
+    return float(confidence[order][reached[-1]]) if len(reached) else float("inf")
+
+
 def select_pseudo_labels(
     probs: np.ndarray,
     groups: np.ndarray,

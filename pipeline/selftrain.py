@@ -9,7 +9,7 @@ gains over it is the pseudo-labels' doing, not the longer training.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
     student_scored = np.full_like(teacher.scored_probs, np.nan)
     student_test = np.zeros_like(teacher.mean_test_probs)
     selections, provenance, infos, budgets = [], [], [], []
+    cutoffs: dict[int, list] = {}
     started = time.perf_counter()
     for m in range(n_models):
         fit_rows, scored_rows = np.flatnonzero(items.fold != m), np.flatnonzero(items.fold == m)
@@ -66,11 +67,20 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
             next_probs = np.zeros_like(probs)
             scored_sum = np.zeros((len(scored_rows), probs.shape[1]), dtype=np.float32)
             round_steps = 0
+            # the confidence its labels must reach, from how often the labeling model is right on the scored rows
+            labeler = teacher.scored_probs[scored_rows] if r == 1 else student_scored[scored_rows]
+            cutoff = pseudo.precision_threshold(labeler, items.y[scored_rows], cfg.pseudo_precision, competition.multi_label,
+                                                thresholds)
+            round_settings = replace(settings, threshold=max(settings.threshold, cutoff))
+            if cfg.pseudo_precision > 0:
+                cutoffs.setdefault(r, []).append(None if np.isinf(cutoff) else round(cutoff, 4))
+                print(f"{chain}round {r}: confidence >= {cutoff:.3f} keeps pseudo-label precision >= "
+                      f"{cfg.pseudo_precision:g} on the {len(scored_rows)} scored rows", flush=True)
             for k in range(cfg.pseudo_folds):
                 predict_rows = pseudo_fold == k  # all rows when there is one pseudo-fold
                 eligible = ~predict_rows if cfg.pseudo_folds > 1 else predict_rows
                 selection = pseudo.select_pseudo_labels(probs, test_groups, eligible, len(fit_rows), y_fit.mean(axis=0),
-                                                        settings, competition.multi_label, thresholds, round=r)
+                                                        round_settings, competition.multi_label, thresholds, round=r)
                 label = f"{chain}student round {r}/{cfg.pseudo_rounds}" + (f" fold {k + 1}/{cfg.pseudo_folds}" if cfg.pseudo_folds > 1 else "")
                 print(f"{label}: {len(selection)} pseudo-labels ({selection.stop_reason}); by group "
                       f"{ {g: int((selection.group == g).sum()) for g in settings.groups} }", flush=True)
@@ -104,7 +114,8 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
         per_round.setdefault(selection.round, []).append(len(selection))
     last = [s for s in selections if s.round == cfg.pseudo_rounds][0]
     summary = {**last.summary(items.classes), "rounds": cfg.pseudo_rounds,
-               "selected_per_round": {str(r): int(np.mean(v)) for r, v in per_round.items()}}
+               "selected_per_round": {str(r): int(np.mean(v)) for r, v in per_round.items()},
+               "precision_thresholds": {str(r): v for r, v in cutoffs.items()}}
     return SelfTraining(student, control, selections, pd.concat(provenance, ignore_index=True), summary)
 
 

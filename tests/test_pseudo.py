@@ -176,3 +176,40 @@ def test_a_pool_smaller_than_the_target_is_still_taken_as_a_curriculum():
     assert len(first) == 100 and len(last) == 200  # half the pool, then all of it
     assert set(first.index) <= set(last.index)  # the most confident first
     assert "whole eligible pool" in last.stop_reason
+
+
+def test_precision_threshold_keeps_the_largest_confident_slice_that_is_right_often_enough():
+    from pipeline.pseudo import precision_threshold
+
+    # by falling confidence: right, right, right, wrong, right -> running precision 1, 1, 1, 0.75, 0.8
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.55, 0.45]])
+    y = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [1, 0]], dtype=float)
+    assert precision_threshold(probs, y, 0.75) == 0.55  # the whole slice is 80% right
+    assert precision_threshold(probs, y, 0.9) == 0.7  # the top three are all right, the fourth is not
+    assert precision_threshold(probs, y, 0.0) == 0.0  # off
+    assert np.isinf(precision_threshold(probs[[3]], y[[3]], 0.5))  # not even the most confident is right
+
+
+def test_precision_threshold_multi_label_counts_the_share_of_tags_decided_right():
+    from pipeline.pseudo import precision_threshold
+
+    probs = np.array([[0.95, 0.05, 0.9], [0.9, 0.2, 0.1]])  # confidences (smallest margin from 0.5): 0.8, 0.6
+    y = np.array([[1, 0, 1], [1, 1, 0]], dtype=float)  # the second row gets one tag of three wrong
+    assert precision_threshold(probs, y, 1.0, multi_label=True) == pytest.approx(0.8)
+    assert precision_threshold(probs, y, 5 / 6, multi_label=True) == pytest.approx(0.6)
+
+
+def test_a_precision_threshold_only_ever_removes_the_least_confident_items():
+    from pipeline.pseudo import PseudoSettings, precision_threshold
+
+    rng = np.random.default_rng(0)
+    test_probs, scored_probs = rng.dirichlet(np.ones(4), 300), rng.dirichlet(np.ones(4) * 0.3, 100)
+    y = np.eye(4)[[rng.choice(4, p=p) for p in scored_probs]]  # calibrated: confident rows are right more often
+    groups = np.array(["public", "private"] * 150)
+    loose = select_pseudo_labels(test_probs, groups, np.ones(300, bool), 100, np.full(4, 0.25), PseudoSettings(ratio=0.7))
+    cutoff = precision_threshold(scored_probs, y, 0.9)
+    assert 0 < cutoff < 1
+    strict = select_pseudo_labels(test_probs, groups, np.ones(300, bool), 100, np.full(4, 0.25),
+                                  PseudoSettings(ratio=0.7, threshold=cutoff))
+    assert set(strict.index) <= set(loose.index) and strict.confidence.min() >= cutoff
+    assert (strict.status == "below threshold").sum() > 0
