@@ -5,6 +5,9 @@ A public gain is "noise" when the 95% paired-bootstrap interval of (student - te
 contains 0: the same rows resampled with replacement for both submissions, scored with the competition's
 own metric. That is the check a leaderboard climber should make before trusting a public improvement
 (the spirit of Blum & Hardt's Ladder): the private leaderboard has other rows.
+
+Comparing only reads the ledger. With `record=True` (`compare --record`) the local leaderboard scores and
+bootstrap intervals it had to compute are stored in the ledger, so later comparisons reuse them.
 """
 from __future__ import annotations
 
@@ -45,9 +48,12 @@ class Comparison:
 
 def compare_runs(ledger: Ledger, competition: str, sort: str = "public", solution: Path | None = None,
                  metric: str | None = None, run_ids: list[str] | None = None, resamples: int = 1000,
-                 seed: int = 0) -> Comparison:
+                 seed: int = 0, record: bool = False) -> Comparison:
     """Build the comparison of the done runs of `competition` (or only `run_ids`); fills in local leaderboard
-    scores and bootstrap intervals the ledger lacks when a solution file is known, and records them."""
+    scores and bootstrap intervals the ledger lacks when a solution file is known, and with `record` stores
+    them in the ledger (which must then be writable)."""
+    if record and ledger.read_only:
+        raise RuntimeError(f"compare_runs(record=True) needs a writable ledger; {ledger.path} was opened read-only")
     if sort not in SORT_KEYS:
         raise UserError(f"--sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
     if resamples != 0 and resamples < 100:
@@ -75,8 +81,8 @@ def compare_runs(ledger: Ledger, competition: str, sort: str = "public", solutio
     solutions: dict[Path, pd.DataFrame] = {}
     rows = []
     for run in done.itertuples(index=False):
-        record = ledger.run(run.run_id)
-        rows.append(_row(ledger, plugin, run, record, solution, solutions, resamples, seed, notes))
+        stored = ledger.run(run.run_id)
+        rows.append(_row(ledger, plugin, run, stored, solution, solutions, resamples, seed, notes, record))
     table = pd.DataFrame(rows)
     numeric = [c for c in table.columns if c not in ("run_id", "groups", "verdict", "board_source", "submitted")]
     table[numeric] = table[numeric].astype(float)  # None -> NaN so that sorting and plotting treat it as missing
@@ -89,10 +95,10 @@ def compare_runs(ledger: Ledger, competition: str, sort: str = "public", solutio
     return Comparison(competition, plugin.metric_name, plugin.greater_is_better, sort, table, correlations, notes)
 
 
-def _row(ledger: Ledger, plugin: Competition, run, record: dict, solution: Path | None,
-         solutions: dict[Path, pd.DataFrame], resamples: int, seed: int, notes: list[str]) -> dict:
+def _row(ledger: Ledger, plugin: Competition, run, stored: dict, solution: Path | None,
+         solutions: dict[Path, pd.DataFrame], resamples: int, seed: int, notes: list[str], record: bool) -> dict:
     """One table row; local leaderboard scores and the bootstrap come from the run folder and the solution."""
-    config = record["config"] or {}
+    config = stored["config"] or {}
     run_dir = Path(run.submission_path).parent
     # the student's own predictions (runs before the control and guard wrote only submission.csv for it)
     student_csv = run_dir / "student_submission.csv"
@@ -114,8 +120,8 @@ def _row(ledger: Ledger, plugin: Competition, run, record: dict, solution: Path 
             gain_ci = {"verdict": f"n/a: {', '.join(missing)} missing in {run_dir}"}
         else:
             try:
-                gain_ci = _local_scores(ledger, plugin, run, record, solution_path, solutions[solution_path],
-                                        student_csv, teacher_csv, board, resamples, seed, notes)
+                gain_ci = _local_scores(ledger, plugin, run, stored, solution_path, solutions[solution_path],
+                                        student_csv, teacher_csv, board, resamples, seed, notes, record)
             except UserError as error:
                 raise UserError(f"run {run.run_id} ({run_dir}): {error}") from error
             board = gain_ci.pop("board")
@@ -137,21 +143,23 @@ def _row(ledger: Ledger, plugin: Competition, run, record: dict, solution: Path 
     }
 
 
-def _local_scores(ledger: Ledger, plugin: Competition, run, record: dict, solution_path: Path,
+def _local_scores(ledger: Ledger, plugin: Competition, run, stored: dict, solution_path: Path,
                   solution: pd.DataFrame, student_csv: Path, teacher_csv: Path, board: dict, resamples: int,
-                  seed: int, notes: list[str]) -> dict:
-    """Leaderboard scores (computed and recorded when the ledger lacks them) and the public-gain interval
-    (cached in the ledger, keyed by the exact files and settings it was computed from)."""
-    classes = plugin.class_names(Path((record["config"] or {}).get("data", "")))
+                  seed: int, notes: list[str], record: bool) -> dict:
+    """Leaderboard scores (computed when the ledger lacks them) and the public-gain interval (cached in the
+    ledger, keyed by the exact files and settings it was computed from); both stored only with `record`."""
+    classes = plugin.class_names(Path((stored["config"] or {}).get("data", "")))
     tables = {"student": _read_csv(student_csv), "teacher": _read_csv(teacher_csv)}
     if not _known(run.lb_student_public):
         board = {name: score_against_solution(plugin, table, solution, classes) for name, table in tables.items()}
-        ledger.set_leaderboard(run.run_id, board)
-        notes.append(f"{run.run_id}: scored against {solution_path} and recorded in the ledger")
+        if record:
+            ledger.set_leaderboard(run.run_id, board)
+        notes.append(f"{run.run_id}: scored against {solution_path} and "
+                     + ("recorded in the ledger" if record else "not stored (--record stores it)"))
     key = {"student_sha256": sha256_of(student_csv), "teacher_sha256": sha256_of(teacher_csv),
            "solution_sha256": sha256_of(solution_path), "resamples": resamples, "seed": seed,
            "metric": plugin.metric_name}
-    cached = record.get("public_gain") or {}
+    cached = stored.get("public_gain") or {}
     if key["student_sha256"] == key["teacher_sha256"]:
         gain_ci = {"gain": 0.0, "low": 0.0, "high": 0.0, "verdict": "same as teacher"}
     elif resamples == 0:
@@ -162,7 +170,8 @@ def _local_scores(ledger: Ledger, plugin: Competition, run, record: dict, soluti
         print(f"bootstrap of the public gain of {run.run_id} ({resamples} resamples)", file=sys.stderr, flush=True)
         gain_ci = {"key": key, **public_gain_interval(plugin, tables["student"], tables["teacher"], solution,
                                                        classes, resamples, seed)}
-        ledger.set_public_gain(run.run_id, gain_ci)
+        if record:
+            ledger.set_public_gain(run.run_id, gain_ci)
     return {**gain_ci, "board": board}
 
 

@@ -10,6 +10,9 @@ a machine that lost power) cannot mark its own row, so every open marks `running
 from this host as `interrupted` (rows of other hosts are left alone: their processes cannot be seen from
 here). An interrupted run's id may be started again.
 
+A ledger opened with `read_only=True` (what `compare` does without `--record`) is opened through SQLite's
+`mode=ro`: nothing is created, migrated or marked, and a write is refused, so the file is left byte for byte.
+
 Provenance capture (git, versions, the process) lives in pipeline/ledger_provenance.py, the tables shaped
 for reading in pipeline/ledger_tables.py; this module owns the file: connections, schema, migrations, rows.
 """
@@ -173,17 +176,24 @@ def default_ledger_path(runs_dir: Path | str) -> Path:
     return Path(runs_dir) / "ledger.sqlite"
 
 
-def open_ledger(path: Path | str | None) -> "Ledger | None":
+def open_ledger(path: Path | str | None, read_only: bool = False) -> "Ledger | None":
     """The ledger at `path`, or None when recording is switched off (no path)."""
-    return Ledger(Path(path)) if path else None
+    return Ledger(Path(path), read_only=read_only) if path else None
 
 
 class Ledger:
-    """Runs and Kaggle submissions in one SQLite file; created or migrated when opened."""
+    """Runs and Kaggle submissions in one SQLite file; created or migrated when opened for writing.
 
-    def __init__(self, path: Path) -> None:
+    `read_only=True` reads an existing, current ledger without writing anything (no creation, migration or
+    marking of interrupted runs); it is a UserError when the file is missing, empty or of an older schema."""
+
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self._check_is_sqlite()
+        if read_only:
+            self._check_readable()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._transaction() as db:
             self._migrate(db)
@@ -362,17 +372,39 @@ class Ledger:
             f"ledger {self.path} is not a readable run ledger ({why}); it was left untouched. Move it aside "
             f"(mv {self.path} {self.path}.broken) to start a new ledger, or pass another ledger path")
 
+    def _check_readable(self) -> None:
+        """What a read-only open needs: an existing ledger of this code's schema (migrating would write)."""
+        if not self.path.is_file():
+            raise UserError(f"ledger {self.path} does not exist: no run was recorded there; run `make submit` "
+                             "first, or name the ledger with --ledger (or its folder with --runs-dir)")
+        with self._read() as db:
+            current = self._checked_version(db)
+        if current is None:
+            raise UserError(f"ledger {self.path} is empty: no run was recorded there; run `make submit` first, "
+                             "or name another ledger with --ledger")
+        if current < SCHEMA_VERSION:
+            raise UserError(f"ledger {self.path} has schema version {current}, older than this code's "
+                             f"{SCHEMA_VERSION}, and was opened read-only; migrate it by opening it once for writing "
+                             f"(`python -m pipeline runs list --ledger {self.path}`, or `compare --record`)")
+
     def _connect(self) -> sqlite3.Connection:
         try:
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            if self.read_only:  # SQLite itself refuses every write, and creates no file
+                db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                                     isolation_level=None)
+            else:
+                db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.OperationalError as error:
-            raise UserError(f"cannot open ledger {self.path}: {error}; check the folder exists and is writable") from error
+            need = "readable" if self.read_only else "writable"
+            raise UserError(f"cannot open ledger {self.path}: {error}; check the folder exists and is {need}") from error
         db.row_factory = sqlite3.Row
         return db
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: the write lock is taken up front so a busy file waits instead of deadlocking."""
+        if self.read_only:  # a bug in the caller, not the user's mistake: keep the traceback
+            raise RuntimeError(f"ledger {self.path} was opened read-only; open it with read_only=False to write")
         with self._errors(), contextlib.closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -405,20 +437,28 @@ class Ledger:
             raise
 
     def _migrate(self, db: sqlite3.Connection) -> None:
+        current = self._checked_version(db)
+        if current is None:
+            db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+            current = 0
+        for version in range(current, SCHEMA_VERSION):
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version + 1, _now()))
+
+    def _checked_version(self, db: sqlite3.Connection) -> int | None:
+        """The file's schema version, None for an empty database; other databases and newer schemas are refused."""
         tables = {r["name"] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "schema_version" not in tables:
             if tables - {"sqlite_sequence"}:
                 raise UserError(f"{self.path} is an SQLite database but not a run ledger (it has tables "
                                  f"{', '.join(sorted(tables))} and no schema_version); pass another ledger path")
-            db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+            return None
         current = _version(db)
         if current > SCHEMA_VERSION:
             raise UserError(f"ledger {self.path} has schema version {current}, newer than this code's "
                              f"{SCHEMA_VERSION}; update the pipeline or pass another ledger path")
-        for version in range(current, SCHEMA_VERSION):
-            for statement in MIGRATIONS[version]:
-                db.execute(statement)
-            db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version + 1, _now()))
+        return current
 
     def _require_run(self, db: sqlite3.Connection, run_id: str) -> sqlite3.Row:
         row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
