@@ -14,7 +14,8 @@ from PIL import Image
 
 from competitions.single_label import kaggle_log_loss
 from pipeline.__main__ import main
-from pipeline.compare import compare_runs, public_gain_interval, render, write_plot
+from pipeline.compare import compare_runs, public_gain_interval
+from pipeline.compare_output import render, write_plot
 from pipeline.files import write_csv_atomic
 from pipeline.ledger import Ledger
 from pipeline.registry import get_competition

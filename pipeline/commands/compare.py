@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.compare import FORMATS, SORT_KEYS, compare_runs, plot_path, render, write_plot
+from pipeline.compare import SORT_KEYS, compare_runs
+from pipeline.compare_output import FORMATS, plot_path, render, write_plot
 from pipeline.commands.kaggle import add_ledger_options, ledger_path
 from pipeline.ledger import Ledger
 
