@@ -5,11 +5,13 @@ A public gain is "noise" when the 95% paired-bootstrap interval of (student - te
 contains 0: the same rows resampled with replacement for both submissions, scored with the competition's
 own metric. That is the check a leaderboard climber should make before trusting a public improvement
 (the spirit of Blum & Hardt's Ladder): the private leaderboard has other rows.
+
+Comparing only reads the ledger. With `record=True` (`compare --record`) the local leaderboard scores and
+bootstrap intervals it had to compute are stored in the ledger, so later comparisons reuse them.
+The table, CSV, JSON, Markdown and the plot of a comparison are pipeline/compare_output.py's.
 """
 from __future__ import annotations
 
-import io
-import json
 import math
 import sys
 import warnings
@@ -21,13 +23,12 @@ import pandas as pd
 from scipy import stats
 
 from pipeline.errors import UserError
-from pipeline.files import sha256_of, write_bytes_atomic
+from pipeline.files import sha256_of
 from pipeline.ledger import Ledger
 from pipeline.registry import Competition, get_competition
 from pipeline.submission import align_to_solution, read_solution, score_against_solution
 
 SORT_KEYS = ("holdout", "public", "private")
-FORMATS = ("table", "csv", "json", "markdown")
 LEVEL = 0.95
 
 
@@ -45,9 +46,12 @@ class Comparison:
 
 def compare_runs(ledger: Ledger, competition: str, sort: str = "public", solution: Path | None = None,
                  metric: str | None = None, run_ids: list[str] | None = None, resamples: int = 1000,
-                 seed: int = 0) -> Comparison:
+                 seed: int = 0, record: bool = False) -> Comparison:
     """Build the comparison of the done runs of `competition` (or only `run_ids`); fills in local leaderboard
-    scores and bootstrap intervals the ledger lacks when a solution file is known, and records them."""
+    scores and bootstrap intervals the ledger lacks when a solution file is known, and with `record` stores
+    them in the ledger (which must then be writable)."""
+    if record and ledger.read_only:
+        raise RuntimeError(f"compare_runs(record=True) needs a writable ledger; {ledger.path} was opened read-only")
     if sort not in SORT_KEYS:
         raise UserError(f"--sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
     if resamples != 0 and resamples < 100:
@@ -75,8 +79,8 @@ def compare_runs(ledger: Ledger, competition: str, sort: str = "public", solutio
     solutions: dict[Path, pd.DataFrame] = {}
     rows = []
     for run in done.itertuples(index=False):
-        record = ledger.run(run.run_id)
-        rows.append(_row(ledger, plugin, run, record, solution, solutions, resamples, seed, notes))
+        stored = ledger.run(run.run_id)
+        rows.append(_row(ledger, plugin, run, stored, solution, solutions, resamples, seed, notes, record))
     table = pd.DataFrame(rows)
     numeric = [c for c in table.columns if c not in ("run_id", "groups", "verdict", "board_source", "submitted")]
     table[numeric] = table[numeric].astype(float)  # None -> NaN so that sorting and plotting treat it as missing
@@ -89,10 +93,10 @@ def compare_runs(ledger: Ledger, competition: str, sort: str = "public", solutio
     return Comparison(competition, plugin.metric_name, plugin.greater_is_better, sort, table, correlations, notes)
 
 
-def _row(ledger: Ledger, plugin: Competition, run, record: dict, solution: Path | None,
-         solutions: dict[Path, pd.DataFrame], resamples: int, seed: int, notes: list[str]) -> dict:
+def _row(ledger: Ledger, plugin: Competition, run, stored: dict, solution: Path | None,
+         solutions: dict[Path, pd.DataFrame], resamples: int, seed: int, notes: list[str], record: bool) -> dict:
     """One table row; local leaderboard scores and the bootstrap come from the run folder and the solution."""
-    config = record["config"] or {}
+    config = stored["config"] or {}
     run_dir = Path(run.submission_path).parent
     # the student's own predictions (runs before the control and guard wrote only submission.csv for it)
     student_csv = run_dir / "student_submission.csv"
@@ -114,8 +118,8 @@ def _row(ledger: Ledger, plugin: Competition, run, record: dict, solution: Path 
             gain_ci = {"verdict": f"n/a: {', '.join(missing)} missing in {run_dir}"}
         else:
             try:
-                gain_ci = _local_scores(ledger, plugin, run, record, solution_path, solutions[solution_path],
-                                        student_csv, teacher_csv, board, resamples, seed, notes)
+                gain_ci = _local_scores(ledger, plugin, run, stored, solution_path, solutions[solution_path],
+                                        student_csv, teacher_csv, board, resamples, seed, notes, record)
             except UserError as error:
                 raise UserError(f"run {run.run_id} ({run_dir}): {error}") from error
             board = gain_ci.pop("board")
@@ -137,21 +141,23 @@ def _row(ledger: Ledger, plugin: Competition, run, record: dict, solution: Path 
     }
 
 
-def _local_scores(ledger: Ledger, plugin: Competition, run, record: dict, solution_path: Path,
+def _local_scores(ledger: Ledger, plugin: Competition, run, stored: dict, solution_path: Path,
                   solution: pd.DataFrame, student_csv: Path, teacher_csv: Path, board: dict, resamples: int,
-                  seed: int, notes: list[str]) -> dict:
-    """Leaderboard scores (computed and recorded when the ledger lacks them) and the public-gain interval
-    (cached in the ledger, keyed by the exact files and settings it was computed from)."""
-    classes = plugin.class_names(Path((record["config"] or {}).get("data", "")))
+                  seed: int, notes: list[str], record: bool) -> dict:
+    """Leaderboard scores (computed when the ledger lacks them) and the public-gain interval (cached in the
+    ledger, keyed by the exact files and settings it was computed from); both stored only with `record`."""
+    classes = plugin.class_names(Path((stored["config"] or {}).get("data", "")))
     tables = {"student": _read_csv(student_csv), "teacher": _read_csv(teacher_csv)}
     if not _known(run.lb_student_public):
         board = {name: score_against_solution(plugin, table, solution, classes) for name, table in tables.items()}
-        ledger.set_leaderboard(run.run_id, board)
-        notes.append(f"{run.run_id}: scored against {solution_path} and recorded in the ledger")
+        if record:
+            ledger.set_leaderboard(run.run_id, board)
+        notes.append(f"{run.run_id}: scored against {solution_path} and "
+                     + ("recorded in the ledger" if record else "not stored (--record stores it)"))
     key = {"student_sha256": sha256_of(student_csv), "teacher_sha256": sha256_of(teacher_csv),
            "solution_sha256": sha256_of(solution_path), "resamples": resamples, "seed": seed,
            "metric": plugin.metric_name}
-    cached = record.get("public_gain") or {}
+    cached = stored.get("public_gain") or {}
     if key["student_sha256"] == key["teacher_sha256"]:
         gain_ci = {"gain": 0.0, "low": 0.0, "high": 0.0, "verdict": "same as teacher"}
     elif resamples == 0:
@@ -162,7 +168,8 @@ def _local_scores(ledger: Ledger, plugin: Competition, run, record: dict, soluti
         print(f"bootstrap of the public gain of {run.run_id} ({resamples} resamples)", file=sys.stderr, flush=True)
         gain_ci = {"key": key, **public_gain_interval(plugin, tables["student"], tables["teacher"], solution,
                                                        classes, resamples, seed)}
-        ledger.set_public_gain(run.run_id, gain_ci)
+        if record:
+            ledger.set_public_gain(run.run_id, gain_ci)
     return {**gain_ci, "board": board}
 
 
@@ -204,128 +211,7 @@ def public_gain_interval(competition: Competition, student: pd.DataFrame, teache
     return {"gain": observed, "low": low, "high": high, "rows": int(len(y_public)), "verdict": verdict}
 
 
-# ---- output ------------------------------------------------------------------------------------------
-def render(comparison: Comparison, fmt: str) -> str:
-    """The comparison as an aligned text table, CSV, JSON or a Markdown table."""
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if fmt == "csv":
-        return comparison.table.to_csv(index=False, lineterminator="\n")
-    if fmt == "json":
-        return json.dumps({
-            "competition": comparison.competition, "metric": comparison.metric,
-            "greater_is_better": comparison.greater_is_better, "sort": comparison.sort,
-            "runs": json.loads(comparison.table.to_json(orient="records")),
-            "spearman": comparison.correlations, "notes": comparison.notes,
-            "plot": str(comparison.plot) if comparison.plot else None,
-        }, indent=2) + "\n"
-    shown = _display_table(comparison.table)
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(shown.columns) + " |", "|" + "|".join("---" for _ in shown.columns) + "|"]
-        lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in shown.itertuples(index=False)]
-        body = "\n".join(lines)
-    else:
-        body = shown.to_string(index=False)
-    better = "higher" if comparison.greater_is_better else "lower"
-    header = (f"{comparison.competition}: {len(comparison.table)} runs, {comparison.metric} ({better} is better), "
-              f"sorted by {comparison.sort}; gain = improvement over the run's own teacher (positive = better)")
-    footer = [f"Spearman {name.replace('_', ' ')}: {_describe(c)}" for name, c in comparison.correlations.items()]
-    footer += comparison.notes
-    if comparison.plot:
-        footer.append(f"plot: {comparison.plot}")
-    return "\n".join([header, "", body, "", *footer]) + "\n"
-
-
-def write_plot(comparison: Comparison, path: Path) -> Path:
-    """PNG: per run, holdout/public/private of the student against its teacher, and the public gain with its
-    bootstrap interval (an interval crossing 0 is noise)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    table = comparison.table
-    labels = _labels(table)
-    x = np.arange(len(table))
-    fig, (scores, gains) = plt.subplots(2, 1, figsize=(max(6.0, 0.9 * len(table) + 3), 7.5), sharex=True)
-    for offset, (name, colour) in zip((-0.2, 0.0, 0.2), (("holdout", "tab:blue"), ("public", "tab:orange"), ("private", "tab:green"))):
-        scores.scatter(x + offset, table[name], color=colour, label=f"{name} (student)", zorder=3)
-        scores.scatter(x + offset, table[f"teacher_{name}"], color=colour, marker="_", s=300, linewidths=2,
-                       label=f"{name} (teacher baseline)", zorder=2)
-    better = "higher" if comparison.greater_is_better else "lower"
-    scores.set_ylabel(f"{comparison.metric} ({better} is better)")
-    fig.suptitle(f"{comparison.competition}: runs sorted by {comparison.sort}")
-    scores.legend(fontsize=7, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    scores.grid(alpha=0.3)
-
-    low = (table["public_gain"] - table["public_gain_low"]).clip(lower=0)
-    high = (table["public_gain_high"] - table["public_gain"]).clip(lower=0)
-    colours = ["tab:green" if v == "real gain" else "tab:red" if v == "real loss" else "tab:gray" for v in table["verdict"]]
-    gains.bar(x, table["public_gain"], color=colours, alpha=0.7)
-    has_ci = table["public_gain_low"].notna().to_numpy()
-    gains.errorbar(x[has_ci], table["public_gain"][has_ci], yerr=[low[has_ci], high[has_ci]], fmt="none",
-                   ecolor="black", capsize=4)
-    for position, (gain, top, bottom, verdict) in enumerate(zip(
-            table["public_gain"], table["public_gain_high"], table["public_gain_low"], table["verdict"])):
-        if _known(gain):  # the verdict just beyond the end of the bar or of its interval
-            end = max(gain, top) if gain >= 0 and _known(top) else min(gain, bottom) if _known(bottom) else gain
-            gains.annotate(verdict, (position, end), textcoords="offset points", xytext=(0, 3 if gain >= 0 else -3),
-                           ha="center", va="bottom" if gain >= 0 else "top", fontsize=7)
-    gains.axhline(0, color="black", linewidth=0.8)
-    gains.set_ylabel(f"public gain over teacher\n({int(LEVEL * 100)}% bootstrap interval)")
-    gains.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
-    gains.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
-    comparison.plot = Path(path)
-    return Path(path)
-
-
-def plot_path(ledger: Ledger, competition: str) -> Path:
-    """submissions/<competition>/compare.png: next to the ledger, beside the run folders."""
-    return ledger.path.parent / competition / "compare.png"
-
-
 # ---- helpers -----------------------------------------------------------------------------------------
-def _display_table(table: pd.DataFrame) -> pd.DataFrame:
-    def number(value: object, signed: bool = False) -> str:
-        return "-" if not _known(value) else (f"{value:+.4f}" if signed else f"{value:.4f}")
-
-    def interval(low: object, high: object) -> str:
-        return "-" if not (_known(low) and _known(high)) else f"[{low:+.4f}, {high:+.4f}]"
-
-    return pd.DataFrame({
-        "run": table["run_id"],
-        "ratio": [("-" if not _known(r) else f"{r:g}") for r in table["ratio"]],
-        "groups": table["groups"].fillna("-"),
-        "holdout": [number(v) for v in table["holdout"]],
-        "holdout gain": [number(v, True) for v in table["holdout_gain"]],
-        "control holdout": [number(v) for v in table["control_holdout"]],
-        "submitted": table["submitted"].fillna("-"),
-        "public": [number(v) for v in table["public"]],
-        "public gain": [number(v, True) for v in table["public_gain"]],
-        "95% CI of public gain": [interval(a, b) for a, b in zip(table["public_gain_low"], table["public_gain_high"])],
-        "verdict": table["verdict"],
-        "private": [number(v) for v in table["private"]],
-        "private gain": [number(v, True) for v in table["private_gain"]],
-        "board": table["board_source"],
-    })
-
-
-def _labels(table: pd.DataFrame) -> list[str]:
-    labels = ["teacher only" if r == 0 else f"{r:g} {g}" if _known(r) else str(run)[-18:]
-              for r, g, run in zip(table["ratio"], table["groups"], table["run_id"])]
-    seen: dict[str, int] = {}
-    unique = []
-    for label in labels:
-        seen[label] = seen.get(label, 0) + 1
-        unique.append(label if labels.count(label) == 1 else f"{label} #{seen[label]}")
-    return unique
-
-
 def _spearman(a: pd.Series, b: pd.Series) -> dict:
     """Spearman's rho across runs, with a permutation p-value (exact up to 7 runs): sweeps have few runs,
     where scipy's t approximation is far off (it says p = 0 for 3 runs in the same order)."""
@@ -348,12 +234,6 @@ def _spearman(a: pd.Series, b: pd.Series) -> dict:
     test = stats.permutation_test((stats.rankdata(x),), pearson_of_ranks, permutation_type="pairings",
                                   vectorized=True, n_resamples=9999, rng=np.random.default_rng(0))
     return {"rho": rho, "p": float(test.pvalue), "n": n, "note": "p from a permutation test"}
-
-
-def _describe(correlation: dict) -> str:
-    if correlation["rho"] is None:
-        return f"n/a ({correlation['note']}; {correlation['n']} runs)"
-    return f"rho {correlation['rho']:+.2f} (p {correlation['p']:.3g}, {correlation['n']} runs)"
 
 
 def _gain(competition: Competition, score: object, teacher: object) -> float | None:

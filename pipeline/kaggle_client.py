@@ -1,41 +1,25 @@
 """Everything that talks to Kaggle: download data, upload a submission, sync scores.
 
 The only module that imports `kaggle`, and only inside functions: importing the package authenticates
-(and with an access token, contacts the server). Credentials are checked first so that a missing set-up
-gives the steps to fix it; every text the package prints or raises passes through `_scrub` so that no key
-or token reaches the terminal, a log or the ledger.
+(and with an access token, contacts the server). Credentials are checked first (pipeline/kaggle_credentials.py)
+so that a missing set-up gives the steps to fix it; every text the package prints or raises passes through
+`scrub` so that no key or token reaches the terminal, a log or the ledger.
 """
 from __future__ import annotations
 
-import base64
 import contextlib
-import io
-import json
-import os
 import re
-import stat
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.archive_formats import is_archive
 from pipeline.extract import ExtractSummary, Limits, extract_archive
 from pipeline.files import sha256_of
+from pipeline.kaggle_credentials import SETUP_STEPS, Credentials, ScrubbingStream, find_credentials, scrub
 from pipeline.registry import Competition, get_competition
 from pipeline.errors import UserError
-
-SETUP_STEPS = """To set up Kaggle credentials:
-  1. Sign in at https://www.kaggle.com, open https://www.kaggle.com/settings/api and click "Generate New Token"
-     (or "Create Legacy API Key", which downloads kaggle.json).
-  2. Either save the token:    mkdir -p ~/.kaggle && printf '%s' 'TOKEN' > ~/.kaggle/access_token
-                                chmod 600 ~/.kaggle/access_token
-     or export it:             export KAGGLE_API_TOKEN=TOKEN
-     or place kaggle.json:     mkdir -p ~/.kaggle && mv ~/Downloads/kaggle.json ~/.kaggle/
-                                chmod 600 ~/.kaggle/kaggle.json
-     (or export KAGGLE_USERNAME and KAGGLE_KEY; KAGGLE_CONFIG_DIR moves the kaggle.json folder)
-  3. Accept the competition's rules on its Kaggle page (Data tab), then run the command again."""
 
 COMPLETE, PENDING, ERROR = "COMPLETE", "PENDING", "ERROR"
 _MESSAGE_KEYS = re.compile(r"\b(run|sha256)=(\S+)")
@@ -57,104 +41,6 @@ class KaggleError(UserError):
 
 class KaggleTimeout(KaggleError):
     """Kaggle did not answer within the HTTP timeout."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    source: str  # where they come from, for messages (never the value)
-    secrets: tuple[str, ...]  # strings that must never be shown, for `_scrub`
-
-
-# ---- credentials ------------------------------------------------------------------------------------
-def config_dir() -> Path:
-    """The folder of kaggle.json, chosen exactly as the kaggle package chooses it."""
-    if os.environ.get("KAGGLE_CONFIG_DIR"):
-        return Path(os.environ["KAGGLE_CONFIG_DIR"])
-    home = Path(os.path.expanduser("~"))
-    legacy = home / ".kaggle"
-    if sys.platform.startswith("linux") and not legacy.exists():
-        return Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"
-    return legacy
-
-
-def find_credentials() -> Credentials:
-    """Which credentials the kaggle package will use; ValueError with the set-up steps when there are none."""
-    home = Path(os.path.expanduser("~"))
-    secrets: list[str] = []
-    sources: list[str] = []
-    token = os.environ.get("KAGGLE_API_TOKEN", "")
-    if token:
-        if Path(token).is_file():
-            _warn_if_readable(Path(token))
-            secrets.append(Path(token).read_text().strip())
-            sources.append(f"the file named by KAGGLE_API_TOKEN ({token})")
-        else:
-            secrets.append(token)
-            sources.append("KAGGLE_API_TOKEN")
-    for name in ("access_token", "access_token.txt"):
-        path = home / ".kaggle" / name
-        if path.is_file() and path.read_text().strip():
-            _warn_if_readable(path)
-            secrets.append(path.read_text().strip())
-            sources.append(str(path))
-    config = config_dir() / "kaggle.json"
-    if config.is_file():
-        _warn_if_readable(config)
-        try:
-            data = json.loads(config.read_text() or "{}")
-        except json.JSONDecodeError as error:
-            raise UserError(f"{config} is not valid JSON ({error.msg} at line {error.lineno}); download it again from "
-                             "https://www.kaggle.com/settings/api") from None
-        if data.get("key"):
-            secrets.append(str(data["key"]))
-            secrets.append(_basic(str(data.get("username", "")), str(data["key"])))
-            sources.append(str(config))
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        secrets += [os.environ["KAGGLE_KEY"], _basic(os.environ["KAGGLE_USERNAME"], os.environ["KAGGLE_KEY"])]
-        sources.append("KAGGLE_USERNAME/KAGGLE_KEY")
-    oauth = home / ".kaggle" / "credentials.json"  # written by `kaggle auth login`
-    if oauth.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            data = json.loads(oauth.read_text())
-            secrets += [str(data[k]) for k in ("refresh_token", "access_token") if data.get(k)]
-            if data.get("refresh_token"):
-                sources.append(str(oauth))
-    if not sources:
-        raise UserError(f"no Kaggle credentials found. {SETUP_STEPS}")
-    secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)  # longest first: no partial blanking
-    return Credentials(source=sources[0], secrets=tuple(secrets))
-
-
-def _basic(username: str, key: str) -> str:
-    return base64.b64encode(f"{username}:{key}".encode()).decode()
-
-
-def _warn_if_readable(path: Path) -> None:
-    if os.name != "nt" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        print(f"warning: {path} is readable by other users of this machine; run `chmod 600 {path}`", file=sys.stderr)
-
-
-def _scrub(text: str, credentials: Credentials) -> str:
-    for secret in credentials.secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
-class _ScrubbingStream(io.TextIOBase):
-    """Forwards what the package prints, with credentials blanked out."""
-
-    def __init__(self, stream, credentials: Credentials) -> None:
-        self._stream, self._credentials = stream, credentials
-
-    def write(self, text: str) -> int:
-        self._stream.write(_scrub(text, self._credentials))
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def isatty(self) -> bool:
-        return self._stream.isatty()
 
 
 @contextlib.contextmanager
@@ -192,7 +78,7 @@ def _kaggle_call(credentials: Credentials, what: str, competition: Competition |
     import requests  # a dependency of kaggle; its exceptions are what the package raises
 
     out, err = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _ScrubbingStream(out, credentials), _ScrubbingStream(err, credentials)
+    sys.stdout, sys.stderr = ScrubbingStream(out, credentials), ScrubbingStream(err, credentials)
     try:
         with http_timeouts(timeout_s):
             yield
@@ -201,7 +87,7 @@ def _kaggle_call(credentials: Credentials, what: str, competition: Competition |
                             "(--http-timeout sets the limit)") from None
     except requests.HTTPError as error:
         code = error.response.status_code if error.response is not None else None
-        detail = _scrub(str(error), credentials)
+        detail = scrub(str(error), credentials)
         if code == 401:
             raise KaggleError(
                 f"{what}: Kaggle rejected the credentials from {credentials.source} (HTTP 401). The key may be revoked "
@@ -217,12 +103,12 @@ def _kaggle_call(credentials: Credentials, what: str, competition: Competition |
                 from None
         raise KaggleError(f"{what}: Kaggle answered HTTP {code} ({detail})") from None
     except requests.RequestException as error:
-        detail = _scrub(str(error), credentials)
+        detail = scrub(str(error), credentials)
         raise KaggleError(f"{what}: could not reach Kaggle ({detail}); check the network and try again") from None
     except KaggleError:
         raise
     except Exception as error:  # anything else the package raises: its text may quote a credential
-        raise KaggleError(f"{what}: {type(error).__name__}: {_scrub(str(error), credentials)}") from None
+        raise KaggleError(f"{what}: {type(error).__name__}: {scrub(str(error), credentials)}") from None
     finally:
         sys.stdout, sys.stderr = out, err
 
@@ -356,7 +242,7 @@ def upload_run_submission(competition: str, csv_path: Path, data_dir: Path, run_
     print(f"uploading {csv_path} to {slug} ...", flush=True)
     with _kaggle_call(credentials, f"submitting {csv_path.name} to {slug}", plugin, timeout_s=http_timeout_s):
         response = api.competition_submit(str(csv_path), description, slug, quiet=True)
-    text = _scrub(str(getattr(response, "message", "") or ""), credentials)
+    text = scrub(str(getattr(response, "message", "") or ""), credentials)
     if text.startswith(api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE):
         raise KaggleError(f"uploading {csv_path} to {slug} failed: {text}; nothing was submitted, try again later "
                           f"with `python -m pipeline upload {run_id}`")
@@ -453,7 +339,7 @@ def sync_scores(competition: str, ledger_path: Path | None, page_size: int = 100
         if len(batch) < page_size:
             break
     for row in rows:
-        row["description"] = _scrub(row["description"], credentials)
+        row["description"] = scrub(row["description"], credentials)
         row["sha256"] = parse_message(row["description"]).get("sha256")
         row["run_id"] = ledger.run_for_sha256(row["sha256"]) if ledger is not None and row["sha256"] else None
         if ledger is not None and row["sha256"]:  # an upsert on (ref, sha256): syncing twice is harmless

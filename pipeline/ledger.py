@@ -9,42 +9,37 @@ A run records the pid, start time and host of the process that runs it. A proces
 a machine that lost power) cannot mark its own row, so every open marks `running` rows whose process is gone
 from this host as `interrupted` (rows of other hosts are left alone: their processes cannot be seen from
 here). An interrupted run's id may be started again.
+
+A ledger opened with `read_only=True` (what `compare` does without `--record`) is opened through SQLite's
+`mode=ro`: nothing is created, migrated or marked, and a write is refused, so the file is left byte for byte.
+
+Provenance capture (git, versions, the process) lives in pipeline/ledger_provenance.py, the tables shaped
+for reading in pipeline/ledger_tables.py; this module owns the file: connections, schema, migrations, rows.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
-import platform
-import os
-import re
 import socket
 import sqlite3
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pandas as pd
 
 from pipeline.config import REPO_ROOT
 from pipeline.errors import UserError
-from pipeline.files import json_plain, pid_is_alive, process_start_token, sha256_of
+from pipeline.files import json_plain, sha256_of
+from pipeline.ledger_provenance import git_state, library_versions, process_gone, redact, this_process
+from pipeline.ledger_tables import LEADERBOARD_COLUMNS, run_record, runs_frame
 
 BUSY_TIMEOUT_S = 60.0
 SQLITE_HEADER = b"SQLite format 3\x00"
-# Distributions whose versions are recorded with every run (read from package metadata: nothing is imported).
-DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "scikit-learn", "scipy",
-                 "pillow", "matplotlib", "kaggle")
 STATUSES = ("running", "done", "failed", "interrupted")
-LEADERBOARD_COLUMNS = {("teacher", "public"): "lb_teacher_public", ("teacher", "private"): "lb_teacher_private",
-                       ("student", "public"): "lb_student_public", ("student", "private"): "lb_student_private",
-                       ("control", "public"): "lb_control_public", ("control", "private"): "lb_control_private"}
 # a released migration step must not change: v2 backfilled exactly these columns
 _V2_LEADERBOARD_COLUMNS = {("teacher", "public"): "lb_teacher_public", ("teacher", "private"): "lb_teacher_private",
                            ("student", "public"): "lb_student_public", ("student", "private"): "lb_student_private"}
-_SECRET_KEY = re.compile(r"(^|[_\-.])(key|token|secret|password|credentials?)($|[_\-.])", re.IGNORECASE)
 
 _V3_RUN_COLUMNS = ("run_id, competition, status, started_at, finished_at, git_commit, git_dirty, data_fingerprint,"
                    " config_json, seed, versions_json, metric, greater_is_better, holdout_teacher, holdout_student,"
@@ -181,17 +176,24 @@ def default_ledger_path(runs_dir: Path | str) -> Path:
     return Path(runs_dir) / "ledger.sqlite"
 
 
-def open_ledger(path: Path | str | None) -> "Ledger | None":
+def open_ledger(path: Path | str | None, read_only: bool = False) -> "Ledger | None":
     """The ledger at `path`, or None when recording is switched off (no path)."""
-    return Ledger(Path(path)) if path else None
+    return Ledger(Path(path), read_only=read_only) if path else None
 
 
 class Ledger:
-    """Runs and Kaggle submissions in one SQLite file; created or migrated when opened."""
+    """Runs and Kaggle submissions in one SQLite file; created or migrated when opened for writing.
 
-    def __init__(self, path: Path) -> None:
+    `read_only=True` reads an existing, current ledger without writing anything (no creation, migration or
+    marking of interrupted runs); it is a UserError when the file is missing, empty or of an older schema."""
+
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self._check_is_sqlite()
+        if read_only:
+            self._check_readable()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._transaction() as db:
             self._migrate(db)
@@ -205,11 +207,11 @@ class Ledger:
         the metrics), so that every failure is recorded by fail_run. The id of an interrupted run (its process
         died without finishing) may be started again: the new run replaces its row."""
         commit, dirty = git_state(REPO_ROOT)
-        pid = os.getpid()
+        pid, process_start, hostname = this_process()
         with self._transaction() as db:
             existing = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if existing is not None:
-                if existing["status"] != "interrupted" and not _process_gone(existing):
+                if existing["status"] != "interrupted" and not process_gone(existing):
                     raise UserError(f"ledger {self.path}: run {run_id!r} is already recorded (status "
                                     f"{existing['status']}); give each run a new id")
                 db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))  # an interrupted run, started again
@@ -218,8 +220,7 @@ class Ledger:
                 " config_json, seed, versions_json, pid, process_start, hostname)"
                 " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, competition, _now(), commit, None if dirty is None else int(dirty), data_fingerprint,
-                 _json(redact(config)), int(seed), _json(library_versions()), pid, process_start_token(pid),
-                 socket.gethostname()),
+                 _json(redact(config)), int(seed), _json(library_versions()), pid, process_start, hostname),
             )
 
     def finish_run(self, run_id: str, metrics: dict, submission_path: Path, wall_time_s: float) -> None:
@@ -268,7 +269,7 @@ class Ledger:
         with self._read() as db:
             rows = db.execute("SELECT * FROM runs WHERE status = 'running' AND hostname = ? AND pid IS NOT NULL",
                               (host,)).fetchall()
-        stale = [row for row in rows if _process_gone(row)]
+        stale = [row for row in rows if process_gone(row)]
         if not stale:
             return []
         finished = datetime.now(timezone.utc)
@@ -344,63 +345,13 @@ class Ledger:
     # ---- reading ---------------------------------------------------------------------------------
     def runs(self, competition: str | None = None) -> pd.DataFrame:
         """One row per run (oldest first) with flat columns for tables: scores, settings, status, latest Kaggle scores."""
-        where, params = ("WHERE competition = ?", (competition,)) if competition else ("", ())
         with self._read() as db:
-            rows = [dict(r) for r in db.execute(f"SELECT * FROM runs {where} ORDER BY started_at, rowid", params)]
-            kaggle = _latest_kaggle_scores(db)
-        columns = ["run_id", "competition", "status", "started_at", "finished_at", "wall_time_s", "metric",
-                   "greater_is_better", "pseudo_ratio", "pseudo_groups", "pseudo_labels", "pseudo_selected",
-                   "holdout_teacher", "holdout_student", "holdout_control", "submitted_model",
-                   *LEADERBOARD_COLUMNS.values(), "kaggle_public",
-                   "kaggle_private", "seed", "data_fingerprint", "git_commit", "git_dirty", "submission_path",
-                   "submission_sha256", "error"]
-        table = []
-        for row in rows:
-            config = json.loads(row["config_json"])
-            pseudo = json.loads(row["pseudo_json"]) if row["pseudo_json"] else {}
-            groups = config.get("pseudo_groups")
-            public, private = kaggle.get(row["run_id"], (None, None))
-            table.append({
-                **{k: row[k] for k in columns if k in row},
-                "greater_is_better": None if row["greater_is_better"] is None else bool(row["greater_is_better"]),
-                "git_dirty": None if row["git_dirty"] is None else bool(row["git_dirty"]),
-                "pseudo_ratio": config.get("pseudo_ratio"),
-                "pseudo_groups": ",".join(groups) if isinstance(groups, (list, tuple)) else groups,
-                "pseudo_labels": config.get("pseudo_labels"),
-                "pseudo_selected": pseudo.get("selected"),
-                "kaggle_public": public, "kaggle_private": private,
-            })
-        frame = pd.DataFrame(table, columns=columns)
-        numeric = ["wall_time_s", "pseudo_ratio", "pseudo_selected", "holdout_teacher", "holdout_student", "holdout_control",
-                   *LEADERBOARD_COLUMNS.values(), "kaggle_public", "kaggle_private"]
-        frame[numeric] = frame[numeric].astype(float)
-        return frame
+            return runs_frame(db, competition)
 
     def run(self, run_id: str) -> dict:
         """Everything recorded about one run (JSON decoded) and its Kaggle submissions; a unique id prefix works."""
         with self._read() as db:
-            matches = [r["run_id"] for r in db.execute(
-                "SELECT run_id FROM runs WHERE run_id = ? OR substr(run_id, 1, length(?)) = ? ORDER BY run_id",
-                (run_id, run_id, run_id))]
-            if run_id in matches:
-                matches = [run_id]
-            if len(matches) != 1:
-                hint = (f"it matches {', '.join(matches[:5])}; give more of the id" if matches
-                        else "`python -m pipeline runs list` shows the recorded runs")
-                raise UserError(f"ledger {self.path}: no single run {run_id!r}: {hint}")
-            row = dict(db.execute("SELECT * FROM runs WHERE run_id = ?", (matches[0],)).fetchone())
-            submissions = [dict(r) for r in db.execute(
-                "SELECT * FROM submissions WHERE run_id = ? OR sha256 = ? ORDER BY id", (matches[0], row["submission_sha256"]))]
-        record = {}
-        for key, value in row.items():
-            if key.endswith("_json"):
-                record[key[: -len("_json")]] = json.loads(value) if value else None
-            elif key in ("git_dirty", "greater_is_better"):
-                record[key] = None if value is None else bool(value)
-            else:
-                record[key] = value
-        record["submissions"] = submissions
-        return record
+            return run_record(db, run_id, self.path)
 
     def schema_version(self) -> int:
         with self._read() as db:
@@ -421,17 +372,39 @@ class Ledger:
             f"ledger {self.path} is not a readable run ledger ({why}); it was left untouched. Move it aside "
             f"(mv {self.path} {self.path}.broken) to start a new ledger, or pass another ledger path")
 
+    def _check_readable(self) -> None:
+        """What a read-only open needs: an existing ledger of this code's schema (migrating would write)."""
+        if not self.path.is_file():
+            raise UserError(f"ledger {self.path} does not exist: no run was recorded there; run `make submit` "
+                             "first, or name the ledger with --ledger (or its folder with --runs-dir)")
+        with self._read() as db:
+            current = self._checked_version(db)
+        if current is None:
+            raise UserError(f"ledger {self.path} is empty: no run was recorded there; run `make submit` first, "
+                             "or name another ledger with --ledger")
+        if current < SCHEMA_VERSION:
+            raise UserError(f"ledger {self.path} has schema version {current}, older than this code's "
+                             f"{SCHEMA_VERSION}, and was opened read-only; migrate it by opening it once for writing "
+                             f"(`python -m pipeline runs list --ledger {self.path}`, or `compare --record`)")
+
     def _connect(self) -> sqlite3.Connection:
         try:
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            if self.read_only:  # SQLite itself refuses every write, and creates no file
+                db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                                     isolation_level=None)
+            else:
+                db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.OperationalError as error:
-            raise UserError(f"cannot open ledger {self.path}: {error}; check the folder exists and is writable") from error
+            need = "readable" if self.read_only else "writable"
+            raise UserError(f"cannot open ledger {self.path}: {error}; check the folder exists and is {need}") from error
         db.row_factory = sqlite3.Row
         return db
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: the write lock is taken up front so a busy file waits instead of deadlocking."""
+        if self.read_only:  # a bug in the caller, not the user's mistake: keep the traceback
+            raise RuntimeError(f"ledger {self.path} was opened read-only; open it with read_only=False to write")
         with self._errors(), contextlib.closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -464,20 +437,28 @@ class Ledger:
             raise
 
     def _migrate(self, db: sqlite3.Connection) -> None:
+        current = self._checked_version(db)
+        if current is None:
+            db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+            current = 0
+        for version in range(current, SCHEMA_VERSION):
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version + 1, _now()))
+
+    def _checked_version(self, db: sqlite3.Connection) -> int | None:
+        """The file's schema version, None for an empty database; other databases and newer schemas are refused."""
         tables = {r["name"] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "schema_version" not in tables:
             if tables - {"sqlite_sequence"}:
                 raise UserError(f"{self.path} is an SQLite database but not a run ledger (it has tables "
                                  f"{', '.join(sorted(tables))} and no schema_version); pass another ledger path")
-            db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+            return None
         current = _version(db)
         if current > SCHEMA_VERSION:
             raise UserError(f"ledger {self.path} has schema version {current}, newer than this code's "
                              f"{SCHEMA_VERSION}; update the pipeline or pass another ledger path")
-        for version in range(current, SCHEMA_VERSION):
-            for statement in MIGRATIONS[version]:
-                db.execute(statement)
-            db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version + 1, _now()))
+        return current
 
     def _require_run(self, db: sqlite3.Connection, run_id: str) -> sqlite3.Row:
         row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -486,70 +467,11 @@ class Ledger:
         return row
 
 
-def _process_gone(row: sqlite3.Row) -> bool:
-    """Whether the process that ran a `running` row has certainly ended (same host, pid dead or reused)."""
-    if row["status"] != "running" or row["pid"] is None or row["hostname"] != socket.gethostname():
-        return False
-    if not pid_is_alive(row["pid"]):
-        return True
-    token = process_start_token(row["pid"])
-    return row["process_start"] is not None and token is not None and token != row["process_start"]
-
-
-def git_state(repo: Path) -> tuple[str | None, bool | None]:
-    """(HEAD commit, whether tracked files differ from it); (None, None) without git or without a commit."""
-    def git(*args: str) -> subprocess.CompletedProcess | None:
-        try:
-            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-
-    head = git("rev-parse", "--verify", "HEAD")
-    if head is None or head.returncode != 0:
-        return None, None
-    status = git("status", "--porcelain", "--untracked-files=no")
-    dirty = None if status is None or status.returncode != 0 else bool(status.stdout.strip())
-    return head.stdout.strip(), dirty
-
-
-def library_versions() -> dict:
-    """Python and installed library versions, from package metadata (TensorFlow is not imported)."""
-    versions = {"python": platform.python_version()}
-    for name in DISTRIBUTIONS:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def redact(value: object) -> object:
-    """A copy with the values of credential-like keys (…_key, token, password…) replaced: never store secrets."""
-    if isinstance(value, dict):
-        return {k: "<redacted>" if isinstance(k, str) and _SECRET_KEY.search(k) else redact(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    return value
-
-
 # On an upsert: keep a scored row's status and scores when the new listing has no score.
 _KEEP_SCORED = ", ".join(
     f"{column} = CASE WHEN excluded.public_score IS NULL AND excluded.private_score IS NULL"
     f" AND (public_score IS NOT NULL OR private_score IS NOT NULL) THEN {column} ELSE excluded.{column} END"
     for column in ("status", "public_score", "private_score"))
-
-
-def _latest_kaggle_scores(db: sqlite3.Connection) -> dict[str, tuple[float | None, float | None]]:
-    """run_id -> (public, private) of its most recently synced submission that has a score."""
-    scores: dict[str, tuple[float | None, float | None]] = {}
-    for row in db.execute(
-            "SELECT coalesce(s.run_id, r.run_id) AS run_id, s.public_score, s.private_score FROM submissions s"
-            " LEFT JOIN runs r ON s.run_id IS NULL AND r.submission_sha256 = s.sha256"
-            " WHERE s.public_score IS NOT NULL OR s.private_score IS NOT NULL"
-            " ORDER BY coalesce(s.synced_at, s.submitted_at), s.id"):
-        if row["run_id"] is not None:
-            scores[row["run_id"]] = (row["public_score"], row["private_score"])
-    return scores
 
 
 def _update(db: sqlite3.Connection, run_id: str, values: dict) -> None:

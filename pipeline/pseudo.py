@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-GROUPS = ("public", "private")
-
+from pipeline.registry import GROUPS  # the leaderboard groups, defined once with the plugin contract
 
 STATUSES = ("selected", "below threshold", "over class cap", "over quota", "not eligible", "group not pseudo-labeled")
 # why selection stopped, per group: a closed set (scikit-learn's termination_condition_), details go in text

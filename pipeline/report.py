@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.files import write_text_atomic  # noqa: E402
-from pipeline.pseudo import GROUPS, confidence_and_classes  # noqa: E402
+from pipeline.pseudo import confidence_and_classes  # noqa: E402
+from pipeline.registry import GROUPS  # noqa: E402
 
 
 def confidence_histogram(path: Path, groups: np.ndarray, probs: dict[str, np.ndarray], multi_label: bool) -> None:
@@ -38,7 +39,7 @@ def write_report(run_dir: Path, metrics: dict, test_groups: np.ndarray, probs: d
     models = [m for m in ("teacher", "control", "student") if metrics["holdout"].get(m) is not None]
     verdict = metrics["verdict"]
     rows = [(f"{verdict['kind']} ({verdict['rows']} rows)", [metrics["holdout"][m] for m in models])]
-    for board in ("public", "private"):
+    for board in GROUPS:
         scores = metrics.get("leaderboard", {})
         if scores and scores["teacher"].get(board) is not None:
             rows.append((f"{board} (solution)", [scores[m][board] for m in models]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from PIL import Image
 
 from competitions.single_label import kaggle_log_loss
 from pipeline.__main__ import main
-from pipeline.compare import compare_runs, public_gain_interval, render, write_plot
+from pipeline.compare import compare_runs, public_gain_interval
+from pipeline.compare_output import render, write_plot
 from pipeline.files import write_csv_atomic
 from pipeline.ledger import Ledger
 from pipeline.registry import get_competition
@@ -83,7 +85,7 @@ def test_bootstrap_tells_noise_from_a_real_gain(world: dict) -> None:
     real = np.clip(teacher + np.random.default_rng(1).normal(0.25, 0.05, n), 0.05, 0.95)
     for name, student in (("noise", noisy), ("real", real)):
         add_run(world, name, 0.25, teacher, student, (1.0, 0.9))
-    comparison = compare_runs(world["ledger"], "fisheries", resamples=RESAMPLES)
+    comparison = compare_runs(world["ledger"], "fisheries", resamples=RESAMPLES, record=True)
     assert dict(zip(comparison.table["run_id"], comparison.table["verdict"])) == {"noise": "noise", "real": "real gain"}
     results = {name: world["ledger"].run(name)["public_gain"] for name in ("noise", "real")}
     for name, student in (("noise", noisy), ("real", real)):
@@ -116,7 +118,7 @@ def test_table_order_gains_and_local_leaderboard(world: dict) -> None:
     world["ledger"].start_run("crashed", "fisheries", {}, "fp", 0)
     world["ledger"].fail_run("crashed", "RuntimeError: boom")
 
-    by_public = compare_runs(world["ledger"], "fisheries", sort="public", resamples=0)
+    by_public = compare_runs(world["ledger"], "fisheries", sort="public", resamples=0, record=True)
     table = by_public.table.set_index("run_id")
     assert list(by_public.table["run_id"]) == ["r3", "r2", "r1", "r0"]  # log loss: lowest first
     for run_id, q in (("r0", 0.4), ("r1", 0.45), ("r2", 0.5), ("r3", 0.6)):
@@ -172,7 +174,7 @@ def test_formats_plot_and_cache(world: dict, capsys: pytest.CaptureFixture) -> N
         add_run(world, f"run-{i}", 0.1 * i, teacher, np.full(n, q), (1.0, 1.0 - 0.05 * i))
     ledger_path = str(world["ledger"].path)
     args = ["compare", "--competition", "fisheries", "--ledger", ledger_path, "--resamples", "100"]
-    assert main([*args, "--format", "json"]) == 0
+    assert main([*args, "--format", "json", "--record"]) == 0
     captured = capsys.readouterr()
     assert captured.err.count("bootstrap of the public gain") == 2  # run-0 equals its teacher: nothing to resample
     report = json.loads(captured.out)
@@ -206,6 +208,53 @@ def test_formats_plot_and_cache(world: dict, capsys: pytest.CaptureFixture) -> N
                      FISHERIES.to_submission(world["ids"], probabilities(world["labels"], np.full(n, 0.45)), CLASSES))
     assert main([*args, "--format", "csv"]) == 0
     assert capsys.readouterr().err.count("bootstrap of the public gain") == 2  # run-1 again and the new run
+
+
+def test_compare_only_reads_the_ledger_unless_record(world: dict, capsys: pytest.CaptureFixture) -> None:
+    """Without --record the ledger file keeps every byte (scores, intervals and stale rows are not written);
+    with it the computed scores and intervals are stored, and later read-only comparisons reuse them."""
+    n = N_PUBLIC + N_PRIVATE
+    teacher = np.full(n, 0.4)
+    for i, q in enumerate((0.45, 0.5)):  # no leaderboard scores recorded: compare computes them
+        add_run(world, f"run-{i}", 0.1 * (i + 1), teacher, np.full(n, q), (1.0, 0.95))
+    path = world["ledger"].path
+    world["ledger"].start_run("dead", "fisheries", {}, "fp", 0)
+    with sqlite3.connect(path) as db:  # our pid with another start time: a process that is gone
+        db.execute("UPDATE runs SET process_start = '1' WHERE run_id = 'dead'")
+    before, files = path.read_bytes(), sorted(p.name for p in path.parent.iterdir())
+    args = ["compare", "--competition", "fisheries", "--ledger", str(path), "--resamples", "100", "--format", "json"]
+
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert captured.err.count("bootstrap of the public gain") == 2
+    assert [r["public"] is not None and r["public_gain_low"] is not None for r in report["runs"]] == [True, True]
+    assert "run-0: scored against " + str(world["solution"]) + " and not stored (--record stores it)" in report["notes"]
+    assert path.read_bytes() == before  # nothing written: no scores, no intervals, the dead run still `running`
+    assert sorted(p.name for p in path.parent.iterdir()) == files  # no journal left, nothing created
+
+    assert main([*args, "--record"]) == 0
+    recorded = json.loads(capsys.readouterr().out)
+    assert path.read_bytes() != before
+    runs = Ledger(path).runs().set_index("run_id")
+    assert runs.loc["dead", "status"] == "interrupted"  # a writable open marks it
+    for row in recorded["runs"]:
+        assert runs.loc[row["run_id"], "lb_student_public"] == pytest.approx(row["public"])
+        assert Ledger(path).run(row["run_id"])["public_gain"]["low"] == pytest.approx(row["public_gain_low"])
+    assert recorded["runs"] == report["runs"]  # storing changes nothing in the comparison itself
+
+    after = path.read_bytes()
+    assert main(args) == 0  # read-only again: the stored intervals are reused, nothing is recomputed or written
+    assert "bootstrap of" not in capsys.readouterr().err and path.read_bytes() == after
+
+
+def test_compare_without_record_needs_an_existing_current_ledger(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "runs" / "ledger.sqlite"
+    assert main(["compare", "--competition", "fisheries", "--ledger", str(missing)]) == 2
+    assert f"ledger {missing} does not exist" in capsys.readouterr().err
+    assert not missing.parent.exists()  # a read-only open creates nothing
+    with pytest.raises(RuntimeError, match="opened read-only"):  # a write through a read-only ledger is a bug
+        compare_runs(Ledger(Ledger(tmp_path / "l.sqlite").path, read_only=True), "fisheries", record=True)
 
 
 def test_bad_inputs_are_clear_errors(world: dict, capsys: pytest.CaptureFixture) -> None:

@@ -187,6 +187,33 @@ def test_other_sqlite_files_and_newer_schemas_are_refused(tmp_path: Path) -> Non
         Ledger(tmp_path)
 
 
+def test_a_read_only_ledger_reads_and_never_writes(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    finished_run(Ledger(path), tmp_path, "r1")
+    before = path.read_bytes()
+    ledger = Ledger(path, read_only=True)
+    assert list(ledger.runs()["run_id"]) == ["r1"] and ledger.run("r1")["status"] == "done"
+    assert ledger.schema_version() == SCHEMA_VERSION
+    with pytest.raises(RuntimeError, match="opened read-only"):
+        ledger.start_run("r2", "fisheries", {}, "fp", 0)
+    assert path.read_bytes() == before
+
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    with pytest.raises(ValueError, match=f"ledger {empty} is empty"):
+        Ledger(empty, read_only=True)
+    assert empty.read_bytes() == b""
+    with pytest.raises(ValueError, match="does not exist"):
+        Ledger(tmp_path / "new" / "ledger.sqlite", read_only=True)
+    assert not (tmp_path / "new").exists()
+    with sqlite3.connect(path) as db:  # an older schema: reading it would need a migration, which writes
+        db.execute("DELETE FROM schema_version WHERE version = ?", (SCHEMA_VERSION,))
+    older = path.read_bytes()
+    with pytest.raises(ValueError, match=f"schema version {SCHEMA_VERSION - 1}, older .* opened read-only"):
+        Ledger(path, read_only=True)
+    assert path.read_bytes() == older
+
+
 WRITER = """
     import sys, time
     from pathlib import Path

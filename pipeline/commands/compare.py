@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.compare import FORMATS, SORT_KEYS, compare_runs, plot_path, render, write_plot
+from pipeline.compare import SORT_KEYS, compare_runs
+from pipeline.compare_output import FORMATS, plot_path, render, write_plot
 from pipeline.commands.kaggle import add_ledger_options, ledger_path
 from pipeline.ledger import Ledger
 
@@ -21,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--solution", type=Path,
                         help="Kaggle-format solution.csv (default: the one each run was made with, if any)")
     parser.add_argument("--metric", help="which metric's runs to compare when runs used several")
+    parser.add_argument("--record", action="store_true",
+                        help="store the local leaderboard scores and bootstrap intervals computed here in the "
+                             "ledger, so later comparisons reuse them (without it the ledger is only read)")
     add_compare_options(parser)
     parser.set_defaults(func=run)
 
@@ -34,15 +38,17 @@ def add_compare_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print_comparison(Ledger(ledger_path(args)), args.competition, args)
+    ledger = Ledger(ledger_path(args), read_only=not args.record)
+    print_comparison(ledger, args.competition, args, record=args.record)
     return 0
 
 
 def print_comparison(ledger: Ledger, competition: str, args: argparse.Namespace,
-                     run_ids: list[str] | None = None) -> None:
-    """Print the comparison in the chosen format and write the PNG next to the ledger."""
+                     run_ids: list[str] | None = None, record: bool = False) -> None:
+    """Print the comparison in the chosen format and write the PNG next to the ledger (the ledger itself
+    is written only with `record`)."""
     comparison = compare_runs(ledger, competition, sort=args.sort, solution=args.solution, metric=args.metric,
-                              run_ids=run_ids, resamples=args.resamples)
+                              run_ids=run_ids, resamples=args.resamples, record=record)
     name = "compare.png" if run_ids is None else "sweep.png"
     write_plot(comparison, plot_path(ledger, competition).with_name(name))
     print(render(comparison, args.format), end="")

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--message is the Kaggle submission's description; it needs --upload")
     cfg = config_from_args(args)
     if args.upload:
-        from pipeline.kaggle_client import find_credentials
+        from pipeline.kaggle_credentials import find_credentials
 
         find_credentials()  # no credentials: fail now, not after training
     from pipeline.run import run_pipeline

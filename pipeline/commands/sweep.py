@@ -42,5 +42,6 @@ def run(args: argparse.Namespace) -> int:
     results = run_sweep(base, settings)
     print("\n" + summary(results) + "\n", flush=True)
     run_ids = [r.run_id for r in results if r.run_id]
-    print_comparison(Ledger(base.ledger_path), base.competition, args, run_ids=run_ids)
+    # the sweep has just written its runs: it stores what the comparison computes, as it always has
+    print_comparison(Ledger(base.ledger_path), base.competition, args, run_ids=run_ids, record=True)
     return 1 if any(r.error for r in results) else 0

@@ -28,7 +28,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.kaggle_client import find_credentials, upload_run_submission
+    from pipeline.kaggle_client import upload_run_submission
+    from pipeline.kaggle_credentials import find_credentials
     from pipeline.files import sha256_of
     from pipeline.ledger import Ledger
 
