@@ -24,7 +24,7 @@ NUMERIC_PROPERTIES = (
 )
 CATEGORICAL_PROPERTIES = ("format", "mode")  # PIL's format (JPEG, PNG, ...) and mode (RGB, L, P, ...)
 PROPERTIES = NUMERIC_PROPERTIES + CATEGORICAL_PROPERTIES
-MAX_SIDE = 128  # pixel statistics are taken on a copy at most this big (box-filtered)
+MAX_SIDE = 128  # pixel statistics are taken on a copy at most this big (box-averaged by a whole factor)
 
 
 @dataclass
@@ -45,8 +45,8 @@ def describe(rgb: Image.Image, *, width: int, height: int, file_size: int, fmt: 
     if rgb.width * rgb.height == 0:
         raise ValueError("image has no pixels")
     if max(rgb.size) > max_side:
-        rgb = rgb.copy()
-        rgb.thumbnail((max_side, max_side), Image.Resampling.BOX)
+        # the mean of each f x f block: half the cost of a copy and an exact-size BOX thumbnail, same means
+        rgb = rgb.reduce(-(-max(rgb.size) // max_side))
     # ImageStat's formulas (population mean and standard deviation from the histogram), with numpy doing
     # the sums instead of ImageStat's Python loops over the bins
     levels = np.arange(256.0)

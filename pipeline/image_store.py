@@ -4,6 +4,9 @@ One pass over the files (threads: Pillow's decoders release the GIL) writes, per
 one `pixels.npy` of shape [N, S, S, 3] that teacher, control, students, folds, sweeps and reruns read
 through a memory map instead of decoding again. A JPEG is decoded at the largest DCT scale (1/2, 1/4,
 1/8) that still gives at least S pixels a side (`Image.draft`), then resized with an antialiasing filter.
+DCT scaling skips the inverse DCT, upsampling and colour conversion of the full image, not the Huffman
+decoding of every coefficient, which grows with the file's size: on noisy 240 KiB 1280x720 frames that is
+most of the cost (`python -m benchmarks loader --profile` prints each stage).
 
 The store is also the one definition of "readable": a file is readable when this decoder reads it, and
 the model only ever sees what this decoder produced, so the scan and the loader cannot disagree.
@@ -33,7 +36,7 @@ from PIL import Image
 from pipeline.files import write_text_atomic
 from pipeline.image_properties import MAX_SIDE, NUMERIC_PROPERTIES, PropertyRows, PropertyTable, describe, property_frame
 
-FORMAT_VERSION = 1  # bump when decoding, resizing or the properties change what a cached store would hold
+FORMAT_VERSION = 2  # bump when decoding, resizing or the properties change what a cached store would hold
 # What Pillow raises for a missing, truncated, corrupt, unsupported or oversized file (struct.error: a header
 # shorter than its fields; the bomb warning when warnings are errors). Anything else is a bug: its traceback shows.
 UNREADABLE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError,

@@ -264,6 +264,27 @@ def test_properties_equal_what_the_shift_check_measured_before(tmp_path):
         assert (row.format, row.mode) == (old["format"], old["mode"])
 
 
+def test_a_large_jpeg_is_measured_on_its_draft_averaged_in_whole_blocks(tmp_path):
+    """A 1280x720 frame decoded for 64 px is a 160x90 draft; its properties are those of the draft's 2x2
+    block means (80x45, at most MAX_SIDE a side), recomputed here with numpy from the draft's pixels."""
+    path = tmp_path / "frame.jpg"
+    smooth_image(720, 1280, seed=7).save(path, quality=90)
+    _, props = decode_image(str(path), 64)
+    with Image.open(path) as image:
+        image.draft("RGB", (64, 64))
+        draft = np.asarray(image.convert("RGB"), dtype=np.int64)
+    assert draft.shape == (90, 160, 3)
+    blocks = (draft.reshape(45, 2, 80, 2, 3).sum(axis=(1, 3)) + 2) // 4  # Pillow's reduce: rounded block means
+    grey = (blocks @ np.array([19595, 38470, 7471]) + 0x8000) >> 16  # Pillow's RGB -> L (ITU-R 601, fixed point)
+    means = blocks.reshape(-1, 3).mean(axis=0)
+    assert [props["red_mean"], props["green_mean"], props["blue_mean"]] == pytest.approx(means, abs=1e-9)
+    assert props["mean_intensity"] == pytest.approx(grey.mean(), abs=1e-9)
+    assert props["contrast"] == pytest.approx(grey.std(), abs=1e-6)
+    assert props["red_rel"] == pytest.approx(means[0] / means.sum(), abs=1e-12)
+    assert np.abs(means - draft.reshape(-1, 3).mean(axis=0)).max() < 0.5  # block means keep the image's means
+    assert (props["width"], props["height"], props["file_size"]) == (1280, 720, path.stat().st_size)
+
+
 def test_prediction_batches_stream_rows_in_order_from_the_file(tmp_path):
     import keras
 
