@@ -168,7 +168,9 @@ def get_or_assess_shift(cfg: RunConfig, sets: dict[str, list[str]], fingerprint:
     into out_dir. `tables` are the sets' properties already measured by the image store (else measured here)."""
     from pipeline.shift import assess_shift, write_outputs
 
-    key = _key({"version": CACHE_VERSION, "data": fingerprint, "sets": {k: _lines_digest(v) for k, v in sets.items()},
+    from pipeline.image_store import FORMAT_VERSION  # the properties come from the store: its format keys them too
+
+    key = _key({"version": CACHE_VERSION, "store": FORMAT_VERSION, "data": fingerprint, "sets": {k: _lines_digest(v) for k, v in sets.items()},
                 "settings": dataclasses.asdict(settings), "seed": cfg.seed})
     folder = Path(cfg.cache_dir) / cfg.competition / "shift" / key
     if cache.load_entry(folder, SHIFT_FILES) is not None:
