@@ -183,7 +183,7 @@ def select_pseudo_labels(
     index = np.array(sorted(chosen), dtype=np.int64)
     if wanted == 0:
         stop = "pseudo-ratio 0: teacher only"
-    elif wanted > pool:
+    elif wanted > pool and len(index) == pool:
         stop = f"the whole eligible pool ({pool} for {wanted} wanted)"
     elif len(index) >= sum(v["quota"] for v in per_group.values()):
         stop = "target reached"

@@ -213,3 +213,12 @@ def test_a_precision_threshold_only_ever_removes_the_least_confident_items():
                                   PseudoSettings(ratio=0.7, threshold=cutoff))
     assert set(strict.index) <= set(loose.index) and strict.confidence.min() >= cutoff
     assert (strict.status == "below threshold").sum() > 0
+
+
+def test_a_threshold_that_stops_a_whole_pool_selection_is_named_as_the_reason():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.5, 0.5]])
+    groups = np.array(["public", "public", "private", "private"])
+    everything = select_pseudo_labels(probs, groups, np.ones(4, bool), 2, np.full(2, 0.5), PseudoSettings(ratio=0.95))
+    assert len(everything) == 4 and everything.stop_reason.startswith("the whole eligible pool")
+    confident = select_pseudo_labels(probs, groups, np.ones(4, bool), 2, np.full(2, 0.5), PseudoSettings(ratio=0.95, threshold=0.7))
+    assert len(confident) == 2 and confident.stop_reason == "private: stopped by threshold"  # public took both of its own
