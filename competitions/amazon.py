@@ -22,7 +22,7 @@ import pandas as pd
 from sklearn.metrics import fbeta_score
 
 from pipeline.errors import UserError
-from pipeline.registry import Competition, register
+from pipeline.registry import Competition, Decision, Metric, register
 
 TAGS: tuple[str, ...] = tuple(sorted((
     "agriculture", "artisinal_mine", "bare_ground", "blooming", "blow_down", "clear", "cloudy",
@@ -51,7 +51,7 @@ class Amazon(Competition):
 
     name = "amazon"
     multi_label = True
-    metrics = ("f2",)
+    metrics = (Metric("f2", higher_is_better=True),)
     kaggle_slug = "planet-understanding-the-amazon-from-space"
     public_folder: ClassVar[str] = "test-jpg"
     threshold_sweeps: ClassVar[int] = 3
@@ -132,7 +132,7 @@ class Amazon(Competition):
         return Path(data_dir) / SAMPLE_SUBMISSION
 
     # ---- decision: probabilities -> tags -----------------------------------------------------------
-    def fit_decision(self, y_true: np.ndarray, y_prob: np.ndarray) -> dict:
+    def fit_decision(self, y_true: np.ndarray, y_prob: np.ndarray) -> Decision:
         """Per-tag thresholds maximising samples-F2 on the holdout, by coordinate search from 0.2.
 
         The search scores what `decide` submits (one-weather rule included) and starts at the flat 0.2,
@@ -145,17 +145,18 @@ class Amazon(Competition):
         start = np.array([WEATHER_THRESHOLD if t in WEATHER else START_THRESHOLD for t in TAGS])
         other_cols = [j for j, t in enumerate(TAGS) if t not in WEATHER]
         thresholds = _coordinate_search(y_true, y_prob, start, other_cols, self.threshold_sweeps)
-        return {
-            "thresholds": [float(t) for t in thresholds],
-            "baseline_f2_at_0.2": self.metric(y_true, self.decide(y_prob, {"thresholds": [START_THRESHOLD] * len(TAGS)})),
+        flat = Decision(thresholds=(START_THRESHOLD,) * len(TAGS))
+        return Decision(tuple(thresholds), {
+            "baseline_f2_at_0.2": self.metric(y_true, self.decide(y_prob, flat)),
             "f2_at_0.2_without_weather_rule": self.metric(y_true, (y_prob >= START_THRESHOLD).astype(np.float32)),
-            "tuned_f2": self.metric(y_true, self.decide(y_prob, {"thresholds": thresholds})),
-        }
+            "tuned_f2": self.metric(y_true, self.decide(y_prob, Decision(tuple(thresholds)))),
+        })
 
-    def decide(self, y_prob: np.ndarray, decision: dict) -> np.ndarray:
+    def decide(self, y_prob: np.ndarray, decision: Decision) -> np.ndarray:
         """0/1 tags: probability >= the tag's threshold (0.2 when none was fit), then one weather tag."""
         y_prob = np.asarray(y_prob, dtype=np.float64)
-        thresholds = np.asarray(decision.get("thresholds", [START_THRESHOLD] * len(TAGS)), dtype=np.float64)
+        fitted = decision.threshold_array
+        thresholds = np.full(len(TAGS), START_THRESHOLD) if fitted is None else fitted
         if y_prob.ndim != 2 or y_prob.shape[1] != len(TAGS) or thresholds.shape != (len(TAGS),):
             raise ValueError(f"expected probabilities of shape (n, {len(TAGS)}) and {len(TAGS)} thresholds, "
                              f"got {y_prob.shape} and {thresholds.shape}")

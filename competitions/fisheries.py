@@ -16,7 +16,6 @@ GET_DATA_HINT = "download it with `make data COMP=fisheries` or make the bundled
 @register
 class Fisheries(ProbabilityTableCompetition):
     name = "fisheries"
-    metrics = ("logloss", "accuracy")
     kaggle_slug = "the-nature-conservancy-fisheries-monitoring"
     id_column = "image"
 

@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 from pipeline.errors import UserError
-from pipeline.registry import Competition
+from pipeline.registry import Competition, Metric
 
 KAGGLE_LOGLOSS_EPS = 1e-15
 
@@ -26,7 +26,7 @@ class ProbabilityTableCompetition(Competition):
     """Submission: an id column then one probability column per class; solution: one-hot rows + Usage."""
 
     id_column: ClassVar[str] = "id"
-    metrics: ClassVar[tuple[str, ...]] = ("logloss", "accuracy")
+    metrics = (Metric("logloss", higher_is_better=False), Metric("accuracy", higher_is_better=True))
 
     def metric(self, y_true: np.ndarray, y_submitted: np.ndarray) -> float:
         from sklearn.metrics import accuracy_score  # imported here: scikit-learn costs a second at CLI start-up

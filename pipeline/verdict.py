@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.contract import Decision
+
 BOOTSTRAP_RESAMPLES = 500
 
 
@@ -40,7 +42,7 @@ class Verdict:
                 **{name: c.to_dict() for name, c in self.comparisons.items()}}
 
 
-def compare(competition, y: np.ndarray, a: np.ndarray, b: np.ndarray, decisions: tuple[dict, dict], names: tuple[str, str],
+def compare(competition, y: np.ndarray, a: np.ndarray, b: np.ndarray, decisions: tuple[Decision, Decision], names: tuple[str, str],
             seed: int) -> Comparison:
     """Paired bootstrap over rows of the metric difference between model a and model b."""
     submitted_a = competition.decide(a, decisions[0])
@@ -57,7 +59,7 @@ def compare(competition, y: np.ndarray, a: np.ndarray, b: np.ndarray, decisions:
     return Comparison(names[0], names[1], float(gain(everything)), float((gains > 0).mean()), (float(low), float(high)))
 
 
-def decide_submission(competition, y: np.ndarray, scored: dict[str, np.ndarray], decisions: dict[str, dict], kind: str,
+def decide_submission(competition, y: np.ndarray, scored: dict[str, np.ndarray], decisions: dict[str, Decision], kind: str,
                       guard_confidence: float, seed: int) -> Verdict:
     """Score every model on the scored rows; submit the student only if it beats the control (or, without a
     control, the teacher) in at least `guard_confidence` of the bootstrap resamples. Otherwise submit the

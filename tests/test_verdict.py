@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.registry import get_competition
+from pipeline.registry import Decision, get_competition
 from pipeline.split import TRAIN_ONLY, assign_folds, split_table
 from pipeline.verdict import decide_submission
 
@@ -33,7 +33,7 @@ def test_a_clearly_better_student_is_submitted(fisheries):
     scored = {"teacher": noisy(y, 8, 0.4, 0), "control": noisy(y, 8, 0.45, 1), "student": noisy(y, 8, 0.9, 2)}
     scored["student"][:] = 0.3 / 7
     scored["student"][np.arange(200), y] = 0.7  # right on every row
-    decisions = {name: {} for name in scored}
+    decisions = {name: Decision() for name in scored}
     verdict = decide_submission(fisheries, one_hot(y, 8), scored, decisions, "holdout", 0.8, seed=0)
     assert verdict.submitted == "student" and verdict.comparisons["student_vs_control"].p_better == 1.0
     assert verdict.scores["student"] < verdict.scores["control"]  # log loss: lower is better
