@@ -203,10 +203,12 @@ class Amazon(Competition):
         return ids, y, usage
 
     # ---- bundled sample --------------------------------------------------------------------------
-    def make_sample(self, out_dir: Path, seed: int = 0, n_train: int = 800, n_public: int = 300,
+    def make_sample(self, out_dir: Path, seed: int = 0, small: bool = False, n_train: int = 800, n_public: int = 300,
                     n_private: int = 300) -> None:
         from competitions.samples.amazon import write_sample
 
+        if small:
+            n_train, n_public, n_private = 160, 48, 48
         write_sample(Path(out_dir), seed=seed, n_train=n_train, n_public=n_public, n_private=n_private)
 
 

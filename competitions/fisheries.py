@@ -61,7 +61,7 @@ class Fisheries(ProbabilityTableCompetition):
                 return Path(data_dir) / name
         return None
 
-    def make_sample(self, out_dir: Path, seed: int = 0) -> None:
-        from competitions.samples.fisheries import write_fisheries_sample
+    def make_sample(self, out_dir: Path, seed: int = 0, small: bool = False) -> None:
+        from competitions.samples.fisheries import SMALL, SampleSize, write_fisheries_sample
 
-        write_fisheries_sample(Path(out_dir), seed=seed)
+        write_fisheries_sample(Path(out_dir), seed=seed, size=SMALL if small else SampleSize())

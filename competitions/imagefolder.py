@@ -66,7 +66,8 @@ class ImageFolder(ProbabilityTableCompetition):
                 rows += [(str(p.resolve()), f"{group}/{p.name}", group) for p in visible_files(test / group)]
         return pd.DataFrame(rows, columns=["path", "id", "group"])
 
-    def make_sample(self, out_dir: Path, seed: int = 0) -> None:
+    def make_sample(self, out_dir: Path, seed: int = 0, small: bool = False) -> None:
         from competitions.samples.imagefolder import write_imagefolder_sample
 
-        write_imagefolder_sample(Path(out_dir), seed=seed)
+        sizes = {"per_class": 30, "test_per_group": 30} if small else {}
+        write_imagefolder_sample(Path(out_dir), seed=seed, **sizes)

@@ -101,8 +101,11 @@ class Competition(abc.ABC):
 
     # ---- bundled sample --------------------------------------------------------------------------
     @abc.abstractmethod
-    def make_sample(self, out_dir: Path, seed: int = 0) -> None:
-        """Write a small data set in this competition's layout to out_dir/data and its answers to out_dir/solution.csv."""
+    def make_sample(self, out_dir: Path, seed: int = 0, small: bool = False) -> None:
+        """Write a small data set in this competition's layout to out_dir/data and its answers to out_dir/solution.csv.
+
+        `small`: a few dozen images per group, both groups present, every class in train: what the generated
+        per-plugin tests train on (tests/test_plugin_contract.py)."""
 
 
 _REGISTRY: dict[str, type[Competition]] = {}
