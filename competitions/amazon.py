@@ -170,6 +170,12 @@ class Amazon(Competition):
             raise ValueError(f"y_true {y_true.shape} and y_submitted {y_submitted.shape} differ in shape")
         return float(fbeta_score(y_true, y_submitted, beta=2, average="samples", zero_division=0))
 
+    def metric_rows(self, y_true: np.ndarray, y_submitted: np.ndarray) -> np.ndarray:
+        """Each image's F2 (their mean is `metric`), for the verdict's bootstrap."""
+        truth = _binary(y_true, "y_true").astype(bool)
+        pred = _binary(y_submitted, "y_submitted (0/1 tags from decide(), not probabilities)").astype(bool)
+        return _row_f2((pred & truth).sum(1), (pred & ~truth).sum(1), (~pred & truth).sum(1))
+
     # ---- submission files ------------------------------------------------------------------------
     def to_submission(self, ids: list[str], y_submitted: np.ndarray, classes: list[str]) -> pd.DataFrame:
         _check_classes(classes)

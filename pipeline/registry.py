@@ -87,6 +87,11 @@ class Competition(abc.ABC):
     def metric(self, y_true: np.ndarray, y_submitted: np.ndarray) -> float:
         """The leaderboard metric on what is submitted (the output of `decide`)."""
 
+    def metric_rows(self, y_true: np.ndarray, y_submitted: np.ndarray) -> np.ndarray | None:
+        """Optional: one value per row whose mean is `metric` (log loss, accuracy, samples-F2 are such means).
+        The verdict's bootstrap then resamples these instead of calling `metric` 3,000 times; None = not a mean."""
+        return None
+
     @abc.abstractmethod
     def to_submission(self, ids: list[str], y_submitted: np.ndarray, classes: list[str]) -> pd.DataFrame:
         """The submission table, columns in Kaggle's order."""

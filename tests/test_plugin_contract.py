@@ -272,3 +272,21 @@ def test_decision_records_that_are_not_decisions_are_named():
         Decision.from_dict({"thresholds": "0.2"}, "run/metrics.json")
     with pytest.raises(UserError, match="'tuned_f2' must be a number"):
         Decision.from_dict({"tuned_f2": "high"})
+
+
+@pytest.mark.parametrize("name", PLUGINS)
+def test_metric_rows_when_given_average_to_the_metric(name, plugin_sample):
+    """The verdict's bootstrap resamples `metric_rows`: their mean must be the metric, or the guard misjudges."""
+    sample = plugin_sample(name, small=True)
+    competition = get_competition(name)
+    _, y, _ = competition.from_solution(read_solution(sample / "solution.csv"), competition.class_names(sample / "data"))
+    rng = np.random.default_rng(2)
+    noisy = np.clip(y + rng.normal(0, 0.4, y.shape), 0.001, 1)
+    for metric in competition.metrics:
+        plugin = get_competition(name, metric.name)
+        for p in (y, noisy, np.tile(y.mean(axis=0), (len(y), 1))):
+            submitted = plugin.decide(p, plugin.fit_decision(y, p))
+            rows = plugin.metric_rows(y, submitted)
+            if rows is not None:
+                assert rows.shape == (len(y),)
+                assert rows.mean() == pytest.approx(plugin.metric(y, submitted), rel=1e-9, abs=1e-12), metric
