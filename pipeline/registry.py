@@ -120,7 +120,7 @@ def register(cls: type[Competition]) -> type[Competition]:
     """Class decorator: check the plugin class against the contract, then make it available under `cls.name`."""
     check_plugin_class(cls)
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"two competition plugins are named {cls.name!r}: {_REGISTRY[cls.name]} and {cls}")
+        raise UserError(f"two competition plugins are named {cls.name!r}: {_REGISTRY[cls.name]} and {cls}; rename one")
     _REGISTRY[cls.name] = cls
     return cls
 
