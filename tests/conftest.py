@@ -60,10 +60,11 @@ def tiny_plugin_run(plugin_sample, tmp_path_factory):
             from pipeline.run import run_pipeline
 
             sample, tmp = plugin_sample(name, small=True), tmp_path_factory.mktemp(f"run_{name}")
+            # no shift check: it is plugin-independent (tests/test_shift.py, test_pipeline_e2e.py) and was 33 of
+            # this run's 74 CPU seconds
             cfg = tiny_config(sample / "data", tmp, competition=name, solution=str(sample / "solution.csv"),
                               run_name=f"tiny-{name}", epochs=1, min_steps=8, pseudo_rounds=1, tta=False,
-                              on_shift="ignore")  # the shift check (tests/test_shift.py, test_pipeline_e2e.py) is
-            # plugin-independent and was 33 of this run's 74 CPU seconds
+                              on_shift="ignore")
             made[name] = run_pipeline(cfg)
         return made[name]
 
