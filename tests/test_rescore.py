@@ -11,9 +11,12 @@ from pipeline.__main__ import main
 from pipeline.contract import Decision
 from pipeline.errors import UserError
 from pipeline.registry import get_competition
-from pipeline.rescore import load_run_folder, rescore
+from pipeline.rescore import RunFolder, load_run_folder, rescore, submission_table
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tensorflow")]
+
+def trained(test):
+    """Tests that read the shared tiny runs (tests/conftest.py `tiny_plugin_run`): they train once per session."""
+    return pytest.mark.slow(pytest.mark.xdist_group("tensorflow")(test))
 
 
 @pytest.fixture
@@ -25,6 +28,7 @@ def run_copy(tiny_plugin_run, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["fisheries", "amazon"])
+@trained
 def test_rescore_reproduces_the_recorded_scores_verdict_decisions_and_leaderboard_exactly(name, tiny_plugin_run, plugin_sample):
     run_dir = tiny_plugin_run(name).run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -37,6 +41,7 @@ def test_rescore_reproduces_the_recorded_scores_verdict_decisions_and_leaderboar
         assert all(d.thresholds is not None for d in result.decisions.values())
 
 
+@trained
 def test_write_makes_a_new_validated_submission_and_never_overwrites(run_copy):
     before = (run_copy / "submission.csv").read_bytes()
     result = rescore(run_copy, write="teacher")
@@ -47,6 +52,7 @@ def test_write_makes_a_new_validated_submission_and_never_overwrites(run_copy):
         rescore(run_copy, write="teacher")
 
 
+@trained
 def test_a_blend_is_the_weighted_mean_of_the_models_probabilities(run_copy, plugin_sample, capsys):
     code = main(["runs", "rescore", "tiny-fisheries", "--runs-dir", str(run_copy.parent.parent), "--blend",
                  "student=3,control=1", "--write", "blend", "--solution", str(plugin_sample("fisheries", small=True) / "solution.csv")])
@@ -65,6 +71,7 @@ def test_a_blend_is_the_weighted_mean_of_the_models_probabilities(run_copy, plug
     assert np.allclose(written, 0.75 * student + 0.25 * control, atol=1e-6)
 
 
+@trained
 def test_another_metric_of_the_plugin_can_be_scored(run_copy):
     result = rescore(run_copy, metric="accuracy")
     assert result.metric == "accuracy" and result.greater_is_better
@@ -76,11 +83,13 @@ def test_another_metric_of_the_plugin_can_be_scored(run_copy):
     ("student=-1", r"'student=-1' must be MODEL=WEIGHT"),
     ("student", r"'student' must be MODEL=WEIGHT"),
 ])
+@trained
 def test_a_bad_blend_is_named(blend, message, run_copy):
     with pytest.raises(UserError, match=message):
         rescore(run_copy, blend=blend)
 
 
+@trained
 def test_a_damaged_run_folder_is_named(run_copy, tmp_path):
     split = run_copy / "split.csv"
     split.write_text(split.read_text().replace(",0,holdout", ",-1,train", 1))
@@ -90,3 +99,18 @@ def test_a_damaged_run_folder_is_named(run_copy, tmp_path):
     with pytest.raises(UserError, match=r"lacks probabilities.npz; rescoring needs"):
         rescore(run_copy)
     assert main(["runs", "rescore", "no-such-run", "--runs-dir", str(tmp_path)]) == 2
+
+
+def test_an_id_with_no_readable_image_gets_the_class_prior_as_in_the_run(tmp_path):
+    """No training: a hand-made RunFolder whose submission lists an id the probabilities lack (unreadable image)."""
+    fisheries = get_competition("fisheries")
+    y = np.eye(8, dtype=np.float32)[[0, 0, 0, 1]]
+    run = RunFolder(tmp_path, {}, {}, ["ALB", "BET", "DOL", "LAG", "NoF", "OTHER", "SHARK", "YFT"], y, np.array([-1, -1, 0, 0]),
+                    np.array(["b.jpg", "a.jpg"]), {}, {}, ["a.jpg", "broken.jpg", "b.jpg"])
+    test = np.full((2, 8), 0.125, dtype=np.float32)
+    test[1, 2] = 0.3  # a.jpg
+    table = submission_table(fisheries, run, test, Decision())
+    assert table["image"].tolist() == ["a.jpg", "broken.jpg", "b.jpg"]
+    assert table.iloc[0, 1:].to_numpy(dtype=float)[2] == pytest.approx(0.3)
+    assert np.allclose(table.iloc[1, 1:].to_numpy(dtype=float), [0.75, 0.25, 0, 0, 0, 0, 0, 0])  # the train prior
+    assert np.allclose(table.iloc[2, 1:].to_numpy(dtype=float), 0.125)
