@@ -94,7 +94,7 @@ class Rescore:
 
 def find_run(run: str, runs_dir: Path, competition: str | None = None) -> Path:
     """RUN as a folder path, or a run id under RUNS_DIR/<competition>/ (any competition when not given)."""
-    if Path(run).is_dir():
+    if run and Path(run).is_dir():
         return Path(run)
     pattern = f"{competition}/{run}" if competition else f"*/{run}"
     found = sorted(p for p in Path(runs_dir).glob(pattern) if p.is_dir())
