@@ -22,7 +22,7 @@ import pandas as pd
 from sklearn.metrics import fbeta_score
 
 from pipeline.errors import UserError
-from pipeline.registry import Competition, register
+from pipeline.registry import Competition, Decision, Metric, register
 
 TAGS: tuple[str, ...] = tuple(sorted((
     "agriculture", "artisinal_mine", "bare_ground", "blooming", "blow_down", "clear", "cloudy",
@@ -51,7 +51,7 @@ class Amazon(Competition):
 
     name = "amazon"
     multi_label = True
-    metrics = ("f2",)
+    metrics = (Metric("f2", higher_is_better=True),)
     kaggle_slug = "planet-understanding-the-amazon-from-space"
     public_folder: ClassVar[str] = "test-jpg"
     threshold_sweeps: ClassVar[int] = 3
@@ -132,7 +132,7 @@ class Amazon(Competition):
         return Path(data_dir) / SAMPLE_SUBMISSION
 
     # ---- decision: probabilities -> tags -----------------------------------------------------------
-    def fit_decision(self, y_true: np.ndarray, y_prob: np.ndarray) -> dict:
+    def fit_decision(self, y_true: np.ndarray, y_prob: np.ndarray) -> Decision:
         """Per-tag thresholds maximising samples-F2 on the holdout, by coordinate search from 0.2.
 
         The search scores what `decide` submits (one-weather rule included) and starts at the flat 0.2,
@@ -145,17 +145,18 @@ class Amazon(Competition):
         start = np.array([WEATHER_THRESHOLD if t in WEATHER else START_THRESHOLD for t in TAGS])
         other_cols = [j for j, t in enumerate(TAGS) if t not in WEATHER]
         thresholds = _coordinate_search(y_true, y_prob, start, other_cols, self.threshold_sweeps)
-        return {
-            "thresholds": [float(t) for t in thresholds],
-            "baseline_f2_at_0.2": self.metric(y_true, self.decide(y_prob, {"thresholds": [START_THRESHOLD] * len(TAGS)})),
+        flat = Decision(thresholds=(START_THRESHOLD,) * len(TAGS))
+        return Decision(tuple(thresholds), {
+            "baseline_f2_at_0.2": self.metric(y_true, self.decide(y_prob, flat)),
             "f2_at_0.2_without_weather_rule": self.metric(y_true, (y_prob >= START_THRESHOLD).astype(np.float32)),
-            "tuned_f2": self.metric(y_true, self.decide(y_prob, {"thresholds": thresholds})),
-        }
+            "tuned_f2": self.metric(y_true, self.decide(y_prob, Decision(tuple(thresholds)))),
+        })
 
-    def decide(self, y_prob: np.ndarray, decision: dict) -> np.ndarray:
+    def decide(self, y_prob: np.ndarray, decision: Decision) -> np.ndarray:
         """0/1 tags: probability >= the tag's threshold (0.2 when none was fit), then one weather tag."""
         y_prob = np.asarray(y_prob, dtype=np.float64)
-        thresholds = np.asarray(decision.get("thresholds", [START_THRESHOLD] * len(TAGS)), dtype=np.float64)
+        fitted = decision.threshold_array
+        thresholds = np.full(len(TAGS), START_THRESHOLD) if fitted is None else fitted
         if y_prob.ndim != 2 or y_prob.shape[1] != len(TAGS) or thresholds.shape != (len(TAGS),):
             raise ValueError(f"expected probabilities of shape (n, {len(TAGS)}) and {len(TAGS)} thresholds, "
                              f"got {y_prob.shape} and {thresholds.shape}")
@@ -168,6 +169,12 @@ class Amazon(Competition):
         if y_true.shape != y_submitted.shape:
             raise ValueError(f"y_true {y_true.shape} and y_submitted {y_submitted.shape} differ in shape")
         return float(fbeta_score(y_true, y_submitted, beta=2, average="samples", zero_division=0))
+
+    def metric_rows(self, y_true: np.ndarray, y_submitted: np.ndarray) -> np.ndarray:
+        """Each image's F2 (their mean is `metric`), for the verdict's bootstrap."""
+        truth = _binary(y_true, "y_true").astype(bool)
+        pred = _binary(y_submitted, "y_submitted (0/1 tags from decide(), not probabilities)").astype(bool)
+        return _row_f2((pred & truth).sum(1), (pred & ~truth).sum(1), (~pred & truth).sum(1))
 
     # ---- submission files ------------------------------------------------------------------------
     def to_submission(self, ids: list[str], y_submitted: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -202,10 +209,12 @@ class Amazon(Competition):
         return ids, y, usage
 
     # ---- bundled sample --------------------------------------------------------------------------
-    def make_sample(self, out_dir: Path, seed: int = 0, n_train: int = 800, n_public: int = 300,
+    def make_sample(self, out_dir: Path, seed: int = 0, small: bool = False, n_train: int = 800, n_public: int = 300,
                     n_private: int = 300) -> None:
         from competitions.samples.amazon import write_sample
 
+        if small:
+            n_train, n_public, n_private = 160, 48, 48
         write_sample(Path(out_dir), seed=seed, n_train=n_train, n_public=n_public, n_private=n_private)
 
 

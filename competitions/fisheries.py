@@ -16,7 +16,6 @@ GET_DATA_HINT = "download it with `make data COMP=fisheries` or make the bundled
 @register
 class Fisheries(ProbabilityTableCompetition):
     name = "fisheries"
-    metrics = ("logloss", "accuracy")
     kaggle_slug = "the-nature-conservancy-fisheries-monitoring"
     id_column = "image"
 
@@ -62,7 +61,7 @@ class Fisheries(ProbabilityTableCompetition):
                 return Path(data_dir) / name
         return None
 
-    def make_sample(self, out_dir: Path, seed: int = 0) -> None:
-        from competitions.samples.fisheries import write_fisheries_sample
+    def make_sample(self, out_dir: Path, seed: int = 0, small: bool = False) -> None:
+        from competitions.samples.fisheries import SMALL, SampleSize, write_fisheries_sample
 
-        write_fisheries_sample(Path(out_dir), seed=seed)
+        write_fisheries_sample(Path(out_dir), seed=seed, size=SMALL if small else SampleSize())

@@ -15,22 +15,21 @@ import pandas as pd
 from competitions.single_label import (ProbabilityTableCompetition, folder_entries, list_class_folder_items,
                                        visible_files)
 from pipeline.errors import UserError
+from pipeline.contract import FLIPS
 from pipeline.registry import GROUPS, register
 
-FLIP_CHOICES = ("none", "horizontal", "horizontal_and_vertical")
 HINT = "expected DATA/train/<class>/<images> and DATA/test/[public|private]/<images>; `make demo COMP=imagefolder` makes an example"
 
 
 @register
 class ImageFolder(ProbabilityTableCompetition):
     name = "imagefolder"
-    metrics = ("logloss", "accuracy")
     id_column = "id"
 
     def __init__(self, metric: str | None = None, flips: str = "horizontal") -> None:
         super().__init__(metric)
-        if flips not in FLIP_CHOICES:
-            raise UserError(f"--option flips={flips!r} must be one of {', '.join(FLIP_CHOICES)} "
+        if flips not in FLIPS:
+            raise UserError(f"--option flips={flips!r} must be one of {', '.join(FLIPS)} "
                             "(which mirror images of your photos keep their label)")
         self.flips = flips
 
@@ -67,7 +66,8 @@ class ImageFolder(ProbabilityTableCompetition):
                 rows += [(str(p.resolve()), f"{group}/{p.name}", group) for p in visible_files(test / group)]
         return pd.DataFrame(rows, columns=["path", "id", "group"])
 
-    def make_sample(self, out_dir: Path, seed: int = 0) -> None:
+    def make_sample(self, out_dir: Path, seed: int = 0, small: bool = False) -> None:
         from competitions.samples.imagefolder import write_imagefolder_sample
 
-        write_imagefolder_sample(Path(out_dir), seed=seed)
+        sizes = {"per_class": 30, "test_per_group": 30} if small else {}
+        write_imagefolder_sample(Path(out_dir), seed=seed, **sizes)

@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 from pipeline.errors import UserError
-from pipeline.registry import Competition
+from pipeline.registry import Competition, Metric
 
 KAGGLE_LOGLOSS_EPS = 1e-15
 
@@ -22,11 +22,19 @@ def kaggle_log_loss(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     return float(log_loss(np.argmax(y_true, axis=1), prob, labels=list(range(prob.shape[1]))))
 
 
+def kaggle_log_loss_rows(y_true: np.ndarray, y_prob: np.ndarray) -> np.ndarray:
+    """Each row's term of `kaggle_log_loss` (their mean is it): minus the log of the true class's probability."""
+    prob = np.asarray(y_prob, dtype=np.float64)
+    prob = np.clip(prob / prob.sum(axis=1, keepdims=True), KAGGLE_LOGLOSS_EPS, 1 - KAGGLE_LOGLOSS_EPS)
+    prob = prob / prob.sum(axis=1, keepdims=True)  # as scikit-learn renormalises after the clip
+    return -np.log(prob[np.arange(len(prob)), np.argmax(y_true, axis=1)])
+
+
 class ProbabilityTableCompetition(Competition):
     """Submission: an id column then one probability column per class; solution: one-hot rows + Usage."""
 
     id_column: ClassVar[str] = "id"
-    metrics: ClassVar[tuple[str, ...]] = ("logloss", "accuracy")
+    metrics = (Metric("logloss", higher_is_better=False), Metric("accuracy", higher_is_better=True))
 
     def metric(self, y_true: np.ndarray, y_submitted: np.ndarray) -> float:
         from sklearn.metrics import accuracy_score  # imported here: scikit-learn costs a second at CLI start-up
@@ -34,6 +42,11 @@ class ProbabilityTableCompetition(Competition):
         if self.metric_name == "accuracy":
             return float(accuracy_score(np.argmax(y_true, axis=1), np.argmax(y_submitted, axis=1)))
         return kaggle_log_loss(y_true, y_submitted)
+
+    def metric_rows(self, y_true: np.ndarray, y_submitted: np.ndarray) -> np.ndarray:
+        if self.metric_name == "accuracy":
+            return (np.argmax(y_true, axis=1) == np.argmax(y_submitted, axis=1)).astype(np.float64)
+        return kaggle_log_loss_rows(y_true, y_submitted)
 
     def to_submission(self, ids: list[str], y_submitted: np.ndarray, classes: list[str]) -> pd.DataFrame:
         table = pd.DataFrame(np.asarray(y_submitted, dtype=np.float64), columns=classes)

@@ -18,7 +18,7 @@ import pandas as pd
 from pipeline import report, split
 from pipeline.files import json_plain, sha256_of, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from pipeline.items import Items, group_sizes
-from pipeline.registry import Competition
+from pipeline.registry import Competition, Decision
 from pipeline.submission import read_solution, reindex_to_expected, score_against_solution, validate_submission
 
 MODELS = ("teacher", "control", "student")
@@ -58,7 +58,7 @@ def write_recomputables(run_dir: Path, items: Items, scored: dict[str, np.ndarra
 
 
 def write_submissions(cfg, competition: Competition, data_dir: Path, items: Items, run_dir: Path, test: dict[str, np.ndarray],
-                      decisions: dict[str, dict], submitted: str) -> dict[str, pd.DataFrame]:
+                      decisions: dict[str, Decision], submitted: str) -> dict[str, pd.DataFrame]:
     """<model>_submission.csv for every model, and submission.csv (plus --output) for the one the verdict chose."""
     tables = {name: submission_table(competition, data_dir, items, competition.decide(full_test_probs(items, p), decisions[name]))
               for name, p in test.items()}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.contract import check_items
 from pipeline.errors import UserError
 from pipeline.files import hdf5_problem
 from pipeline.registry import Competition
@@ -26,7 +27,9 @@ def check_before_training(cfg, competition: Competition, data_dir: Path, train_i
     """Raise UserError naming every problem that would make this run fail after training.
 
     `cfg` is read by attribute name (output, runs_dir, cache_dir, weights, competition); `train_items` and
-    `test_items` are the plugin's tables (TRAIN_COLUMNS, TEST_COLUMNS) as listed for this run."""
+    `test_items` are the plugin's tables (TRAIN_COLUMNS, TEST_COLUMNS) as listed for this run; they are checked
+    against the plugin contract first (a broken table is the plugin's fault, named at once)."""
+    check_items(competition, data_dir, train_items, test_items)
     problems = [
         *output_problems(getattr(cfg, "output", None)),
         *folder_problems("--runs-dir", getattr(cfg, "runs_dir", None)),

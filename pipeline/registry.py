@@ -1,23 +1,27 @@
 """Competition plugins: the interface the engine relies on, and a name -> plugin registry.
 
 A plugin knows one competition's files, labels, metric and submission format; the engine knows none of
-that. Plugins live in `competitions/` and register themselves on import with `@register`.
+that. Plugins are the modules of the `competitions` package, found like the CLI's commands (every module is
+imported; those that define a plugin register it with `@register`). The contract is checked, not only
+documented (pipeline/contract.py): the class when it registers, its item tables when a run lists them.
 """
 from __future__ import annotations
 
 import abc
+import importlib
 import inspect
+import pkgutil
 from pathlib import Path
 from typing import Callable, ClassVar
 
 import numpy as np
 import pandas as pd
 
+from pipeline.contract import GROUPS, TEST_COLUMNS, TRAIN_COLUMNS, Decision, Metric, check_flips, check_plugin_class
 from pipeline.errors import UserError
 
-TRAIN_COLUMNS = ("path", "labels")  # labels: tuple of class names (exactly one for single-label)
-TEST_COLUMNS = ("path", "id", "group")  # group: "public" or "private" (the leaderboard it counts for)
-GROUPS = ("public", "private")
+__all__ = ["GROUPS", "TEST_COLUMNS", "TRAIN_COLUMNS", "Competition", "Decision", "Metric", "get_competition",
+           "list_competitions", "register", "target_matrix"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -30,16 +34,15 @@ class Competition(abc.ABC):
 
     name: ClassVar[str]
     multi_label: ClassVar[bool] = False
-    metrics: ClassVar[tuple[str, ...]]  # the first one is the default
+    metrics: ClassVar[tuple[Metric, ...]]  # each with its direction; the first one is the default
     kaggle_slug: ClassVar[str | None] = None  # the competition's name in Kaggle URLs and the API
     flips: ClassVar[str] = "horizontal"  # mirror images that keep the label: none | horizontal | horizontal_and_vertical
 
     def __init__(self, metric: str | None = None) -> None:
-        if metric is not None and metric not in self.metrics:
-            raise UserError(
-                f"--metric {metric!r} is not available for {self.name}; choose one of {', '.join(self.metrics)}"
-            )
-        self.metric_name = metric or self.metrics[0]
+        names = [m.name for m in self.metrics]
+        if metric is not None and metric not in names:
+            raise UserError(f"--metric {metric!r} is not available for {self.name}; choose one of {', '.join(names)}")
+        self.metric_name = metric or names[0]
 
     # ---- data ------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -69,25 +72,25 @@ class Competition(abc.ABC):
     # ---- scoring and submission ------------------------------------------------------------------
     @property
     def greater_is_better(self) -> bool:
-        return self.metric_name not in ("logloss",)
+        """The chosen metric's declared direction (`Metric.higher_is_better`)."""
+        return next(m.higher_is_better for m in self.metrics if m.name == self.metric_name)
 
-    def fit_decision(self, y_true: np.ndarray, y_prob: np.ndarray) -> dict:
-        """Parameters that turn probabilities into what is submitted (e.g. per-tag thresholds), fit on the holdout."""
-        return {}
+    def fit_decision(self, y_true: np.ndarray, y_prob: np.ndarray) -> Decision:
+        """What turns probabilities into the submission (e.g. per-tag thresholds), fit on the scored rows."""
+        return Decision()
 
-    def decision_thresholds(self, y_true: np.ndarray, y_prob: np.ndarray) -> np.ndarray | None:
-        """Per-class cut-offs that `decide` applies (multi-label), fit like `fit_decision`; None = argmax/probabilities.
-        Pseudo-label selection reads them: "confidently on/off" is relative to these."""
-        thresholds = self.fit_decision(y_true, y_prob).get("thresholds")
-        return None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-
-    def decide(self, y_prob: np.ndarray, decision: dict) -> np.ndarray:
-        """What gets submitted for these probabilities: probabilities themselves by default."""
+    def decide(self, y_prob: np.ndarray, decision: Decision) -> np.ndarray:
+        """What gets submitted for these probabilities under `decision`: the probabilities themselves by default."""
         return y_prob
 
     @abc.abstractmethod
     def metric(self, y_true: np.ndarray, y_submitted: np.ndarray) -> float:
         """The leaderboard metric on what is submitted (the output of `decide`)."""
+
+    def metric_rows(self, y_true: np.ndarray, y_submitted: np.ndarray) -> np.ndarray | None:
+        """Optional: one value per row whose mean is `metric` (log loss, accuracy, samples-F2 are such means).
+        The verdict's bootstrap then resamples these instead of calling `metric` 3,000 times; None = not a mean."""
+        return None
 
     @abc.abstractmethod
     def to_submission(self, ids: list[str], y_submitted: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -103,17 +106,21 @@ class Competition(abc.ABC):
 
     # ---- bundled sample --------------------------------------------------------------------------
     @abc.abstractmethod
-    def make_sample(self, out_dir: Path, seed: int = 0) -> None:
-        """Write a small data set in this competition's layout to out_dir/data and its answers to out_dir/solution.csv."""
+    def make_sample(self, out_dir: Path, seed: int = 0, small: bool = False) -> None:
+        """Write a small data set in this competition's layout to out_dir/data and its answers to out_dir/solution.csv.
+
+        `small`: a few dozen images per group, both groups present, every class in train: what the generated
+        per-plugin tests train on (tests/test_plugin_contract.py)."""
 
 
 _REGISTRY: dict[str, type[Competition]] = {}
 
 
 def register(cls: type[Competition]) -> type[Competition]:
-    """Class decorator: make a plugin available under `cls.name`."""
+    """Class decorator: check the plugin class against the contract, then make it available under `cls.name`."""
+    check_plugin_class(cls)
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"two competition plugins are named {cls.name!r}: {_REGISTRY[cls.name]} and {cls}")
+        raise UserError(f"two competition plugins are named {cls.name!r}: {_REGISTRY[cls.name]} and {cls}; rename one")
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -135,11 +142,25 @@ def get_competition(name: str, metric: str | None = None, options: dict[str, str
     unknown = sorted(set(options or {}) - set(accepted))
     if unknown:
         raise UserError(f"{name} has no option {', '.join(unknown)}; its options: {', '.join(accepted) or 'none'}")
-    return plugin(metric=metric, **(options or {}))
+    competition = plugin(metric=metric, **(options or {}))
+    check_flips(competition.flips, f"plugin {name!r}")  # a plugin option may set it per instance
+    return competition
 
 
 def _load_plugins() -> None:
-    import competitions  # noqa: F401  (its __init__ imports every plugin, which registers itself)
+    """Import every module of the `competitions` package once (as the CLI finds its commands): a module that
+    defines a plugin registers it; helper modules (single_label) and subpackages (samples) register nothing.
+    A concrete Competition subclass that a module defines but does not register is refused: it would
+    silently be missing from every list and test."""
+    import competitions
+
+    for module in sorted(m.name for m in pkgutil.iter_modules(competitions.__path__) if not m.ispkg):
+        loaded = importlib.import_module(f"competitions.{module}")
+        for _, cls in inspect.getmembers(loaded, inspect.isclass):
+            if (issubclass(cls, Competition) and cls.__module__ == loaded.__name__ and not inspect.isabstract(cls)
+                    and _REGISTRY.get(getattr(cls, "name", None)) is not cls):
+                raise UserError(f"{loaded.__name__}.{cls.__name__} is a Competition plugin that is not registered; "
+                                "decorate it with @register (from pipeline.registry)")
 
 
 def target_matrix(labels: pd.Series, classes: list[str], source: Callable[[int], str] | None = None) -> np.ndarray:

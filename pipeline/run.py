@@ -136,7 +136,7 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
         "verdict": outcome.to_dict(),
         "pseudo": {**pseudo_summary, "shifted_groups": [] if shift is None else shift.shifted_groups()},
         "shift": None if shift is None else shift.summary(),
-        "decision": decisions,
+        "decision": {name: d.to_dict() for name, d in decisions.items()},
         "items": outputs.item_counts(items),
         "teacher_cache": teacher.cache_status,
         "teacher_training": teacher.info,

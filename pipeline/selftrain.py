@@ -60,7 +60,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
     for m in range(n_models):
         fit_rows, scored_rows = np.flatnonzero(items.fold != m), np.flatnonzero(items.fold == m)
         x_fit, y_fit = items.train_x[fit_rows], items.y[fit_rows]
-        thresholds = competition.decision_thresholds(items.y[scored_rows], teacher.scored_probs[scored_rows])
+        thresholds = competition.fit_decision(items.y[scored_rows], teacher.scored_probs[scored_rows]).threshold_array
         probs, init, steps_used = teacher.test_probs[m], teacher.weights[m], 0
         chain = f"model {m + 1}/{n_models} " if n_models > 1 else ""
         for r in range(1, cfg.pseudo_rounds + 1):

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.contract import Decision
+
 BOOTSTRAP_RESAMPLES = 500
 
 
@@ -40,24 +42,28 @@ class Verdict:
                 **{name: c.to_dict() for name, c in self.comparisons.items()}}
 
 
-def compare(competition, y: np.ndarray, a: np.ndarray, b: np.ndarray, decisions: tuple[dict, dict], names: tuple[str, str],
+def compare(competition, y: np.ndarray, a: np.ndarray, b: np.ndarray, decisions: tuple[Decision, Decision], names: tuple[str, str],
             seed: int) -> Comparison:
     """Paired bootstrap over rows of the metric difference between model a and model b."""
     submitted_a = competition.decide(a, decisions[0])
     submitted_b = competition.decide(b, decisions[1])
     sign = 1.0 if competition.greater_is_better else -1.0
+    rows_a, rows_b = competition.metric_rows(y, submitted_a), competition.metric_rows(y, submitted_b)
+    per_row = None if rows_a is None or rows_b is None else sign * (np.asarray(rows_a, np.float64) - np.asarray(rows_b, np.float64))
 
     def gain(rows: np.ndarray) -> float:
+        if per_row is not None:  # a mean of per-row values: resample those, no metric call per resample
+            return float(per_row[rows].mean())
         return sign * (competition.metric(y[rows], submitted_a[rows]) - competition.metric(y[rows], submitted_b[rows]))
 
     rng = np.random.default_rng(seed)
-    everything = np.arange(len(y))
     gains = np.array([gain(rng.integers(0, len(y), len(y))) for _ in range(BOOTSTRAP_RESAMPLES)])
     low, high = np.quantile(gains, [0.05, 0.95])
-    return Comparison(names[0], names[1], float(gain(everything)), float((gains > 0).mean()), (float(low), float(high)))
+    whole = sign * (competition.metric(y, submitted_a) - competition.metric(y, submitted_b))
+    return Comparison(names[0], names[1], float(whole), float((gains > 0).mean()), (float(low), float(high)))
 
 
-def decide_submission(competition, y: np.ndarray, scored: dict[str, np.ndarray], decisions: dict[str, dict], kind: str,
+def decide_submission(competition, y: np.ndarray, scored: dict[str, np.ndarray], decisions: dict[str, Decision], kind: str,
                       guard_confidence: float, seed: int) -> Verdict:
     """Score every model on the scored rows; submit the student only if it beats the control (or, without a
     control, the teacher) in at least `guard_confidence` of the bootstrap resamples. Otherwise submit the

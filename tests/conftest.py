@@ -8,9 +8,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from competitions.samples.fisheries import SampleSize, write_fisheries_sample  # noqa: E402
+from competitions.samples.fisheries import SMALL, write_fisheries_sample  # noqa: E402
 
-TINY = SampleSize(train=160, public=48, private=64, train_boats=3, new_boats=2)
+TINY = SMALL
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +30,42 @@ def tiny_config(data: Path, tmp: Path, **changes):
                   runs_dir=str(tmp / "runs"), cache_dir=str(tmp / "cache"), record=False)
     values.update(changes)
     return RunConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def plugin_sample(tmp_path_factory):
+    """`plugin_sample(name, small=False)`: the plugin's bundled sample (seed 1), made once per session; read-only."""
+    from pipeline.registry import get_competition
+
+    made: dict[tuple[str, bool], Path] = {}
+
+    def sample(name: str, small: bool = False) -> Path:
+        if (name, small) not in made:
+            made[name, small] = tmp_path_factory.mktemp(f"sample_{name}{'_small' if small else ''}")
+            get_competition(name).make_sample(made[name, small], seed=1, small=small)
+        return made[name, small]
+
+    return sample
+
+
+@pytest.fixture(scope="session")
+def tiny_plugin_run(plugin_sample, tmp_path_factory):
+    """`tiny_plugin_run(name)`: one tiny end-to-end run (teacher, one student round, control; no shift check) on
+    the plugin's small sample, scored against its solution; made once per session and shared (tests/test_plugin_contract.py,
+    tests/test_rescore.py). Read-only: copy the run folder before changing it."""
+    made: dict = {}
+
+    def run(name: str):
+        if name not in made:
+            from pipeline.run import run_pipeline
+
+            sample, tmp = plugin_sample(name, small=True), tmp_path_factory.mktemp(f"run_{name}")
+            # no shift check: it is plugin-independent (tests/test_shift.py, test_pipeline_e2e.py) and was 33 of
+            # this run's 74 CPU seconds
+            cfg = tiny_config(sample / "data", tmp, competition=name, solution=str(sample / "solution.csv"),
+                              run_name=f"tiny-{name}", epochs=1, min_steps=8, pseudo_rounds=1, tta=False,
+                              on_shift="ignore")
+            made[name] = run_pipeline(cfg)
+        return made[name]
+
+    return run

@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.metrics import fbeta_score
 
 from competitions.amazon import TAGS, WEATHER, Amazon, _row_f2
-from pipeline.registry import get_competition, target_matrix
+from pipeline.registry import Decision, get_competition, target_matrix
 
 CLASSES = list(TAGS)
 
@@ -96,21 +96,21 @@ def test_threshold_tuning_beats_flat_threshold_on_constructed_case():
     amazon = Amazon()
     y, p = _constructed_holdout()
     decision = amazon.fit_decision(y, p)
-    t = dict(zip(TAGS, decision["thresholds"]))
+    t = dict(zip(TAGS, decision.thresholds))
     assert 0.45 < t["water"] <= 0.55
     assert 0.04 < t["road"] <= 0.08
     assert [t[w] for w in WEATHER] == [0.5] * len(WEATHER)  # decided by the rule; 0.5 feeds pseudo-label confidence
-    assert decision["tuned_f2"] == pytest.approx(1.0)
-    assert decision["baseline_f2_at_0.2"] < 0.9
-    assert decision["tuned_f2"] == pytest.approx(amazon.metric(y, amazon.decide(p, decision)))
-    assert decision["baseline_f2_at_0.2"] == pytest.approx(amazon.metric(y, amazon.decide(p, {"thresholds": [0.2] * 17})))
+    assert decision.scores["tuned_f2"] == pytest.approx(1.0)
+    assert decision.scores["baseline_f2_at_0.2"] < 0.9
+    assert decision.scores["tuned_f2"] == pytest.approx(amazon.metric(y, amazon.decide(p, decision)))
+    assert decision.scores["baseline_f2_at_0.2"] == pytest.approx(amazon.metric(y, amazon.decide(p, Decision((0.2,) * 17))))
 
 
 def test_tuned_thresholds_hold_up_on_fresh_data_from_the_same_distribution():
     amazon = Amazon()
     decision = amazon.fit_decision(*_constructed_holdout(seed=0))
     y, p = _constructed_holdout(seed=7)
-    assert amazon.metric(y, amazon.decide(p, decision)) > amazon.metric(y, amazon.decide(p, {}))
+    assert amazon.metric(y, amazon.decide(p, decision)) > amazon.metric(y, amazon.decide(p, Decision()))
 
 
 def test_tuning_never_scores_below_the_flat_baseline_on_noise():
@@ -119,8 +119,8 @@ def test_tuning_never_scores_below_the_flat_baseline_on_noise():
     y = (rng.random((120, len(TAGS))) < 0.2).astype(float)
     p = rng.random((120, len(TAGS)))
     decision = amazon.fit_decision(y, p)
-    assert decision["tuned_f2"] >= decision["baseline_f2_at_0.2"]
-    assert len(decision["thresholds"]) == len(TAGS)
+    assert decision.scores["tuned_f2"] >= decision.scores["baseline_f2_at_0.2"]
+    assert len(decision.thresholds) == len(TAGS)
 
 
 def test_exactly_one_weather_tag_the_most_probable():
@@ -131,7 +131,7 @@ def test_exactly_one_weather_tag_the_most_probable():
     p[1, [w["cloudy"], w["partly_cloudy"]]] = [0.05, 0.1]  # none above -> partly_cloudy
     p[2, w["clear"]] = 0.95
     p[:, TAGS.index("primary")] = 0.8
-    out = amazon.decide(p, {"thresholds": [0.2] * len(TAGS)})
+    out = amazon.decide(p, Decision((0.2,) * len(TAGS)))
     assert out[:, list(w.values())].sum(axis=1).tolist() == [1, 1, 1]
     assert [WEATHER[i] for i in out[:, [w[t] for t in WEATHER]].argmax(axis=1)] == ["haze", "partly_cloudy", "clear"]
     assert out[:, TAGS.index("primary")].tolist() == [1, 1, 1]
@@ -139,7 +139,7 @@ def test_exactly_one_weather_tag_the_most_probable():
 
 def test_decide_refuses_wrong_threshold_count():
     with pytest.raises(ValueError, match="17 thresholds"):
-        Amazon().decide(np.zeros((2, len(TAGS))), {"thresholds": [0.2] * 3})
+        Amazon().decide(np.zeros((2, len(TAGS))), Decision((0.2,) * 3))
 
 
 # ---- submission files --------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.registry import get_competition
+from pipeline.registry import Decision, get_competition
 from pipeline.split import TRAIN_ONLY, assign_folds, split_table
 from pipeline.verdict import decide_submission
 
@@ -33,7 +33,7 @@ def test_a_clearly_better_student_is_submitted(fisheries):
     scored = {"teacher": noisy(y, 8, 0.4, 0), "control": noisy(y, 8, 0.45, 1), "student": noisy(y, 8, 0.9, 2)}
     scored["student"][:] = 0.3 / 7
     scored["student"][np.arange(200), y] = 0.7  # right on every row
-    decisions = {name: {} for name in scored}
+    decisions = {name: Decision() for name in scored}
     verdict = decide_submission(fisheries, one_hot(y, 8), scored, decisions, "holdout", 0.8, seed=0)
     assert verdict.submitted == "student" and verdict.comparisons["student_vs_control"].p_better == 1.0
     assert verdict.scores["student"] < verdict.scores["control"]  # log loss: lower is better
@@ -90,3 +90,21 @@ def test_too_many_folds_is_a_user_error():
 
     with pytest.raises(UserError, match="--folds 40"):
         assign_folds(one_hot(np.arange(20) % 2, 2), 40, 0.2, seed=0)
+
+
+def test_the_per_row_bootstrap_matches_calling_the_metric_on_each_resample(fisheries):
+    """metric_rows makes the bootstrap fast; it must resample the same rows and find the same gains."""
+    from competitions.fisheries import Fisheries
+    from pipeline.verdict import compare
+
+    class MetricOnly(Fisheries):  # no per-row values: the bootstrap calls the metric per resample
+        def metric_rows(self, y_true, y_submitted):
+            return None
+
+    y = np.arange(120) % 8
+    a, b = noisy(y, 8, 0.6, 0), noisy(y, 8, 0.55, 1)
+    for metric in ("logloss", "accuracy"):
+        fast = compare(get_competition("fisheries", metric), one_hot(y, 8), a, b, (Decision(), Decision()), ("a", "b"), 3)
+        slow = compare(MetricOnly(metric), one_hot(y, 8), a, b, (Decision(), Decision()), ("a", "b"), 3)
+        assert fast.gain == slow.gain and fast.p_better == slow.p_better
+        assert fast.interval == pytest.approx(slow.interval, rel=1e-9, abs=1e-12)

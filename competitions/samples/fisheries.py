@@ -35,6 +35,9 @@ class SampleSize:
     new_boat_share_private: float = 0.5
 
 
+SMALL = SampleSize(train=160, public=48, private=64, train_boats=3, new_boats=2)  # for tests: a few dozen per group
+
+
 @dataclass(frozen=True)
 class Boat:
     deck: tuple[int, int, int]

@@ -1,11 +1,14 @@
-"""`python -m pipeline runs list|show|score`: read the run ledger and record Kaggle scores typed by hand."""
+"""`python -m pipeline runs list|show|score|rescore`: read the run ledger, record Kaggle scores typed by hand,
+and recompute a run's scores, verdict, blends and submissions from its folder alone (no training)."""
 from __future__ import annotations
 
 import argparse
 import json
 import math
+from pathlib import Path
 
 from pipeline.commands.kaggle import add_ledger_options, ledger_path
+from pipeline.config import SUBMISSIONS_DIR
 from pipeline.errors import UserError
 from pipeline.ledger import Ledger
 
@@ -35,6 +38,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     for sub in (listing, show, score):
         add_ledger_options(sub)
+
+    again = actions.add_parser("rescore", help="recompute a run's scores, verdict and submissions from its folder "
+                               "(split.csv, probabilities.npz): no training, no images")
+    again.add_argument("run_id", metavar="RUN", help="the run folder, or its run id under --runs-dir")
+    again.add_argument("--runs-dir", type=Path, default=SUBMISSIONS_DIR, help="where run folders are (default %(default)s)")
+    again.add_argument("--competition", help="look for RUN under RUNS_DIR/COMPETITION only")
+    again.add_argument("--metric", help="score with another of the plugin's metrics (default: the run's)")
+    again.add_argument("--solution", type=Path, help="Kaggle's solution.csv: also score public and private")
+    again.add_argument("--blend", metavar="MODEL=W,...", help="score a weighted blend of the run's models' probabilities, "
+                       "e.g. student=0.5,control=0.5 (weights are normalised to sum to 1)")
+    again.add_argument("--write", metavar="MODEL", help="write rescored_MODEL_submission.csv into the run folder "
+                       "(teacher, control, student, or blend); an existing file is never overwritten")
+    again.set_defaults(func=rescore_run)
 
 
 def list_runs(args: argparse.Namespace) -> int:
@@ -72,4 +88,13 @@ def score_run(args: argparse.Namespace) -> int:
     ledger.add_submission(run["run_id"], run["submission_sha256"], None, "scores typed by hand (runs score)",
                           "complete", args.public, args.private)
     print(f"recorded for {run['run_id']}: public {args.public}, private {args.private}")
+    return 0
+
+
+def rescore_run(args: argparse.Namespace) -> int:
+    from pipeline.rescore import find_run, rescore
+
+    result = rescore(find_run(args.run_id, args.runs_dir, args.competition), args.metric, args.solution, args.blend,
+                     args.write)
+    print(result.table())
     return 0

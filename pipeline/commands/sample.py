@@ -14,6 +14,7 @@ def register(subparsers) -> None:
     parser.add_argument("competition", help=f"one of: {', '.join(list_competitions())}")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--small", action="store_true", help="a few dozen images per group (what the generated plugin tests use)")
     parser.set_defaults(func=run)
 
 
@@ -22,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.out_dir / "data").exists():
         raise UserError(f"{args.out_dir / 'data'} already exists; remove it or choose another folder")
     started = time.perf_counter()
-    competition.make_sample(args.out_dir, seed=args.seed)
+    competition.make_sample(args.out_dir, seed=args.seed, small=args.small)
     count = sum(1 for p in (args.out_dir / "data").rglob("*") if p.is_file())
     print(f"wrote {count} files to {args.out_dir / 'data'} and the answers to {args.out_dir / 'solution.csv'} "
           f"in {time.perf_counter() - started:.1f}s")
