@@ -22,11 +22,12 @@ def tiny_fisheries(tmp_path_factory) -> Path:
 
 
 def tiny_config(data: Path, tmp: Path, **changes):
-    """A RunConfig small enough for tests: 32 px, few epochs, everything written under tmp."""
+    """A RunConfig small enough for tests: 32 px, few epochs, one self-training round, no shift check (about half
+    of a tiny run's CPU; the tests of rounds and of the shift check turn them on), everything written under tmp."""
     from pipeline.config import RunConfig
 
     values = dict(competition="fisheries", data=str(data), image_size=32, epochs=3, batch_size=32, min_steps=10, width=8,
-                  student_epochs=1,
+                  student_epochs=1, pseudo_rounds=1, on_shift="ignore",
                   runs_dir=str(tmp / "runs"), cache_dir=str(tmp / "cache"), record=False)
     values.update(changes)
     return RunConfig(**values)
@@ -63,8 +64,7 @@ def tiny_plugin_run(plugin_sample, tmp_path_factory):
             # no shift check: it is plugin-independent (tests/test_shift.py, test_pipeline_e2e.py) and was 33 of
             # this run's 74 CPU seconds
             cfg = tiny_config(sample / "data", tmp, competition=name, solution=str(sample / "solution.csv"),
-                              run_name=f"tiny-{name}", epochs=1, min_steps=8, pseudo_rounds=1, tta=False,
-                              on_shift="ignore")
+                              run_name=f"tiny-{name}", epochs=1, min_steps=8, tta=False)
             made[name] = run_pipeline(cfg)
         return made[name]
 

@@ -37,7 +37,9 @@ def base_run(data_with_bad_images, tiny_fisheries, tmp_path_factory):
     from pipeline.run import run_pipeline
 
     tmp = tmp_path_factory.mktemp("run")
-    cfg = tiny_config(data_with_bad_images, tmp, solution=str(tiny_fisheries / "solution.csv"), output=str(tmp / "copy.csv"))
+    # two rounds and the shift check: the run the tests of both read
+    cfg = tiny_config(data_with_bad_images, tmp, solution=str(tiny_fisheries / "solution.csv"), output=str(tmp / "copy.csv"),
+                      pseudo_rounds=2, on_shift="warn")
     return cfg, run_pipeline(cfg)
 
 
@@ -118,8 +120,7 @@ def test_same_seed_gives_the_same_submission_and_teacher_is_reused(base_run, dat
 def test_out_of_fold_students_and_private_only_pseudo_labels(tiny_fisheries, tmp_path):
     from pipeline.run import run_pipeline
 
-    cfg = tiny_config(tiny_fisheries / "data", tmp_path, epochs=2, pseudo_folds=2, pseudo_groups=("private",), pseudo_labels="hard",
-                      pseudo_rounds=1)
+    cfg = tiny_config(tiny_fisheries / "data", tmp_path, epochs=2, pseudo_folds=2, pseudo_groups=("private",), pseudo_labels="hard")
     result = run_pipeline(cfg)
     provenance = pd.read_csv(result.run_dir / "pseudo_labels.csv")
     selected = provenance[provenance["status"] == "selected"]
@@ -136,7 +137,7 @@ def test_imagefolder_with_accuracy(tmp_path):
 
     get_competition("imagefolder").make_sample(tmp_path / "s", seed=0)
     cfg = tiny_config(tmp_path / "s" / "data", tmp_path, competition="imagefolder", metric="accuracy",
-                      epochs=2, pseudo_rounds=1, solution=str(tmp_path / "s" / "solution.csv"))
+                      epochs=2, solution=str(tmp_path / "s" / "solution.csv"))
     result = run_pipeline(cfg)
     assert 0.0 <= result.metrics["leaderboard"]["student"]["private"] <= 1.0 and result.metrics["greater_is_better"]
     header = pd.read_csv(result.run_dir / "submission.csv", nrows=0).columns.tolist()
@@ -150,7 +151,7 @@ def test_frozen_pretrained_backbone_runs_in_feature_cache_mode_from_a_weights_fi
 
     weights = tmp_path / "mobilenet.weights.h5"
     keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg", alpha=1.0).save_weights(weights)
-    cfg = tiny_config(tiny_fisheries / "data", tmp_path, backbone="MobileNetV2", weights=str(weights), epochs=2, pseudo_rounds=1)
+    cfg = tiny_config(tiny_fisheries / "data", tmp_path, backbone="MobileNetV2", weights=str(weights), epochs=2)
     first = run_pipeline(cfg)
     assert list((tmp_path / "cache" / "fisheries" / "features").iterdir())
     second = run_pipeline(cfg.replace(pseudo_ratio=0.1))
@@ -211,7 +212,7 @@ def test_guard_submits_the_control_or_teacher_when_the_student_does_not_clearly_
     from pipeline.run import run_pipeline
 
     # guard 1.0: the student must win in every bootstrap resample of the holdout
-    result = run_pipeline(tiny_config(tiny_fisheries / "data", tmp_path, guard_confidence=1.0, pseudo_rounds=1))
+    result = run_pipeline(tiny_config(tiny_fisheries / "data", tmp_path, guard_confidence=1.0))
     verdict = result.metrics["verdict"]
     if verdict["student_vs_control"]["p_better"] == 1.0:
         pytest.skip("the student won every resample at this size; the guard had nothing to catch")
@@ -223,7 +224,7 @@ def test_guard_submits_the_control_or_teacher_when_the_student_does_not_clearly_
 def test_cross_validated_teachers_score_every_labeled_image_out_of_fold(tiny_fisheries, tmp_path):
     from pipeline.run import run_pipeline
 
-    result = run_pipeline(tiny_config(tiny_fisheries / "data", tmp_path, folds=2, pseudo_rounds=1, on_shift="ignore"))
+    result = run_pipeline(tiny_config(tiny_fisheries / "data", tmp_path, folds=2))
     metrics = result.metrics
     assert metrics["verdict"]["kind"] == "out-of-fold" and metrics["verdict"]["rows"] == metrics["items"]["labeled"]
     assert len(metrics["teacher_training"]["models"]) == 2
