@@ -86,8 +86,8 @@ class RunConfig:
     tta: bool = option(True, "average predictions over the image and its mirror (where the competition allows flips)", teacher=True)
     seed: int = option(0, "same seed, same machine: same submission", check=integer(0), teacher=True)
     # float16 activations change every prediction well beyond float noise: a different teacher, so it keys the cache
-    mixed_precision: bool = option(False, "GPU only: mixed_float16 layers (float32 variables and output layer), "
-                                          "about 2x faster on recent GPUs", teacher=True)
+    mixed_precision: bool = option(False, "GPU only: mixed_float16 layers (float32 variables, loss scaling and output "
+                                          "layer): faster where the GPU has float16 tensor cores", teacher=True)
     folds: int = option(1, "1: one stratified holdout (--val-fraction); K > 1: K cross-validated teachers, out-of-fold "
                            "predictions for the verdict, test predictions averaged", check=integer(1), teacher=True)
     val_fraction: float = option(0.2, "with --folds 1: stratified holdout share, never trained on nor pseudo-labeled",
