@@ -119,11 +119,13 @@ class RunConfig:
                                           "bootstrap resamples of the holdout/out-of-fold rows (0 = always submit the student)",
                                      check=between(0.0, 1.0))
     # Not a teacher key: the strategy changes how the same fit runs (same global batch, steps, schedule, data order
-    # and seeds), not what it learns; what differs is float summation order and batch-norm batch statistics taken
-    # per replica (their moving averages are averaged after each fit), which moved the tiny test's holdout log loss
-    # by 0.005, less than a change of seed did (tests/test_distribute.py). So a teacher trained on 8 GPUs is reused on
-    # a laptop; and "auto" resolves to different strategies on different machines, so the flag would be a wrong key.
-    # metrics.json records the strategy and replicas of every fit (teacher_training: those of the run that trained it).
+    # and seeds), not what it is asked to learn; what differs is float summation order and batch-norm batch statistics
+    # taken per replica (their moving averages are averaged after each fit). On the tiny test sample two replicas moved
+    # the holdout log loss by 0.005 (seed 0) and 0.042 (seed 1), where seeds 0 and 1 differ by 0.029 on one device:
+    # a perturbation the size of a seed change, not a different teacher. So a teacher trained on 8 GPUs is reused on a
+    # laptop (as good, not bit-identical; reruns are byte-identical on the same machine and strategy), and "auto"
+    # resolves differently per machine, so the flag would be a wrong key anyway. metrics.json records the strategy
+    # and replicas of every fit (teacher_training: those of the run that trained it).
     distribute: str = option("auto", "tf.distribute strategy: auto (mirrored when more than one GPU is visible, else one "
                                      "device) | none | mirrored (every GPU of this machine) | multiworker (the machines "
                                      "in TF_CONFIG); --batch-size stays the global batch", check=one_of(*DISTRIBUTE_MODES))

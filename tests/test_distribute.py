@@ -28,12 +28,13 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_RUN = ["--competition", "fisheries", "--image-size", "32", "--epochs", "3", "--min-steps", "80", "--width", "8",
             "--pseudo-ratio", "0", "--on-shift", "ignore"]
 # One device vs two replicas: the same global batches, steps, schedule and seeds; the replicas differ in float
-# summation order and take batch-norm batch statistics over their own half batch. Measured at this budget (seed 0):
-# holdout log loss 1.921 with two replicas vs 1.916 on one device, where seed 1 on one device gave 1.945. The
-# tolerance sits above the strategy's 0.005 and the seeds' 0.03 and below what a broken distributed fit costs: the
-# teacher is 0.16 below chance (log 8 = 2.079), which the test also requires, so that "close" means something.
-# A misordered prediction could hide in a score, so the prediction order is checked exactly.
-HOLDOUT_TOLERANCE = 0.05
+# summation order and take batch-norm batch statistics over their own half batch. Measured at this budget: holdout
+# log loss 1.921 with two replicas vs 1.916 on one device (seed 0, the test's), 1.903 vs 1.945 with seed 1, and
+# 1.916 vs 1.945 between seeds 0 and 1 on one device: a seed-sized perturbation. The tolerance sits above those
+# and well below what a broken distributed fit costs: the teacher is 0.16 below chance (log 8 = 2.079), which the
+# test also requires so that "close" means something. A misordered prediction could hide in a score, so the
+# prediction order is checked exactly.
+HOLDOUT_TOLERANCE = 0.08
 CHANCE = 2.079  # log loss of the uniform prediction over fisheries' 8 classes
 
 
