@@ -23,12 +23,24 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 	@echo "  variables: COMP=$(COMP) DATA=$(DATA) ARGS='...' (extra options: python -m pipeline submit --help)"
 
-$(VENV)/.installed: requirements.lock
+# GPU=1 adds the CUDA wheels (requirements-gpu.lock, about 2.7 GB); the default is 1 where nvidia-smi exists, GPU= forces CPU
+GPU ?= $(if $(shell command -v nvidia-smi 2>/dev/null),1)
+FLAVOUR := $(if $(GPU),gpu,cpu)
+
+# Every target needs $(VENV)/.installed; the flavour stamp under it records what was installed. A changed lock
+# or flavour rebuilds .venv from scratch: pip never removes what left the lock (say the CUDA wheels).
+$(VENV)/.installed: $(VENV)/.installed-$(FLAVOUR)
+	@touch $@
+$(VENV)/.installed-cpu: requirements.lock
+$(VENV)/.installed-gpu: requirements.lock requirements-gpu.lock
+$(VENV)/.installed-%:
+	@echo "installing $(VENV) ($*): pinned versions from requirements.lock$(if $(filter gpu,$*), + requirements-gpu.lock)"
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock $(if $(filter gpu,$*),-r requirements-gpu.lock)
 	touch $@
 
-install: $(VENV)/.installed ## create .venv with the pinned versions (requirements.lock)
+install: $(VENV)/.installed ## create .venv with the pinned versions (GPU=1: with the CUDA wheels; default where nvidia-smi exists)
 
 $(SAMPLE)/data: | $(VENV)/.installed
 	$(PY) -m pipeline sample $(COMP) $(SAMPLE)
@@ -62,9 +74,14 @@ data: $(VENV)/.installed ## download COMP into DATA: zip/7z/tar extracted with g
 scores: $(VENV)/.installed ## sync public/private Kaggle scores of past submissions into the ledger (ARGS="--ledger PATH")
 	$(PY) -m pipeline scores --competition $(COMP) $(ARGS)
 
-lock: ## re-resolve pyproject.toml's pins into requirements.lock
+lock: ## re-resolve pyproject.toml's pins into requirements.lock and requirements-gpu.lock
 	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv
 	/tmp/lock-venv/bin/pip install --quiet ".[test]" && /tmp/lock-venv/bin/pip freeze --exclude kaggle-pseudo > requirements.lock
+	/tmp/lock-venv/bin/pip install --quiet --dry-run --report /tmp/lock-gpu.json -c requirements.lock ".[gpu]"
+	/tmp/lock-venv/bin/python -c 'import json; r = json.load(open("/tmp/lock-gpu.json")); \
+	  print("# The CUDA wheels of tensorflow[and-cuda], installed on top of requirements.lock by make install GPU=1 (regenerate: make lock)."); \
+	  print("\n".join(sorted(i["metadata"]["name"] + "==" + i["metadata"]["version"] for i in r["install"] \
+	                         if i["metadata"]["name"] != "kaggle-pseudo")))' > requirements-gpu.lock
 
 clean: ## remove .venv, caches and generated samples (keeps data/ downloads and submissions/)
 	rm -rf $(VENV) cache data/sample .pytest_cache

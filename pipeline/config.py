@@ -23,6 +23,7 @@ CACHE_DIR = REPO_ROOT / "cache"
 LEDGER_PATH = SUBMISSIONS_DIR / "ledger.sqlite"
 AUGMENT_LEVELS = ("none", "light", "standard", "strong")
 BALANCE_MODES = ("predicted", "train", "none")
+DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker")  # pipeline/distribute.py builds them
 
 
 # ---- constraints: each returns a problem sentence, or None ----------------------------------------------
@@ -84,6 +85,9 @@ class RunConfig:
                           check=one_of(*AUGMENT_LEVELS), teacher=True)
     tta: bool = option(True, "average predictions over the image and its mirror (where the competition allows flips)", teacher=True)
     seed: int = option(0, "same seed, same machine: same submission", check=integer(0), teacher=True)
+    # float16 activations change every prediction well beyond float noise: a different teacher, so it keys the cache
+    mixed_precision: bool = option(False, "GPU only: mixed_float16 layers (float32 variables, loss scaling and output "
+                                          "layer): faster where the GPU has float16 tensor cores", teacher=True)
     folds: int = option(1, "1: one stratified holdout (--val-fraction); K > 1: K cross-validated teachers, out-of-fold "
                            "predictions for the verdict, test predictions averaged", check=integer(1), teacher=True)
     val_fraction: float = option(0.2, "with --folds 1: stratified holdout share, never trained on nor pseudo-labeled",
@@ -117,6 +121,17 @@ class RunConfig:
     guard_confidence: float = option(0.8, "the student is submitted only if it beats the control in at least this share of "
                                           "bootstrap resamples of the holdout/out-of-fold rows (0 = always submit the student)",
                                      check=between(0.0, 1.0))
+    # Not a teacher key: the strategy changes how the same fit runs (same global batch, steps, schedule, data order
+    # and seeds), not what it is asked to learn; what differs is float summation order and batch-norm batch statistics
+    # taken per replica (their moving averages are averaged after each fit). On the tiny test sample two replicas moved
+    # the holdout log loss by 0.005 (seed 0) and 0.042 (seed 1), where seeds 0 and 1 differ by 0.029 on one device:
+    # a perturbation the size of a seed change, not a different teacher. So a teacher trained on 8 GPUs is reused on a
+    # laptop (as good, not bit-identical; reruns are byte-identical on the same machine and strategy), and "auto"
+    # resolves differently per machine, so the flag would be a wrong key anyway. metrics.json records the strategy
+    # and replicas of every fit (teacher_training: those of the run that trained it).
+    distribute: str = option("auto", "tf.distribute strategy: auto (mirrored when more than one GPU is visible, else one "
+                                     "device) | none | mirrored (every GPU of this machine) | multiworker (the machines "
+                                     "in TF_CONFIG); --batch-size stays the global batch", check=one_of(*DISTRIBUTE_MODES))
     on_shift: str = option("warn", "what a shift between train and a test group does: warn|fail|ignore", check=one_of("warn", "fail", "ignore"))
     runs_dir: str = option(str(SUBMISSIONS_DIR), "where run folders go")
     cache_dir: str = option(str(CACHE_DIR), "image, teacher and feature caches")

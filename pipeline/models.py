@@ -96,5 +96,6 @@ def feature_classifier(n_features: int, n_classes: int, multi_label: bool) -> ke
 
 def _head(inputs, x, n_classes: int, multi_label: bool) -> keras.Model:
     x = layers.Dropout(0.2)(x)
-    outputs = layers.Dense(n_classes, activation="sigmoid" if multi_label else "softmax", name="head")(x)
+    # float32 even under --mixed-precision: a float16 softmax/sigmoid loses the small probabilities log loss needs
+    outputs = layers.Dense(n_classes, activation="sigmoid" if multi_label else "softmax", name="head", dtype="float32")(x)
     return keras.Model(inputs, outputs)

@@ -36,7 +36,10 @@ class RunResult:
 
 def run_pipeline(cfg: RunConfig) -> RunResult:
     """Run every stage for one config and write the run folder; the ledger records success or failure."""
+    from pipeline import distribute
+
     started = time.perf_counter()
+    cfg = distribute.setup(cfg)  # first: a multi-worker strategy must exist before any TensorFlow op
     competition = get_competition(cfg.competition, cfg.metric, cfg.plugin_options)
     data_dir = Path(cfg.data)
     competition.check_layout(data_dir)

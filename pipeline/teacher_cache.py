@@ -78,11 +78,15 @@ def teacher_key(cfg: RunConfig, spec, items) -> str:
 
 def get_or_train(cfg: RunConfig, spec, items) -> Teacher:
     """The cached teacher, or train its K models now (each on every labeled row outside its fold) and cache them."""
-    from pipeline import split, train
+    from pipeline import distribute, split, train
 
     folder = Path(cfg.cache_dir) / cfg.competition / "teachers" / teacher_key(cfg, spec, items)
     n_models = split.n_models(items.fold)
-    cached = load_teacher(folder, n_models, len(items.y), len(items.test_rows), spec.n_classes)
+    # Across machines every worker must run the same fits (their gradients meet in collective ops): a hit on one
+    # machine's cache and a miss on another's would leave the others waiting forever, so workers always train
+    # (the chief still caches the result for later runs).
+    cached = None if distribute.is_multiworker() else load_teacher(folder, n_models, len(items.y), len(items.test_rows),
+                                                                   spec.n_classes)
     if cached is not None:
         print(f"teacher: cached in {folder} (delete it to retrain)", flush=True)
         return cached

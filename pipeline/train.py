@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import augment, data, models
+from pipeline import augment, data, distribute, models
 from pipeline.config import RunConfig
 
 
@@ -72,37 +72,53 @@ class StepLog(keras.callbacks.Callback):
 
 def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, seed: int, augment_level: str,
         init: Path | list[np.ndarray] | None = None) -> tuple[keras.Model, dict]:
-    """Train on (x, targets) for exactly `steps` optimizer steps; `init` starts from saved or given weights."""
+    """Train on (x, targets) for exactly `steps` optimizer steps; `init` starts from saved or given weights.
+
+    Under the run's strategy (pipeline/distribute.py) each global batch of --batch-size items is split across
+    the replicas and their gradients all-reduced into the global batch's, so the steps and schedule do not depend on
+    the number of devices.
+    """
     cfg = spec.cfg
     seed_everything(seed)
-    model = spec.build()
-    if isinstance(init, Path):
-        model.load_weights(init)
-    elif init is not None:
-        model.set_weights(init)
-    warmup = min(100, steps // 10)
-    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate * 0.1, max(1, steps - warmup), alpha=0.0,
-                                                      warmup_target=cfg.learning_rate, warmup_steps=warmup)
-    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay), loss=spec.loss())
+    with distribute.model_scope():  # variables (and the optimizer's, built from them) mirrored on every replica
+        model = spec.build()
+        if isinstance(init, Path):
+            model.load_weights(init)
+        elif init is not None:
+            model.set_weights(init)
+        warmup = min(100, steps // 10)
+        schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate * 0.1, max(1, steps - warmup), alpha=0.0,
+                                                          warmup_target=cfg.learning_rate, warmup_steps=warmup)
+        model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay), loss=spec.loss())
+        if distribute.is_multiworker():
+            distribute.detach_for_multiworker(model)
     batches = data.training_stream(x, y, seed).batch(cfg.batch_size)
     noise = augment.augmenter(augment_level, spec.flips) if spec.feature_dim is None else None
     if noise is not None:
         batches = batches.map(lambda images, targets: (noise(tf.cast(images, tf.float32), training=True), targets),
                               num_parallel_calls=tf.data.AUTOTUNE)
-    batches = batches.prefetch(tf.data.AUTOTUNE)
+    batches = distribute.shard_by_data(batches.prefetch(tf.data.AUTOTUNE))
     chunk = max(1, math.ceil(steps / 10))
     started = time.perf_counter()
     with warnings.catch_warnings():  # Keras warns that a tf.data input ignores shuffle=True; ours is shuffled
         warnings.filterwarnings("ignore", message=".*shuffle=True.*")
-        history = model.fit(batches, epochs=math.ceil(steps / chunk), steps_per_epoch=chunk, verbose=0,
-                            callbacks=[StepLog(name, steps)])
+        with distribute.strategy().scope():  # a no-op on one device; where a multi-worker model finds its strategy
+            history = model.fit(batches, epochs=math.ceil(steps / chunk), steps_per_epoch=chunk, verbose=0,
+                                callbacks=[StepLog(name, steps)])
+    distribute.average_replica_statistics(model)
     losses = history.history["loss"]
     return model, {"steps": int(math.ceil(steps / chunk) * chunk), "items": int(len(x)), "augment": augment_level,
-                   "final_loss": float(losses[-1]), "seconds": round(time.perf_counter() - started, 2)}
+                   "final_loss": float(losses[-1]), "seconds": round(time.perf_counter() - started, 2),
+                   "strategy": type(distribute.strategy()).__name__, "replicas": distribute.replicas()}
 
 
 def predict(model: keras.Model, source: np.ndarray, rows: np.ndarray | None, spec: ModelSpec) -> np.ndarray:
-    """Probabilities in row order, streamed batch by batch; averaged with the mirror image when --tta allows."""
+    """Probabilities in row order, streamed batch by batch; averaged with the mirror image when --tta allows.
+
+    Mirrored replicas split each batch and Keras concatenates their outputs in order. Across machines each
+    worker predicts every row on its own device (distribute.detach_for_multiworker; training keeps the weights
+    in step), instead of Keras gathering shards in an order that depends on how tf.data split them.
+    """
     n_out = model.output_shape[-1]
     if spec.feature_dim is not None:  # cached embeddings: a small in-memory array
         x = np.asarray(source if rows is None else source[rows], dtype=np.float32)

@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.run import run_pipeline
 
     result = run_pipeline(cfg)
-    if args.upload:
+    from pipeline import distribute
+
+    if args.upload and distribute.is_chief():  # other workers of --distribute multiworker wrote nothing to upload
         from pipeline.kaggle_client import upload_run_submission
 
         upload_run_submission(cfg.competition, result.run_dir / "submission.csv", Path(cfg.data), result.run_id,

@@ -1,0 +1,199 @@
+"""Which devices train: one tf.distribute strategy per process (--distribute) and the float policy (--mixed-precision).
+
+- `none`: TensorFlow's default, one device (the first GPU if there is one, else the CPU).
+- `mirrored`: MirroredStrategy over every visible GPU; with no GPU, over the logical CPU devices (one, unless
+  the process split its CPU with `tf.config.set_logical_device_configuration`, as the tests do).
+- `multiworker`: MultiWorkerMirroredStrategy over the machines named in `TF_CONFIG`; every worker runs the
+  same command on the same data, and only the chief writes anything that lasts.
+- `auto`: `mirrored` when more than one GPU is visible, else `none`.
+
+--batch-size stays the global batch (items per optimizer step, split across the replicas), so a fit on 1 or 8
+devices takes the same steps with the same learning-rate schedule; on many GPUs raise --batch-size to fill them.
+
+MultiWorkerMirroredStrategy must exist before TensorFlow runs its first op (it configures the collective
+ops of the runtime), so `setup` runs first in a run, and strategies are kept per process: a sweep's later
+runs reuse the one built for the first.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+import keras
+import tensorflow as tf
+
+from pipeline.config import DISTRIBUTE_MODES, RunConfig
+from pipeline.errors import UserError
+
+MODES = DISTRIBUTE_MODES
+_strategies: dict[str, tf.distribute.Strategy] = {}  # built once per process, per mode
+_current: dict[str, object] = {}  # the strategy and mixed-precision setting of the run in progress
+
+
+def setup(cfg: RunConfig) -> RunConfig:
+    """Build (or reuse) the run's strategy before any other TensorFlow op, check --mixed-precision, say what is used.
+
+    Returns the config to run: a non-chief worker's runs, caches and ledger go to a temporary folder removed
+    at exit, so that only the chief writes outputs (every worker still runs every fit: the collectives need them).
+    """
+    if cfg.distribute not in MODES:  # RunConfig checks it too; this guards direct callers
+        raise UserError(f"--distribute must be one of {', '.join(MODES)}, got {cfg.distribute!r}")
+    if cfg.mixed_precision and not tf.config.list_physical_devices("GPU"):  # listing devices starts no runtime
+        # refused, not ignored: it changes the numbers (and keys the teacher), and float16 on a CPU is emulated, slower
+        raise UserError("--mixed-precision needs a GPU, and TensorFlow sees none (tf.config.list_physical_devices('GPU') "
+                        "is empty); drop --mixed-precision, or on a GPU machine install the CUDA wheels: make install GPU=1")
+    mode = _resolve(cfg.distribute)
+    if mode == "multiworker":
+        _check_tf_config()
+    if mode not in _strategies:
+        _strategies[mode] = _build(mode)
+    strategy = _strategies[mode]
+    if cfg.batch_size < strategy.num_replicas_in_sync:
+        raise UserError(f"--batch-size {cfg.batch_size} is smaller than the {strategy.num_replicas_in_sync} replicas of "
+                        f"--distribute {cfg.distribute}: --batch-size is the global batch, split across the replicas; "
+                        f"use --batch-size {strategy.num_replicas_in_sync} or more")
+    _current.update(strategy=strategy, mixed_precision=cfg.mixed_precision)
+    devices = ", ".join(strategy.extended.worker_devices) if mode != "none" else _default_device()
+    print(f"devices: {type(strategy).__name__} (--distribute {cfg.distribute}), {strategy.num_replicas_in_sync} "
+          f"replica(s) on {devices}" + (", mixed_float16" if cfg.mixed_precision else ""), flush=True)
+    if mode == "multiworker" and not is_chief():
+        scratch = tempfile.mkdtemp(prefix="pipeline-worker-")
+        atexit.register(shutil.rmtree, scratch, True)
+        print(f"{_task()}: not the chief; training in step with it, writing only to {scratch} (removed at exit)",
+              flush=True)
+        return cfg.replace(runs_dir=os.path.join(scratch, "runs"), cache_dir=os.path.join(scratch, "cache"),
+                           record=False, output=None)
+    return cfg
+
+
+def strategy() -> tf.distribute.Strategy:
+    """The strategy of the run in progress; TensorFlow's default (one device) when `setup` has not run."""
+    return _current.get("strategy") or tf.distribute.get_strategy()
+
+
+def replicas() -> int:
+    return strategy().num_replicas_in_sync
+
+
+def is_multiworker() -> bool:
+    return isinstance(strategy(), tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def is_chief() -> bool:
+    """True except on a MultiWorkerMirroredStrategy worker that is not the chief (task 0 unless TF_CONFIG names one)."""
+    if not is_multiworker():
+        return True
+    resolver = strategy().cluster_resolver
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+
+
+@contextlib.contextmanager
+def model_scope() -> Iterator[None]:
+    """Build models here: their variables mirrored across the replicas, their layers in mixed_float16 when
+    --mixed-precision. The policy is restored on exit, so the input pipeline's augmentation layers stay float32."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16" if _current.get("mixed_precision") else "float32")
+    try:
+        with strategy().scope():
+            yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def detach_for_multiworker(model: keras.Model) -> None:
+    """Work around Keras 3's fit under MultiWorkerMirroredStrategy (tensorflow/tensorflow#72388), which fails twice:
+    its symbolic build all-reduces a data batch, and its train step averages the scalar logs along an axis 0.
+
+    The model is built and compiled, so it needs no symbolic build: without a strategy of its own, fit finds
+    the strategy with tf.distribute.get_strategy() (train.fit calls it inside the strategy's scope) and predict,
+    outside it, runs on the worker's own device. The logs get the axis the average expects.
+    """
+    model._distribute_strategy = None
+    step = model.train_step
+    model.train_step = lambda data: {name: tf.reshape(value, [1]) for name, value in step(data).items()}
+
+
+def average_replica_statistics(model: keras.Model) -> None:
+    """Give every replica the mean of their batch-norm moving statistics after a fit.
+
+    Keras updates them on each replica from its own share of the batch and never reconciles them, so the
+    replicas (and, across machines, the workers) would predict with slightly different models: workers would
+    then pick different pseudo-labels, and could even disagree on the next fit's number of steps.
+    """
+    if strategy().num_replicas_in_sync == 1 or not model.non_trainable_variables:
+        return
+    variables = model.non_trainable_variables
+
+    def mean_over_replicas():
+        context = tf.distribute.get_replica_context()
+        return [context.all_reduce("MEAN", tf.identity(v.value)) for v in variables]
+
+    means = strategy().run(tf.function(mean_over_replicas))
+    for variable, mean in zip(variables, means):
+        variable.assign(strategy().experimental_local_results(mean)[0])
+
+
+def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Workers split batches by element: the datasets are built from in-memory arrays, not files, so the
+    default (shard by file, then by data with a warning) has no files to split."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def _resolve(mode: str) -> str:
+    if mode == "auto":
+        return "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "none"
+    return mode
+
+
+def _build(mode: str) -> tf.distribute.Strategy:
+    if mode == "none":
+        return tf.distribute.get_strategy()
+    if mode == "mirrored":
+        gpus = tf.config.list_physical_devices("GPU")
+        devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as error:  # a bug in the caller's order, not the user's input: keep the traceback
+        raise RuntimeError("MultiWorkerMirroredStrategy must be created before TensorFlow runs any op in this process: "
+                           "call pipeline.distribute.setup(cfg) first") from error
+
+
+def _check_tf_config() -> None:
+    """TF_CONFIG names the cluster and this process's place in it; a bad one would otherwise hang or fail deep in TF."""
+    text = os.environ.get("TF_CONFIG")
+    example = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
+               '"index": 0}}\' (index 1 on the second machine)')
+    if not text:
+        raise UserError(f"--distribute multiworker needs TF_CONFIG in the environment of every worker, e.g. {example}")
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        members = cluster[task["type"]]
+        index = task["index"]
+        ok = isinstance(members, list) and isinstance(index, int) and 0 <= index < len(members)
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"TF_CONFIG is not a valid cluster description ({type(error).__name__}: {error}); "
+                        f"expected e.g. {example}") from None
+    if not ok:
+        raise UserError(f"TF_CONFIG task {task!r} is not one of the cluster's {task['type']} entries {members!r}; "
+                        f"expected e.g. {example}")
+
+
+def _task() -> str:
+    resolver = strategy().cluster_resolver
+    return f"{resolver.task_type} {resolver.task_id}"
+
+
+def _default_device() -> str:
+    gpus = tf.config.list_logical_devices("GPU")
+    return gpus[0].name if gpus else tf.config.list_logical_devices("CPU")[0].name

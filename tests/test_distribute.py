@@ -1,0 +1,204 @@
+"""tf.distribute: MirroredStrategy over two logical CPU devices, two MultiWorkerMirroredStrategy workers on
+127.0.0.1, and the options' validation.
+
+Logical devices and the multi-worker runtime must be configured before TensorFlow starts, so the training tests
+run the pipeline in fresh processes (this one has long started TensorFlow)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import RunConfig, teacher_settings
+from pipeline.errors import UserError
+from pipeline.registry import get_competition
+from pipeline.submission import load_submission
+
+pytestmark = pytest.mark.xdist_group("tensorflow")
+REPO = Path(__file__).resolve().parent.parent
+# teacher only (the strategy is the point, not pseudo-labels), 32 px, a narrow resnet, 80 steps of 32 images
+TINY_RUN = ["--competition", "fisheries", "--image-size", "32", "--epochs", "3", "--min-steps", "80", "--width", "8",
+            "--pseudo-ratio", "0", "--on-shift", "ignore"]
+# One device vs two replicas: the same global batches, steps, schedule and seeds; the replicas differ in float
+# summation order and take batch-norm batch statistics over their own half batch. Measured at this budget: holdout
+# log loss 1.921 with two replicas vs 1.916 on one device (seed 0, the test's), 1.903 vs 1.945 with seed 1, and
+# 1.916 vs 1.945 between seeds 0 and 1 on one device: a seed-sized perturbation. The tolerance sits above those
+# and well below what a broken distributed fit costs: the teacher is 0.16 below chance (log 8 = 2.079), which the
+# test also requires so that "close" means something. A misordered prediction could hide in a score, so the
+# prediction order is checked exactly.
+HOLDOUT_TOLERANCE = 0.08
+CHANCE = 2.079  # log loss of the uniform prediction over fisheries' 8 classes
+
+
+def _environment(**changes: str) -> dict:
+    """This environment for a child Python that imports the pipeline from this checkout."""
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    return {**environment, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", **changes}
+
+
+MIRRORED = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from pipeline.__main__ import main
+    from pipeline import distribute, train
+    from pipeline.config import RunConfig
+    from pipeline.errors import UserError
+
+    tmp, args = sys.argv[1], sys.argv[2:]
+    for mode in ("mirrored", "none"):  # separate caches: the strategy does not key the teacher
+        code = main(["submit", *args, "--distribute", mode, "--run-name", mode, "--cache-dir", f"{tmp}/cache-{mode}"])
+        assert code == 0, (mode, code)
+
+    # the prediction order: mirrored replicas split uneven batches (16 + 5 rows, reversed), outputs must line up
+    cfg = RunConfig(competition="fisheries", data=tmp, distribute="mirrored", image_size=32, width=8, batch_size=4, tta=False)
+    distribute.setup(cfg)
+    spec = train.ModelSpec(cfg, 3, False)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (21, 32, 32, 3), dtype=np.uint8)
+    model, _ = train.fit(spec, "check", x, np.eye(3, dtype=np.float32)[rng.integers(0, 3, 21)], 3, 0, "none")
+    rows = np.arange(21)[::-1]
+    distributed = train.predict(model, x, rows, spec)
+    local = spec.build()  # one device, outside the strategy
+    local.set_weights(model.get_weights())
+    direct = local.predict(x[rows], verbose=0)
+    try:
+        distribute.setup(cfg.replace(batch_size=1))
+        refused = ""
+    except UserError as error:
+        refused = str(error)
+    print("CHECK " + json.dumps({"max_diff": float(np.abs(distributed - direct).max()), "spread": float(np.ptp(direct)),
+                                 "refused": refused}))
+""")
+
+
+@pytest.mark.slow
+def test_mirrored_over_two_cpu_devices_gives_the_submission_and_nearly_the_score_of_one_device(tiny_fisheries, tmp_path):
+    data = tiny_fisheries / "data"
+    args = [*TINY_RUN, "--data", str(data), "--solution", str(tiny_fisheries / "solution.csv"), "--runs-dir",
+            str(tmp_path / "runs"), "--no-ledger"]
+    done = subprocess.run([sys.executable, "-c", MIRRORED, str(tmp_path), *args], cwd=REPO, env=_environment(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "devices: MirroredStrategy (--distribute mirrored), 2 replica(s)" in done.stdout
+    assert "devices: _DefaultDistributionStrategy (--distribute none), 1 replica(s)" in done.stdout
+
+    fisheries = get_competition("fisheries")
+    runs = tmp_path / "runs" / "fisheries"
+    metrics = {mode: json.loads((runs / mode / "metrics.json").read_text()) for mode in ("mirrored", "none")}
+    for mode, replicas in (("mirrored", 2), ("none", 1)):
+        assert metrics[mode]["teacher_training"]["models"][0]["replicas"] == replicas
+        table = load_submission(runs / mode / "submission.csv", fisheries, data)
+        assert table["image"].tolist() == fisheries.expected_ids(data)
+        assert table.shape == (len(fisheries.expected_ids(data)), 1 + 8)  # image + the 8 species
+    assert metrics["mirrored"]["teacher_training"]["models"][0]["steps"] == metrics["none"]["teacher_training"]["models"][0]["steps"]
+    mirrored, one = metrics["mirrored"]["holdout"]["teacher"], metrics["none"]["holdout"]["teacher"]
+    print(f"holdout log loss: two replicas {mirrored:.4f}, one device {one:.4f}")
+    assert one < CHANCE - 0.1  # it learned something
+    assert abs(mirrored - one) <= HOLDOUT_TOLERANCE, (mirrored, one)
+
+    check = json.loads(re.search(r"^CHECK (.*)$", done.stdout, re.M).group(1))
+    assert check["spread"] > 1e-3  # the rows' predictions differ, so a misordering would show
+    assert check["max_diff"] < 1e-5
+    assert "--batch-size 1 is smaller than the 2 replicas" in check["refused"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_multiworker_processes_on_localhost_train_in_step_and_only_the_chief_writes(tiny_fisheries, tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    command = [sys.executable, "-m", "pipeline", "submit", *TINY_RUN, "--min-steps", "20", "--data",
+               str(tiny_fisheries / "data"), "--distribute", "multiworker", "--runs-dir", str(tmp_path / "runs"),
+               "--cache-dir", str(tmp_path / "cache")]  # one folder for both, as on a shared disk
+    workers = []
+    try:
+        for index in range(2):
+            env = _environment(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            workers.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                            text=True))
+        outputs = [worker.communicate(timeout=420)[0] for worker in workers]
+    finally:
+        for worker in workers:  # a worker left waiting on a crashed peer must not outlive the test
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    for worker, output in zip(workers, outputs):
+        assert worker.returncode == 0, output[-4000:]
+        assert "CollectiveAllReduceStrategy (--distribute multiworker), 2 replica(s)" in output
+    scratch = re.search(r"not the chief; training in step with it, writing only to (\S+)", outputs[1]).group(1)
+    assert not Path(scratch).exists()  # the worker's outputs went there and were removed at exit
+    assert "not the chief" not in outputs[0]
+    holdouts = [re.search(r"^holdout\s+teacher (\S+)", output, re.M).group(1) for output in outputs]
+    assert holdouts[0] == holdouts[1]  # the same model on both: weights and batch-norm statistics in step
+
+    run_dirs = list((tmp_path / "runs" / "fisheries").iterdir())
+    assert len(run_dirs) == 1 and (run_dirs[0] / "submission.csv").is_file()
+    with sqlite3.connect(tmp_path / "runs" / "ledger.sqlite") as ledger:
+        assert ledger.execute("SELECT run_id, status FROM runs").fetchall() == [(run_dirs[0].name, "done")]
+    info = json.loads((run_dirs[0] / "metrics.json").read_text())["teacher_training"]["models"][0]
+    assert info["replicas"] == 2 and info["steps"] == 20
+    teachers = list((tmp_path / "cache" / "fisheries" / "teachers").iterdir())
+    assert len(teachers) == 1  # written by the chief, for later runs on one machine
+
+
+def test_distribute_must_be_one_of_the_strategies():
+    with pytest.raises(UserError, match=r"--distribute must be one of auto, none, mirrored, multiworker, got 'gpu'"):
+        RunConfig(distribute="gpu")
+
+
+def test_bad_distribute_flag_is_one_error_line_and_exit_status_2(tmp_path, capsys):
+    from pipeline.__main__ import main
+
+    assert main(["submit", "--competition", "fisheries", "--data", str(tmp_path), "--distribute", "all-gpus"]) == 2
+    assert "error: --distribute must be one of auto, none, mirrored, multiworker" in capsys.readouterr().err
+
+
+def test_mixed_precision_keys_the_teacher_and_the_strategy_does_not():
+    base = teacher_settings(RunConfig())
+    assert teacher_settings(RunConfig(mixed_precision=True)) != base
+    assert teacher_settings(RunConfig(distribute="mirrored")) == base
+
+
+@pytest.mark.parametrize("tf_config, expected", [
+    (None, "needs TF_CONFIG in the environment of every worker"),
+    ("{not json", "TF_CONFIG is not a valid cluster description"),
+    ('{"cluster": {"worker": ["a:1"]}}', "TF_CONFIG is not a valid cluster description"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', "is not one of the cluster's worker"),
+])
+def test_multiworker_refuses_a_missing_or_bad_tf_config_before_building_anything(monkeypatch, tf_config, expected):
+    from pipeline import distribute
+
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(UserError, match=re.escape(expected)):
+        distribute.setup(RunConfig(distribute="multiworker"))
+    assert not distribute.is_multiworker()
+
+
+def test_mixed_precision_is_refused_without_a_gpu():
+    import tensorflow as tf
+
+    from pipeline import distribute
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible: mixed precision is allowed here")
+    with pytest.raises(UserError, match=r"--mixed-precision needs a GPU.*make install GPU=1"):
+        distribute.setup(RunConfig(mixed_precision=True, distribute="none"))
