@@ -55,12 +55,46 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     print(f"run {run_id}: {cfg.competition} from {data_dir}", flush=True)
     if ledger:  # recorded before anything can fail, so every failure is in the ledger too
         ledger.start_run(run_id, cfg.competition, cfg.to_dict(), None, cfg.seed)
+    return _run_stages(cfg, competition, data_dir, train, test, run_id, run_dir, ledger, started)
+
+
+def resume_pipeline(runs_dir: str, competition_name: str, run: str, cache_dir: str | None = None,
+                    ledger_path: str | None = None) -> RunResult:
+    """Run an unfinished run again, from its own config.json, into its own folder, on its own ledger row.
+
+    Every cached stage (images, shift, teacher, each student and control) is reused, so only the models the
+    interrupted run had not finished are trained; the submission is the one the run would have written."""
+    from pipeline import resume
+
+    started = time.perf_counter()
+    cfg, run_dir = resume.load_run(Path(runs_dir), competition_name, run, cache_dir, ledger_path)
+    competition = get_competition(cfg.competition, cfg.metric, cfg.plugin_options)
+    data_dir = Path(cfg.data)
+    competition.check_layout(data_dir)
+    train, test = competition.train_items(data_dir), competition.test_items(data_dir)
+    preflight.check_before_training(cfg, competition, data_dir, train, test)
+    ledger = _open_ledger(cfg)  # opening it marks the row of a killed run `interrupted`
+    previous = resume.check_unfinished(run, run_dir, ledger)
+    resume.clear_run_folder(cfg, run_dir)
+    cfg.save(run_dir / "config.json")
+    print(f"run {run}: resuming ({previous}) {cfg.competition} from {data_dir}", flush=True)
+    if ledger and previous == resume.NOT_RECORDED:
+        ledger.start_run(run, cfg.competition, cfg.to_dict(), None, cfg.seed)
+    elif ledger:
+        ledger.resume_run(run)  # the same row: status back to running, this process's pid
+    resumed = {"from_status": previous, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return _run_stages(cfg, competition, data_dir, train, test, run, run_dir, ledger, started, resumed)
+
+
+def _run_stages(cfg: RunConfig, competition: Competition, data_dir: Path, train, test, run_id: str, run_dir: Path, ledger,
+                started: float, resumed: dict | None = None) -> RunResult:
+    """The stages of a run whose folder and ledger row exist: a failure is recorded, success finishes the row."""
     try:
         items = load_items(cfg, competition, data_dir, train, test)
         shift = check_shift(cfg, items, run_dir)
         if ledger and shift is not None:
             ledger.record_shift(run_id, shift.summary())
-        metrics = train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started, shift)
+        metrics = train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started, shift, resumed)
     except BaseException:
         if ledger:
             ledger.fail_run(run_id, traceback.format_exc())
@@ -96,7 +130,7 @@ def check_shift(cfg: RunConfig, items: Items, run_dir: Path) -> ShiftReport | No
 
 
 def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, items: Items, run_id: str, run_dir: Path,
-                     started: float, shift: ShiftReport | None) -> dict:
+                     started: float, shift: ShiftReport | None, resumed: dict | None = None) -> dict:
     from pipeline import selftrain, teacher_cache, train, verdict
 
     spec = train.ModelSpec(cfg, len(items.classes), competition.multi_label, getattr(competition, "flips", "horizontal"),
@@ -149,6 +183,8 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
         "submission": {**outputs.submission_record(submission_path, len(tables[outcome.submitted])), "model": outcome.submitted},
         "versions": _versions(),
     }
+    if resumed:
+        metrics["resumed"] = resumed
     board = outputs.leaderboard(cfg, competition, items, tables)
     if board:
         metrics["leaderboard"] = board

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from pipeline import pseudo, split
+from pipeline import model_cache, pseudo, split
 from pipeline.config import RunConfig
 
 
@@ -46,8 +46,10 @@ def settings_of(cfg: RunConfig) -> pseudo.PseudoSettings:
 def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTraining:
     """Rounds of pseudo-labeling and students for every teacher model, then the controls."""
     from pipeline import train
+    from pipeline.teacher_cache import teacher_key
 
     settings = settings_of(cfg)
+    key_of_teacher = teacher_key(cfg, spec, items)
     n_models = split.n_models(items.fold)
     test_groups = items.test_groups
     pseudo_fold = pseudo.assign_folds(test_groups, cfg.pseudo_folds, cfg.seed)
@@ -62,6 +64,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
         x_fit, y_fit = items.train_x[fit_rows], items.y[fit_rows]
         thresholds = competition.fit_decision(items.y[scored_rows], teacher.scored_probs[scored_rows]).threshold_array
         probs, init, steps_used = teacher.test_probs[m], teacher.weights[m], 0
+        init_key = f"{key_of_teacher}/teacher {m}"
         chain = f"model {m + 1}/{n_models} " if n_models > 1 else ""
         for r in range(1, cfg.pseudo_rounds + 1):
             next_probs = np.zeros_like(probs)
@@ -91,24 +94,38 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                     scored_sum += _scored(teacher, student_scored, scored_rows, r)
                     infos.append({"model": m, "round": r, "pseudo_fold": k, "trained": False, "reason": selection.stop_reason})
                     continue
-                x = np.concatenate([x_fit, items.test_x(selection.index)])
-                y = np.concatenate([y_fit, selection.targets])
-                steps = spec.steps(len(x), cfg.student_epochs)
-                model, info = train.fit(spec, label, x, y, steps, cfg.seed + 1000 * r + 100 * k + m, cfg.student_augment,
-                                        init=init if cfg.student_init == "teacher" else None)
+                steps = spec.steps(len(x_fit) + len(selection), cfg.student_epochs)
+                starts_from = init_key if cfg.student_init == "teacher" else "scratch"
+                key = model_cache.student_key(key_of_teacher, cfg, m, r, k, model_cache.selection_digest(
+                    selection.index, selection.targets), starts_from)
+
+                def fit(label=label, selection=selection, steps=steps, seed=cfg.seed + 1000 * r + 100 * k + m, init=init):
+                    x = np.concatenate([x_fit, items.test_x(selection.index)])
+                    y = np.concatenate([y_fit, selection.targets])
+                    return train.fit(spec, label, x, y, steps, seed, cfg.student_augment,
+                                     init=init if cfg.student_init == "teacher" else None)
+
+                def predict(model, rows=items.test_rows[predict_rows]):
+                    return (train.predict(model, items.test_source, rows, spec),
+                            train.predict(model, items.train_x, scored_rows, spec))
+
+                n_predicted = int(predict_rows.sum())
+                outcome = model_cache.get_or_fit(model_cache.folder_of(cfg, "students", key), label,
+                                                 ((n_predicted, probs.shape[1]), (len(scored_rows), probs.shape[1])),
+                                                 fit, predict)
                 round_steps = max(round_steps, steps)
-                next_probs[predict_rows] = train.predict(model, items.test_source, items.test_rows[predict_rows], spec)
-                scored_sum += train.predict(model, items.train_x, scored_rows, spec)
-                infos.append({"model": m, "round": r, "pseudo_fold": k, **info})
+                next_probs[predict_rows] = outcome.test_probs
+                scored_sum += outcome.scored_probs
+                infos.append({"model": m, "round": r, "pseudo_fold": k, **outcome.info})
                 if cfg.pseudo_folds == 1:
-                    init = model.get_weights()  # the next round continues from this student
+                    init, init_key = outcome.weights, key  # the next round continues from this student
             probs = next_probs
             student_scored[scored_rows] = scored_sum / cfg.pseudo_folds
             steps_used += round_steps
         student_test += probs / n_models
         budgets.append(steps_used)
     student = ModelFamily("student", student_scored, student_test, infos, time.perf_counter() - started)
-    control = fit_controls(cfg, spec, items, teacher, budgets) if cfg.control else None
+    control = fit_controls(cfg, spec, items, teacher, key_of_teacher, budgets) if cfg.control else None
     per_round = {}
     for selection in selections:
         per_round.setdefault(selection.round, []).append(len(selection))
@@ -119,7 +136,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
     return SelfTraining(student, control, selections, pd.concat(provenance, ignore_index=True), summary)
 
 
-def fit_controls(cfg: RunConfig, spec, items, teacher, budgets: list[int]) -> ModelFamily:
+def fit_controls(cfg: RunConfig, spec, items, teacher, key_of_teacher: str, budgets: list[int]) -> ModelFamily:
     """Each teacher model continued on its own train rows for the steps its students took (no pseudo-labels)."""
     from pipeline import train
 
@@ -135,11 +152,22 @@ def fit_controls(cfg: RunConfig, spec, items, teacher, budgets: list[int]) -> Mo
             infos.append({"model": m, "trained": False})
             continue
         label = "control" + (f" {m + 1}/{len(budgets)}" if len(budgets) > 1 else "")
-        model, info = train.fit(spec, label, items.train_x[fit_rows], items.y[fit_rows], steps, cfg.seed + 7 + m, cfg.augment,
-                                init=teacher.weights[m])
-        scored[scored_rows] = train.predict(model, items.train_x, scored_rows, spec)
-        test += train.predict(model, items.test_source, items.test_rows, spec) / len(budgets)
-        infos.append({"model": m, **info})
+
+        def fit(label=label, fit_rows=fit_rows, steps=steps, m=m):
+            return train.fit(spec, label, items.train_x[fit_rows], items.y[fit_rows], steps, cfg.seed + 7 + m, cfg.augment,
+                             init=teacher.weights[m])
+
+        def predict(model, scored_rows=scored_rows):
+            return (train.predict(model, items.test_source, items.test_rows, spec),
+                    train.predict(model, items.train_x, scored_rows, spec))
+
+        n_classes = teacher.scored_probs.shape[1]
+        outcome = model_cache.get_or_fit(
+            model_cache.folder_of(cfg, "controls", model_cache.control_key(key_of_teacher, cfg, m, steps)), label,
+            ((len(items.test_rows), n_classes), (len(scored_rows), n_classes)), fit, predict)
+        scored[scored_rows] = outcome.scored_probs
+        test += outcome.test_probs / len(budgets)
+        infos.append({"model": m, **outcome.info})
     return ModelFamily("control", scored, test, infos, time.perf_counter() - started)
 
 
