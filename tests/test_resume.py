@@ -3,9 +3,12 @@ controls to the very submission an uninterrupted run writes; every student and c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.__main__ import main
+from pipeline.errors import UserError
 from pipeline.ledger import Ledger
 from tests.conftest import tiny_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tensorflow")]
+tensorflow = pytest.mark.xdist_group("tensorflow")
 REPO = Path(__file__).resolve().parent.parent
 # tiny_config's training settings, as command-line options too (the killed run is a real `python -m pipeline submit`)
 SETTINGS = dict(image_size=32, epochs=3, batch_size=32, min_steps=10, width=8, student_epochs=1, on_shift="ignore")
@@ -47,12 +51,15 @@ def reference(tiny_fisheries, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def resumed(tiny_fisheries, tmp_path_factory):
+def resumed(reference, tiny_fisheries, tmp_path_factory):
     """The same config in a subprocess killed with SIGKILL once the teacher and a student are cached, then resumed.
 
+    Its cache starts with the reference run's images and teacher (one fit less), none of its students or controls.
     Returns (runs dir, cache dir, models cached before the resume, the ledger row before it, resume's stdout)."""
     tmp = tmp_path_factory.mktemp("killed")
     runs, cache = tmp / "runs", tmp / "cache"
+    for stage in ("images", "teachers"):
+        shutil.copytree(Path(reference[0].cache_dir) / "fisheries" / stage, cache / "fisheries" / stage)
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "submit", "--competition", "fisheries", "--data",
                              str(tiny_fisheries / "data"), "--runs-dir", str(runs), "--cache-dir", str(cache),
                              "--run-name", "cut", *cli_options(SETTINGS)],
@@ -78,6 +85,8 @@ def resumed(tiny_fisheries, tmp_path_factory):
     return runs, cache, before, row, out.getvalue()
 
 
+@pytest.mark.slow
+@tensorflow
 def test_a_killed_run_resumes_from_its_cached_models_to_the_uninterrupted_runs_bytes(reference, resumed):
     _, whole = reference
     runs, cache, before, row, out = resumed
@@ -100,6 +109,8 @@ def test_a_killed_run_resumes_from_its_cached_models_to_the_uninterrupted_runs_b
     assert [p for folder in (runs, cache) for p in folder.rglob("*") if p.name.endswith(".tmp")] == []
 
 
+@pytest.mark.slow
+@tensorflow
 def test_resume_refuses_a_finished_run_an_unknown_run_and_options_that_change_the_config(resumed, capsys):
     runs, cache, *_ = resumed
     base = ["submit", "--competition", "fisheries", "--runs-dir", str(runs), "--cache-dir", str(cache)]
@@ -111,6 +122,8 @@ def test_resume_refuses_a_finished_run_an_unknown_run_and_options_that_change_th
     assert "--seed, --pseudo-ratio cannot be given with it" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@tensorflow
 def test_a_second_run_reuses_every_cached_model_and_retrains_a_damaged_one_to_the_same_bytes(reference, capsys):
     from pipeline.run import run_pipeline
 
@@ -126,4 +139,50 @@ def test_a_second_run_reuses_every_cached_model_and_retrains_a_damaged_one_to_th
     caches = {info["key"]: info["cache"] for info in model_infos(again.metrics)}
     assert caches == {info["key"]: ("miss" if info["key"] == damaged else "hit") for info in model_infos(whole.metrics)}
     assert f"cache entry {weights.parent} is unusable" in captured.err
-    assert captured.out.count(": cached in") == len(caches)  # the teacher's line and every model's but the damaged one
+    reused = re.findall(r"^(teacher|student round \d/\d|control): cached in", captured.out, flags=re.MULTILINE)
+    assert reused == ["teacher", "student round 1/2", "control"]
+
+
+def test_a_models_key_changes_with_every_option_but_those_declared_not_to_change_a_model(tmp_path):
+    from pipeline.config import RunConfig
+    from pipeline.model_cache import NOT_MODEL_SETTINGS, control_key, student_key
+
+    cfg = tiny_config(tmp_path / "data", tmp_path)
+    assert NOT_MODEL_SETTINGS <= {f.name for f in dataclasses.fields(RunConfig)}  # a renamed option is not silently keyed
+    key = student_key("teacher", cfg, 0, 1, 0, "selection", "init")
+    unchanged = cfg.replace(run_name="other", runs_dir="elsewhere", cache_dir="elsewhere", guard_confidence=0.5,
+                            on_shift="fail", solution="s.csv", output="o.csv", record=True, ledger="l.sqlite")
+    assert student_key("teacher", unchanged, 0, 1, 0, "selection", "init") == key
+    changes = [dict(pseudo_ratio=0.5), dict(pseudo_groups=("private",)), dict(student_epochs=2), dict(seed=1),
+               dict(student_augment="light"), dict(augment="light"), dict(plugin_options={"a": "b"}), dict(metric="x")]
+    keys = {student_key("teacher", cfg.replace(**change), 0, 1, 0, "selection", "init") for change in changes}
+    keys |= {student_key(*args) for args in [("teacher2", cfg, 0, 1, 0, "selection", "init"),
+                                             ("teacher", cfg, 1, 1, 0, "selection", "init"),
+                                             ("teacher", cfg, 0, 2, 0, "selection", "init"),
+                                             ("teacher", cfg, 0, 1, 1, "selection", "init"),
+                                             ("teacher", cfg, 0, 1, 0, "selection2", "init"),
+                                             ("teacher", cfg, 0, 1, 0, "selection", "scratch")]}
+    assert len(keys) == len(changes) + 6 and key not in keys
+    assert control_key("teacher", cfg, 0, 20) != control_key("teacher", cfg, 0, 21) != control_key("teacher", cfg, 1, 21)
+
+
+def test_the_ledger_resumes_an_interrupted_or_failed_run_on_its_own_row_and_nothing_else(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    for run_id in ("failed", "done", "live"):
+        ledger.start_run(run_id, "fisheries", {"seed": 0}, "fp", 0)
+    ledger.fail_run("failed", "RuntimeError: boom")
+    ledger.finish_run("done", {"competition": "fisheries"}, _written(tmp_path / "s.csv"), 1.0)
+    started = ledger.run("failed")["started_at"]
+    ledger.resume_run("failed")
+    row = ledger.run("failed")
+    assert (row["status"], row["started_at"], row["error"], row["finished_at"]) == ("running", started, None, None)
+    assert row["pid"] == os.getpid() and row["config"] == {"seed": 0}
+    for run_id, status in (("done", "done"), ("live", "running")):
+        with pytest.raises(UserError, match=f"run '{run_id}' has status {status}"):
+            ledger.resume_run(run_id)
+
+
+def _written(path: Path) -> Path:
+    path.write_text("id\n")
+    return path
