@@ -68,20 +68,25 @@ def resume_pipeline(runs_dir: str, competition_name: str, run: str, cache_dir: s
 
     started = time.perf_counter()
     cfg, run_dir = resume.load_run(Path(runs_dir), competition_name, run, cache_dir, ledger_path)
+    ledger = _open_ledger(cfg)  # opening it marks the row of a killed run `interrupted`
+    previous = resume.check_unfinished(run, run_dir, ledger)
     competition = get_competition(cfg.competition, cfg.metric, cfg.plugin_options)
     data_dir = Path(cfg.data)
     competition.check_layout(data_dir)
     train, test = competition.train_items(data_dir), competition.test_items(data_dir)
     preflight.check_before_training(cfg, competition, data_dir, train, test)
-    ledger = _open_ledger(cfg)  # opening it marks the row of a killed run `interrupted`
-    previous = resume.check_unfinished(run, run_dir, ledger)
-    resume.clear_run_folder(cfg, run_dir)
-    cfg.save(run_dir / "config.json")
-    print(f"run {run}: resuming ({previous}) {cfg.competition} from {data_dir}", flush=True)
     if ledger and previous == resume.NOT_RECORDED:
         ledger.start_run(run, cfg.competition, cfg.to_dict(), None, cfg.seed)
-    elif ledger:
-        ledger.resume_run(run)  # the same row: status back to running, this process's pid
+    elif ledger:  # the same row, back to running in this process: from here on a second --resume is refused
+        ledger.resume_run(run)
+    print(f"run {run}: resuming ({previous}) {cfg.competition} from {data_dir}", flush=True)
+    try:
+        resume.clear_run_folder(cfg, run_dir)
+        cfg.save(run_dir / "config.json")
+    except BaseException:
+        if ledger:
+            ledger.fail_run(run, traceback.format_exc())
+        raise
     resumed = {"from_status": previous, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return _run_stages(cfg, competition, data_dir, train, test, run, run_dir, ledger, started, resumed)
 

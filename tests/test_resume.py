@@ -186,3 +186,26 @@ def test_the_ledger_resumes_an_interrupted_or_failed_run_on_its_own_row_and_noth
 def _written(path: Path) -> Path:
     path.write_text("id\n")
     return path
+
+
+def test_a_run_folder_with_its_outputs_is_finished_without_a_ledger_and_options_are_checked_first(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    cfg = tiny_config(tmp_path / "data", tmp_path, run_name="quiet")  # record=False: no ledger row to ask
+    run_dir = runs / "fisheries" / "quiet"
+    run_dir.mkdir(parents=True)
+    cfg.save(run_dir / "config.json")
+    for name in ("metrics.json", "submission.csv"):
+        (run_dir / name).write_text("{}")
+    base = ["submit", "--competition", "fisheries", "--runs-dir", str(runs)]
+    assert main([*base, "--resume", "quiet"]) == 2
+    assert f"run quiet already finished (status finished: {run_dir} holds its metrics.json" in capsys.readouterr().err
+    assert main([*base, "--resume", "quiet", "--data", str(tmp_path)]) == 2
+    assert "--data cannot be given with it" in capsys.readouterr().err
+    assert main([*base, "--resume", "../quiet"]) == 2
+    assert "--resume '../quiet' is not a run name" in capsys.readouterr().err
+    assert main(base) == 2
+    assert "submit needs --data DIR" in capsys.readouterr().err
+    (run_dir / "config.json").write_text('{"competition": "fisheries", "no_such_option": 1}')
+    (run_dir / "metrics.json").unlink()
+    assert main([*base, "--resume", "quiet"]) == 2
+    assert "config.json holds no_such_option, which are not options of this version" in capsys.readouterr().err
