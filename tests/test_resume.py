@@ -37,7 +37,9 @@ def model_infos(metrics: dict) -> list[dict]:
 
 
 def entries(cache: Path) -> set[str]:
-    return {p.parent.name for kind in ("students", "controls") for p in (cache / "fisheries" / kind).glob("*/manifest.json")}
+    """Complete student and control entries (not a staging folder `.KEY.pidN.*.tmp` whose manifest is written)."""
+    return {p.parent.name for kind in ("students", "controls") for p in (cache / "fisheries" / kind).glob("*/manifest.json")
+            if not p.parent.name.startswith(".")}
 
 
 @pytest.fixture(scope="module")
