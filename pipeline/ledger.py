@@ -229,7 +229,7 @@ class Ledger:
         Its config and start time stay; the code version is this process's. finish_run records the metrics,
         whose `resumed` field says that the run was resumed and from which status."""
         commit, dirty = git_state(REPO_ROOT)
-        pid = os.getpid()
+        pid, process_start, hostname = this_process()
         with self._transaction() as db:
             row = self._require_run(db, run_id)
             if row["status"] not in ("interrupted", "failed"):
@@ -237,7 +237,7 @@ class Ledger:
                                 "or failed run can be resumed")
             _update(db, run_id, {"status": "running", "finished_at": None, "error": None, "wall_time_s": None,
                                  "git_commit": commit, "git_dirty": None if dirty is None else int(dirty), "pid": pid,
-                                 "process_start": process_start_token(pid), "hostname": socket.gethostname()})
+                                 "process_start": process_start, "hostname": hostname})
 
     def finish_run(self, run_id: str, metrics: dict, submission_path: Path, wall_time_s: float) -> None:
         """Mark a run `done` with its metrics.json content and the sha256 of the submission written."""
