@@ -25,7 +25,8 @@ from tests.conftest import tiny_config
 tensorflow = pytest.mark.xdist_group("tensorflow")
 REPO = Path(__file__).resolve().parent.parent
 # tiny_config's training settings, as command-line options too (the killed run is a real `python -m pipeline submit`)
-SETTINGS = dict(image_size=32, epochs=3, batch_size=32, min_steps=10, width=8, student_epochs=1, on_shift="ignore")
+SETTINGS = dict(image_size=32, epochs=3, batch_size=32, min_steps=10, width=8, student_epochs=1, pseudo_rounds=2,
+                on_shift="ignore")
 
 
 def cli_options(settings: dict) -> list[str]:
