@@ -88,7 +88,11 @@ def get_or_fit(folder: Path, label: str, shapes: tuple[tuple[int, int], tuple[in
 
     `shapes` are the (test, scored) prediction shapes this run expects; `fit` returns (model, info) and
     `predict(model)` returns (test_probs, scored_probs)."""
-    cached = load(folder, *shapes)
+    from pipeline import distribute
+
+    # Across machines every worker must run the same fits (their gradients meet in collective ops), so under
+    # --distribute multiworker the workers always train, as for the teacher (the chief still caches the model).
+    cached = None if distribute.is_multiworker() else load(folder, *shapes)
     if cached is not None:
         print(f"{label}: cached in {folder}", flush=True)
         return cached

@@ -64,10 +64,14 @@ def resume_pipeline(runs_dir: str, competition_name: str, run: str, cache_dir: s
 
     Every cached stage (images, shift, teacher, each student and control) is reused, so only the models the
     interrupted run had not finished are trained; the submission is the one the run would have written."""
-    from pipeline import resume
+    from pipeline import distribute, resume
 
     started = time.perf_counter()
     cfg, run_dir = resume.load_run(Path(runs_dir), competition_name, run, cache_dir, ledger_path)
+    cfg = distribute.setup(cfg)  # first: a multi-worker strategy must exist before any TensorFlow op
+    if distribute.is_multiworker():  # workers would each clear and rewrite the one run folder
+        raise UserError(f"--resume {run}: a --distribute multiworker run cannot be resumed; start it again under "
+                        "a new --run-name (its cached teacher is reused)")
     ledger = _open_ledger(cfg)  # opening it marks the row of a killed run `interrupted`
     previous = resume.check_unfinished(run, run_dir, ledger)
     competition = get_competition(cfg.competition, cfg.metric, cfg.plugin_options)
