@@ -15,13 +15,14 @@ import pytest
 
 from pipeline.__main__ import main
 from pipeline.files import remove_stale_temporaries, write_text_atomic
-from pipeline.ledger import MIGRATIONS, Ledger
+from pipeline.ledger import Ledger
+from pipeline.ledger_schema import MIGRATIONS
 
 REPO = Path(__file__).resolve().parent.parent
 
 START_AND_SLEEP = """
     import sys, time
-    from pipeline.ledger import MIGRATIONS, Ledger
+    from pipeline.ledger import Ledger
     Ledger(sys.argv[1]).start_run(sys.argv[2], "fisheries", {"pseudo_ratio": 0.25}, "fp", 0)
     print("started", flush=True)
     time.sleep(600)
