@@ -300,7 +300,7 @@ def test_a_bad_run_option_is_exit_2_without_traceback(tmp_path, option, fragment
     (["sample", "nope", "{tmp}/s"], "unknown competition 'nope'"),
     (["runs", "list", "--ledger", "{tmp}"], "is a folder"),
     (["runs", "score", "r1", "--ledger", "{tmp}/l.sqlite"], "needs --public and/or --private"),
-    (["compare", "--competition", "fisheries", "--ledger", "{tmp}/l.sqlite"], "has no finished runs"),
+    (["compare", "--competition", "fisheries", "--ledger", "{tmp}/l.sqlite"], "does not exist: no run was recorded there"),
 ])
 def test_bad_options_are_one_error_line_and_exit_2(tmp_path, capsys, args, fragment):
     from pipeline.__main__ import main
