@@ -51,7 +51,7 @@ demo: $(VENV)/.installed $(SAMPLE)/data ## the whole pipeline on the bundled sam
 	$(PY) -m pipeline submit --competition $(COMP) --data $(SAMPLE)/data --solution $(SAMPLE)/solution.csv $(QUICK) $(ARGS)
 
 test: $(VENV)/.installed ## the test suite (what CI runs)
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
 bench: $(VENV)/.installed ## benchmarks: printed figures and ratios, never timed assertions
 	$(PY) -m benchmarks $(ARGS)

@@ -22,7 +22,7 @@ from pipeline.errors import UserError
 from pipeline.registry import get_competition
 from pipeline.submission import load_submission
 
-pytestmark = pytest.mark.xdist_group("tensorflow")
+pytestmark = pytest.mark.xdist_group("distribute")
 REPO = Path(__file__).resolve().parent.parent
 # teacher only (the strategy is the point, not pseudo-labels), 32 px, a narrow resnet, 80 steps of 32 images
 TINY_RUN = ["--competition", "fisheries", "--image-size", "32", "--epochs", "3", "--min-steps", "80", "--width", "8",

@@ -16,7 +16,8 @@ from pipeline.registry import get_competition
 from pipeline.submission import load_submission
 from tests.conftest import tiny_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tensorflow")]
+# its own xdist group: the module-scoped base run is made once, on one worker, while the other runs other groups
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 REPO = Path(__file__).resolve().parent.parent
 
 

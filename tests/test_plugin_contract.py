@@ -114,7 +114,7 @@ def test_missing_data_folder_says_how_to_get_it(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("tensorflow")
+@pytest.mark.xdist_group("plugin-runs")  # with test_rescore.py: they share the session-scoped tiny runs
 @pytest.mark.parametrize("name", PLUGINS)
 def test_a_tiny_end_to_end_run_writes_a_valid_submission_and_scores_every_model(name, tiny_plugin_run, plugin_sample):
     result = tiny_plugin_run(name)

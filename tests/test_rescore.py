@@ -16,7 +16,7 @@ from pipeline.rescore import RunFolder, load_run_folder, rescore, submission_tab
 
 def trained(test):
     """Tests that read the shared tiny runs (tests/conftest.py `tiny_plugin_run`): they train once per session."""
-    return pytest.mark.slow(pytest.mark.xdist_group("tensorflow")(test))
+    return pytest.mark.slow(pytest.mark.xdist_group("plugin-runs")(test))
 
 
 @pytest.fixture
