@@ -20,10 +20,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from pipeline.files import _umask, sha256_of
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+# what reading a verified entry's file can still raise: the caller then discards the entry and recomputes
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
 
 
 def write_entry(folder: Path, files: dict[str, Callable[[Path], None]], meta: dict | None = None) -> Path:
@@ -151,3 +155,19 @@ def _fsync(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def load_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A .npy file of an entry, without pickle, that must have the shape this run expects (ValueError if not)."""
+    array = np.load(path, allow_pickle=False)
+    if array.shape != tuple(shape):
+        raise ValueError(f"{path.name} has shape {array.shape}, expected {tuple(shape)}")
+    return array
+
+
+def load_info(path: Path) -> dict:
+    """An entry's JSON object (ValueError if the file holds anything else)."""
+    info = json.loads(path.read_text())
+    if not isinstance(info, dict):
+        raise ValueError(f"{path.name} does not hold an object")
+    return info

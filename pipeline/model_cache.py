@@ -32,7 +32,6 @@ MODEL_FILES = (WEIGHTS, "test_probs.npy", "scored_probs.npy", "info.json")
 # Options that never change a trained student or control (where files go, what is done with the predictions).
 NOT_MODEL_SETTINGS = frozenset({"data", "output", "solution", "run_name", "guard_confidence", "on_shift", "runs_dir",
                                 "cache_dir", "ledger", "record"})
-_LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
 
 
 @dataclass
@@ -119,22 +118,14 @@ def load(folder: Path, test_shape: tuple[int, int], scored_shape: tuple[int, int
     if cache.load_entry(folder, MODEL_FILES) is None:
         return None
     try:
-        info = json.loads((folder / "info.json").read_text())
-        if not isinstance(info, dict):
-            raise ValueError("info.json does not hold an object")
-        test_probs = _load_array(folder / "test_probs.npy", test_shape)
-        scored_probs = _load_array(folder / "scored_probs.npy", scored_shape)
+        info = cache.load_info(folder / "info.json")
+        test_probs = cache.load_array(folder / "test_probs.npy", test_shape)
+        scored_probs = cache.load_array(folder / "scored_probs.npy", scored_shape)
         problem = hdf5_problem(folder / WEIGHTS)
         if problem:
             raise ValueError(f"{WEIGHTS} {problem}")
-    except _LOAD_ERRORS as error:
+    except cache.LOAD_ERRORS as error:
         cache.discard(folder, f"{type(error).__name__}: {error}")
         return None
     return ModelOutcome(test_probs, scored_probs, {**info, "cache": "hit"}, folder / WEIGHTS)
 
-
-def _load_array(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    array = np.load(path, allow_pickle=False)
-    if array.shape != tuple(shape):
-        raise ValueError(f"{path.name} has shape {array.shape}, expected {tuple(shape)}")
-    return array

@@ -5,14 +5,12 @@ sequences them and records the run.
 """
 from __future__ import annotations
 
-import platform
 import re
 import sys
 import time
 import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from pipeline import outputs, preflight
 from pipeline.config import RunConfig
 from pipeline.errors import UserError
 from pipeline.items import Items, load_items
+from pipeline.ledger_provenance import library_versions
 from pipeline.registry import GROUPS, Competition, get_competition
 from pipeline.shift import ShiftReport, ShiftSettings
 
@@ -190,7 +189,7 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
         "control_training": training.control.info if training and training.control else [],
         "timings": {"teacher_s": round(teacher.seconds, 2), "student_s": round(student_s, 2), "control_s": round(control_s, 2)},
         "submission": {**outputs.submission_record(submission_path, len(tables[outcome.submitted])), "model": outcome.submitted},
-        "versions": _versions(),
+        "versions": library_versions(),
     }
     if resumed:
         metrics["resumed"] = resumed
@@ -226,13 +225,3 @@ def _open_ledger(cfg: RunConfig):
     from pipeline.ledger import open_ledger
 
     return open_ledger(cfg.ledger_path)
-
-
-def _versions() -> dict:
-    versions = {"python": platform.python_version()}
-    for package in ("tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas", "scikit-learn", "pillow"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions

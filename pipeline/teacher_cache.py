@@ -26,7 +26,6 @@ FEATURE_FILES = ("features.npy",)
 SHIFT_FILES = ("report.json", "tables.npz")
 
 # What a verified entry can still raise while loading (a file crafted to match its manifest, a wrong shape).
-_LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
 
 
 @dataclass
@@ -125,16 +124,14 @@ def load_teacher(folder: Path, n_models: int, n_train: int, n_test: int, n_class
     if cache.load_entry(folder, names) is None:
         return None
     try:
-        info = json.loads((folder / "info.json").read_text())
-        if not isinstance(info, dict):
-            raise ValueError("info.json does not hold an object")
-        scored = _load_array(folder / "scored_probs.npy", (n_train, n_classes))
-        test_probs = _load_array(folder / "test_probs.npy", (n_models, n_test, n_classes))
+        info = cache.load_info(folder / "info.json")
+        scored = cache.load_array(folder / "scored_probs.npy", (n_train, n_classes))
+        test_probs = cache.load_array(folder / "test_probs.npy", (n_models, n_test, n_classes))
         for m in range(n_models):
             problem = hdf5_problem(folder / weights_name(m))
             if problem:
                 raise ValueError(f"{weights_name(m)} {problem}")
-    except _LOAD_ERRORS as error:
+    except cache.LOAD_ERRORS as error:
         cache.discard(folder, f"{type(error).__name__}: {error}")
         return None
     return Teacher(scored, test_probs, info, 0.0, "hit", [folder / weights_name(m) for m in range(n_models)])
@@ -153,7 +150,7 @@ def get_or_embed(cfg: RunConfig, paths: list[str], pixels: np.ndarray, fingerpri
             features = np.load(folder / "features.npy", mmap_mode="r", allow_pickle=False)
             if features.ndim != 2 or len(features) != len(paths):
                 raise ValueError(f"features.npy has shape {features.shape}, expected ({len(paths)}, n)")
-        except _LOAD_ERRORS as error:
+        except cache.LOAD_ERRORS as error:
             cache.discard(folder, f"{type(error).__name__}: {error}")
         else:
             print(f"features: cached in {folder}", flush=True)
@@ -180,7 +177,7 @@ def get_or_assess_shift(cfg: RunConfig, sets: dict[str, list[str]], fingerprint:
     if cache.load_entry(folder, SHIFT_FILES) is not None:
         try:
             report = load_shift_report(folder)
-        except _LOAD_ERRORS as error:
+        except cache.LOAD_ERRORS as error:
             cache.discard(folder, f"{type(error).__name__}: {error}")
         else:
             print(f"shift: cached in {folder}", flush=True)
@@ -230,12 +227,6 @@ def load_shift_report(folder: Path):
              for key, pair in state["pairs"].items()}
     return ShiftReport(settings=ShiftSettings(**state["settings"]), sets=sets, pairs=pairs)
 
-
-def _load_array(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    array = np.load(path, allow_pickle=False)
-    if array.shape != shape:
-        raise ValueError(f"{path.name} has shape {array.shape}, expected {shape}")
-    return array
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
