@@ -71,7 +71,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
             scored_sum = np.zeros((len(scored_rows), probs.shape[1]), dtype=np.float32)
             round_steps = 0
             # the confidence its labels must reach, from how often the labeling model is right on the scored rows
-            labeler = teacher.scored_probs[scored_rows] if r == 1 else student_scored[scored_rows]
+            labeler = _scored(teacher, student_scored, scored_rows, r)
             cutoff = pseudo.precision_threshold(labeler, items.y[scored_rows], cfg.pseudo_precision, competition.multi_label,
                                                 thresholds)
             round_settings = replace(settings, threshold=max(settings.threshold, cutoff))
@@ -91,7 +91,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                 provenance.append(provenance_rows(ids, test_groups, selection, m, k, items.classes))
                 if len(selection) == 0:  # nothing to learn from: this round's model is its predecessor
                     next_probs[predict_rows] = probs[predict_rows]
-                    scored_sum += _scored(teacher, student_scored, scored_rows, r)
+                    scored_sum += labeler
                     infos.append({"model": m, "round": r, "pseudo_fold": k, "trained": False, "reason": selection.stop_reason})
                     continue
                 steps = spec.steps(len(x_fit) + len(selection), cfg.student_epochs)
@@ -172,7 +172,8 @@ def fit_controls(cfg: RunConfig, spec, items, teacher, key_of_teacher: str, budg
 
 
 def _scored(teacher, student_scored: np.ndarray, rows: np.ndarray, round: int) -> np.ndarray:
-    """Scored-row predictions of the model a round without pseudo-labels keeps: the previous round's student."""
+    """Scored-row predictions of the model that labels this round (the teacher, then the previous round's student);
+    a round without pseudo-labels keeps that model."""
     return teacher.scored_probs[rows] if round == 1 else student_scored[rows]
 
 
