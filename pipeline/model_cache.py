@@ -8,7 +8,8 @@ A model's key holds everything that determines it: the teacher's cache key (data
 settings), every option that can change a model (`model_settings`: all of RunConfig's table except the few
 declared in NOT_MODEL_SETTINGS, so a new option is in the key unless someone says it cannot matter), its
 place in the chain (teacher model, round, pseudo-fold), the digest of the pseudo-labels it trained on and the
-key of the model it started from. Entries are written and verified by pipeline/cache.py (manifest with
+key of the model it started from. A control's key leaves out the pseudo-label and student options too
+(NOT_CONTROL_SETTINGS): a sweep over them trains the control once. Entries are written and verified by pipeline/cache.py (manifest with
 sha256s, atomic); a damaged one is reported, removed and trained again. Nothing is pickled.
 """
 from __future__ import annotations
@@ -32,6 +33,12 @@ MODEL_FILES = (WEIGHTS, "test_probs.npy", "scored_probs.npy", "info.json")
 # Options that never change a trained student or control (where files go, what is done with the predictions).
 NOT_MODEL_SETTINGS = frozenset({"data", "output", "solution", "run_name", "guard_confidence", "on_shift", "runs_dir",
                                 "cache_dir", "ledger", "record"})
+# Options a control never reads: it is the teacher continued on train only, so how the test set is pseudo-labeled
+# and how students learn from it cannot change it (its budget, the students' steps, is in its key). Without this a
+# sweep over pseudo-label settings retrained the same control for every setting.
+NOT_CONTROL_SETTINGS = NOT_MODEL_SETTINGS | frozenset({
+    "pseudo_ratio", "pseudo_rounds", "pseudo_threshold", "pseudo_precision", "pseudo_balance", "pseudo_class_cap",
+    "pseudo_groups", "pseudo_labels", "pseudo_folds", "student_init", "student_epochs", "student_augment", "control"})
 
 
 @dataclass
@@ -44,9 +51,10 @@ class ModelOutcome:
     weights: Path | list[np.ndarray]
 
 
-def model_settings(cfg: RunConfig) -> dict:
-    """Every option that can change a student or control: the whole option table but NOT_MODEL_SETTINGS."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in NOT_MODEL_SETTINGS}
+def model_settings(cfg: RunConfig, ignored: frozenset[str] = NOT_MODEL_SETTINGS) -> dict:
+    """Every option that can change a student (or, with NOT_CONTROL_SETTINGS, a control): the whole option table
+    but those declared not to."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ignored}
 
 
 def _key(parts: dict) -> str:
@@ -72,7 +80,8 @@ def student_key(teacher_key: str, cfg: RunConfig, model: int, round: int, pseudo
 
 def control_key(teacher_key: str, cfg: RunConfig, model: int, steps: int) -> str:
     """Key of teacher model `model`'s control, continued for `steps` optimizer steps."""
-    return _key({"version": CACHE_VERSION, "kind": "control", "teacher": teacher_key, "settings": model_settings(cfg),
+    return _key({"version": CACHE_VERSION, "kind": "control", "teacher": teacher_key,
+                 "settings": model_settings(cfg, NOT_CONTROL_SETTINGS),
                  "model": model, "steps": steps})
 
 

@@ -90,6 +90,9 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
         schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate * 0.1, max(1, steps - warmup), alpha=0.0,
                                                           warmup_target=cfg.learning_rate, warmup_steps=warmup)
         model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay), loss=spec.loss())
+        # Built here, not lazily in the first step: a variable created while tf.function traces the train step makes
+        # it trace that step twice, and tracing is most of a short fit's time (a tiny fit: 2 traces -> 1)
+        model.optimizer.build(model.trainable_variables)
         if distribute.is_multiworker():
             distribute.detach_for_multiworker(model)
     batches = data.training_stream(x, y, seed).batch(cfg.batch_size)

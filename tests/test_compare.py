@@ -329,6 +329,9 @@ def test_sweep_end_to_end_reuses_the_teacher_and_ends_with_the_table(
         (0.25, "public", "done"), (0.25, "public,private", "done"), (0.0, "public,private", "done")]
     caches = [ledger.run(run_id)["metrics"]["teacher_cache"] for run_id in runs["run_id"]]
     assert caches == ["miss", "hit", "hit"]
+    # the control never sees pseudo-labels: the second setting (same student budget) reuses the first one's
+    controls = [[info.get("cache") for info in ledger.run(run_id)["metrics"]["control_training"]] for run_id in runs["run_id"]]
+    assert controls[:2] == [["miss"], ["hit"]]
     assert runs[["lb_teacher_public", "lb_student_public", "lb_student_private"]].notna().all().all()
     assert "first/later wall time" in out and "fisheries: 3 runs, logloss" in out
     table = out[out.index("fisheries: 3 runs"):]

@@ -148,10 +148,11 @@ def test_a_second_run_reuses_every_cached_model_and_retrains_a_damaged_one_to_th
 
 def test_a_models_key_changes_with_every_option_but_those_declared_not_to_change_a_model(tmp_path):
     from pipeline.config import RunConfig
-    from pipeline.model_cache import NOT_MODEL_SETTINGS, control_key, student_key
+    from pipeline.model_cache import NOT_CONTROL_SETTINGS, NOT_MODEL_SETTINGS, control_key, student_key
 
     cfg = tiny_config(tmp_path / "data", tmp_path)
-    assert NOT_MODEL_SETTINGS <= {f.name for f in dataclasses.fields(RunConfig)}  # a renamed option is not silently keyed
+    # a renamed option is not silently keyed
+    assert NOT_MODEL_SETTINGS <= NOT_CONTROL_SETTINGS <= {f.name for f in dataclasses.fields(RunConfig)}
     key = student_key("teacher", cfg, 0, 1, 0, "selection", "init")
     unchanged = cfg.replace(run_name="other", runs_dir="elsewhere", cache_dir="elsewhere", guard_confidence=0.5,
                             on_shift="fail", solution="s.csv", output="o.csv", record=True, ledger="l.sqlite")
@@ -167,6 +168,12 @@ def test_a_models_key_changes_with_every_option_but_those_declared_not_to_change
                                              ("teacher", cfg, 0, 1, 0, "selection", "scratch")]}
     assert len(keys) == len(changes) + 6 and key not in keys
     assert control_key("teacher", cfg, 0, 20) != control_key("teacher", cfg, 0, 21) != control_key("teacher", cfg, 1, 21)
+    # a control never sees the pseudo-labels: a sweep over them reuses it; what it trains with still keys it
+    control = control_key("teacher", cfg, 0, 20)
+    assert control_key("teacher", cfg.replace(**{k: v for change in changes[:3] for k, v in change.items()},
+                                              student_augment="light", pseudo_precision=0.9), 0, 20) == control
+    kept = [dict(seed=1), dict(augment="light"), dict(plugin_options={"a": "b"}), dict(label_smoothing=0.2)]
+    assert len({control_key("teacher", cfg.replace(**change), 0, 20) for change in kept} | {control}) == len(kept) + 1
 
 
 def test_the_ledger_resumes_an_interrupted_or_failed_run_on_its_own_row_and_nothing_else(tmp_path):
