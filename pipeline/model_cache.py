@@ -27,7 +27,9 @@ from pipeline import cache
 from pipeline.config import RunConfig
 from pipeline.files import hdf5_problem, json_plain
 
-CACHE_VERSION = 1  # bump when training or prediction code changes what a cached student or control would contain
+# bump when training or prediction code changes what a cached student or control would contain
+# (2: the learning-rate schedule without a graph branch, float-level changes)
+CACHE_VERSION = 2
 WEIGHTS = "model.weights.h5"
 MODEL_FILES = (WEIGHTS, "test_probs.npy", "scored_probs.npy", "info.json")
 # Options that never change a trained student or control (where files go, what is done with the predictions).

@@ -35,13 +35,14 @@ class RunResult:
 
 def run_pipeline(cfg: RunConfig) -> RunResult:
     """Run every stage for one config and write the run folder; the ledger records success or failure."""
-    from pipeline import distribute
-
     started = time.perf_counter()
-    cfg = distribute.setup(cfg)  # first: a multi-worker strategy must exist before any TensorFlow op
+    # the layout first (files only): a wrong --data is one line in seconds, before TensorFlow starts
     competition = get_competition(cfg.competition, cfg.metric, cfg.plugin_options)
     data_dir = Path(cfg.data)
     competition.check_layout(data_dir)
+    from pipeline import distribute  # imports TensorFlow
+
+    cfg = distribute.setup(cfg)  # before any TensorFlow op: a multi-worker strategy must exist first
     run_id = _run_id(cfg)
     run_dir = Path(cfg.runs_dir) / cfg.competition / run_id
     if run_dir.exists():

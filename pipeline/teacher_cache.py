@@ -20,7 +20,9 @@ from pipeline import cache
 from pipeline.config import RunConfig, teacher_settings
 from pipeline.files import json_plain, hdf5_problem, sha256_of
 
-CACHE_VERSION = 5  # bump when training or prediction code changes what a cached teacher would contain
+# bump when training or prediction code changes what a cached teacher would contain
+# (6: the learning-rate schedule without a graph branch, float-level changes)
+CACHE_VERSION = 6
 TEACHER_FILES = ("scored_probs.npy", "test_probs.npy", "info.json")
 FEATURE_FILES = ("features.npy",)
 SHIFT_FILES = ("report.json", "tables.npz")

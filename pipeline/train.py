@@ -19,6 +19,26 @@ from pipeline import augment, data, distribute, models
 from pipeline.config import RunConfig
 
 
+class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
+    """Keras's CosineDecay with warm-up, the same values computed without a graph branch.
+
+    The optimizer evaluates its schedule for every variable (AdamW twice: decay and update) while tf.function traces
+    the train step, and Keras's `ops.cond` made those evaluations about a third of a short fit's tracing. Both
+    branches here are Keras's own arithmetic; `where` picks one (the unused warm-up branch may divide by zero).
+    """
+
+    def __call__(self, step):
+        from keras import ops
+
+        start = ops.convert_to_tensor(self.initial_learning_rate)
+        dtype = start.dtype
+        decay_steps, warmup_steps = ops.cast(self.decay_steps, dtype), ops.cast(self.warmup_steps, dtype)
+        target = ops.cast(self.warmup_target, dtype)
+        step = ops.minimum(ops.cast(step, dtype), decay_steps + warmup_steps)
+        return ops.where(step < warmup_steps, self._warmup_function(step, warmup_steps, target, start),
+                         self._decay_function(step - warmup_steps, decay_steps, target, dtype))
+
+
 def seed_everything(seed: int) -> None:
     """Same seed, same machine -> same weights, batches and predictions."""
     keras.utils.set_random_seed(seed)
@@ -87,8 +107,8 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
         elif init is not None:
             model.set_weights(init)
         warmup = min(100, steps // 10)
-        schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate * 0.1, max(1, steps - warmup), alpha=0.0,
-                                                          warmup_target=cfg.learning_rate, warmup_steps=warmup)
+        schedule = WarmupCosineDecay(cfg.learning_rate * 0.1, max(1, steps - warmup), alpha=0.0,
+                                     warmup_target=cfg.learning_rate, warmup_steps=warmup)
         model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay), loss=spec.loss())
         # Built here, not lazily in the first step: a variable created while tf.function traces the train step makes
         # it trace that step twice, and tracing is most of a short fit's time (a tiny fit: 2 traces -> 1)

@@ -209,11 +209,14 @@ def test_verdict_compares_student_control_and_teacher_on_the_same_rows(base_run)
     assert (result.run_dir / "submission.csv").read_bytes() == (result.run_dir / f"{chosen}_submission.csv").read_bytes()
 
 
-def test_guard_submits_the_control_or_teacher_when_the_student_does_not_clearly_win(tiny_fisheries, tmp_path):
+def test_guard_submits_the_control_or_teacher_when_the_student_does_not_clearly_win(base_run, tmp_path):
     from pipeline.run import run_pipeline
 
-    # guard 1.0: the student must win in every bootstrap resample of the holdout
-    result = run_pipeline(tiny_config(tiny_fisheries / "data", tmp_path, guard_confidence=1.0))
+    # guard 1.0: the student must win in every bootstrap resample of the holdout. The guard does not key a model,
+    # so this run takes the base run's teacher, students and control from its cache and only decides again.
+    cfg, _ = base_run
+    result = run_pipeline(cfg.replace(guard_confidence=1.0, runs_dir=str(tmp_path / "runs"), output=None))
+    assert {info["cache"] for info in result.metrics["student_training"] + result.metrics["control_training"]} == {"hit"}
     verdict = result.metrics["verdict"]
     if verdict["student_vs_control"]["p_better"] == 1.0:
         pytest.skip("the student won every resample at this size; the guard had nothing to catch")
