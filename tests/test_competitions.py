@@ -20,7 +20,7 @@ def test_unknown_metric_is_refused():
         get_competition("fisheries", metric="auc")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def samples(plugin_sample):
     return {name: plugin_sample(name, small=True) for name in ("fisheries", "amazon")}
 

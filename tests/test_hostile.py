@@ -77,7 +77,7 @@ def test_a_library_bug_keeps_its_traceback_and_is_not_dressed_as_a_user_error(tm
 
 # ---- the plugins' samples, damaged case by case ------------------------------------------------------------
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def samples(tmp_path_factory) -> dict[str, Path]:
     """Each registered plugin's bundled sample (read-only: copy it with `copy_data` before damaging it)."""
     made = {}

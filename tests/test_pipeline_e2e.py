@@ -16,12 +16,13 @@ from pipeline.registry import get_competition
 from pipeline.submission import load_submission
 from tests.conftest import tiny_config
 
-# its own xdist group: the module-scoped base run is made once, on one worker, while the other runs other groups
+# its own xdist group: the session-scoped base run is made once, on one worker, while the other runs other groups
+# (session, not module: a worker may run other modules between these tests, which tears module fixtures down)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_with_bad_images(tiny_fisheries, tmp_path_factory) -> Path:
     """The tiny sample plus one corrupt train image, one text file in train and one truncated test image."""
     data = tmp_path_factory.mktemp("bad") / "data"
@@ -33,7 +34,7 @@ def data_with_bad_images(tiny_fisheries, tmp_path_factory) -> Path:
     return data
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def base_run(data_with_bad_images, tiny_fisheries, tmp_path_factory):
     from pipeline.run import run_pipeline
 

@@ -22,7 +22,7 @@ from pipeline.errors import UserError
 from pipeline.ledger import Ledger
 from tests.conftest import tiny_config
 
-tensorflow = pytest.mark.xdist_group("resume")  # its own group: its module-scoped kill-and-resume runs stay on one worker
+tensorflow = pytest.mark.xdist_group("resume")  # its own group: its session-scoped kill-and-resume runs stay on one worker
 REPO = Path(__file__).resolve().parent.parent
 # tiny_config's training settings, as command-line options too (the killed run is a real `python -m pipeline submit`)
 SETTINGS = dict(image_size=32, epochs=3, batch_size=32, min_steps=10, width=8, student_epochs=1, pseudo_rounds=2,
@@ -43,7 +43,7 @@ def entries(cache: Path) -> set[str]:
             if not p.parent.name.startswith(".")}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tiny_fisheries, tmp_path_factory):
     """An uninterrupted run, with its own caches."""
     from pipeline.run import run_pipeline
@@ -53,7 +53,7 @@ def reference(tiny_fisheries, tmp_path_factory):
     return cfg, run_pipeline(cfg)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def resumed(reference, tiny_fisheries, tmp_path_factory):
     """The same config in a subprocess killed with SIGKILL once the teacher and a student are cached, then resumed.
 

@@ -36,7 +36,7 @@ def make_images(folder: Path, n: int, seed: int, brightness: float = 1.0, green:
     return paths
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def image_sets(tmp_path_factory) -> dict[str, list[str]]:
     root = tmp_path_factory.mktemp("shift_images")
     return {
@@ -46,7 +46,7 @@ def image_sets(tmp_path_factory) -> dict[str, list[str]]:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def report_and_dir(image_sets, tmp_path_factory):
     out = tmp_path_factory.mktemp("shift_out")
     return assess_shift(image_sets, out, FAST, seed=0), out
