@@ -9,8 +9,9 @@ settings), every option that can change a model (`model_settings`: all of RunCon
 declared in NOT_MODEL_SETTINGS, so a new option is in the key unless someone says it cannot matter), its
 place in the chain (teacher model, round, pseudo-fold), the digest of the pseudo-labels it trained on and the
 key of the model it started from. A control's key leaves out the pseudo-label and student options too
-(NOT_CONTROL_SETTINGS): a sweep over them trains the control once. Entries are written and verified by pipeline/cache.py (manifest with
-sha256s, atomic); a damaged one is reported, removed and trained again. Nothing is pickled.
+(NOT_CONTROL_SETTINGS): a sweep over them trains the control once. Entries are written and verified by
+pipeline/cache.py (manifest with sha256s, atomic); a damaged one is reported, removed and trained again.
+Nothing is pickled.
 """
 from __future__ import annotations
 

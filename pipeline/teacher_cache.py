@@ -27,8 +27,6 @@ TEACHER_FILES = ("scored_probs.npy", "test_probs.npy", "info.json")
 FEATURE_FILES = ("features.npy",)
 SHIFT_FILES = ("report.json", "tables.npz")
 
-# What a verified entry can still raise while loading (a file crafted to match its manifest, a wrong shape).
-
 
 @dataclass
 class Teacher:
@@ -228,7 +226,6 @@ def load_shift_report(folder: Path):
     pairs = {key: PairResult(**{**pair, "properties": [PropertyResult(**p) for p in pair["properties"]]})
              for key, pair in state["pairs"].items()}
     return ShiftReport(settings=ShiftSettings(**state["settings"]), sets=sets, pairs=pairs)
-
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
