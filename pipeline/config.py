@@ -102,6 +102,10 @@ class RunConfig:
     pseudo_precision: float = option(0.0, "raise each round's confidence threshold until the labeling model's predictions "
                                           "that confident are right this often on the holdout/out-of-fold rows (0 = off)",
                                      check=between(0.0, 1.0))
+    pseudo_tag_confidence: float = option(0.9, "multi-label: a pseudo-labeled tag is trained on only where the labeling model's "
+                                               "holdout/out-of-fold rows say it is right this often (isotonic calibration); "
+                                               "the other tags stay unlabeled (0 = every tag, at its decision threshold)",
+                                          check=between(0.0, 1.0))
     pseudo_balance: str = option("predicted", "class quotas follow the teacher's predicted class distribution on each test group, "
                                               "the train share, or none: " + "|".join(BALANCE_MODES), check=one_of(*BALANCE_MODES))
     pseudo_class_cap: float = option(1.0, "a class gets at most this multiple of its (--pseudo-balance) share of a group's quota",

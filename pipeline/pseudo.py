@@ -114,6 +114,30 @@ def precision_threshold(probs: np.ndarray, y_true: np.ndarray, target: float, mu
     return float(confidence[order][reached[-1]]) if len(reached) else float("inf")
 
 
+def certain_tag_band(probs: np.ndarray, y_true: np.ndarray, confidence: float) -> tuple[float, float]:
+    """(low, high): multi-label pseudo-tags at or below `low` are right as 0, at or above `high` as 1, with
+    probability >= `confidence`; the tags between stay unlabeled (UPS, Rizve et al. 2021).
+
+    Measured on labeled rows the model never trained on, pooled over tags: an isotonic regression of the truth
+    on the model's probability (scikit-learn) estimates how often a tag at each probability is on, so a label
+    smoothed or shifted model still gets the band its own holdout shows. (0, 0) when confidence is 0: every tag
+    labeled at its decision threshold, as before.
+    """
+    if confidence <= 0:
+        return 0.0, 0.0
+    from sklearn.isotonic import IsotonicRegression
+
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    on = (np.asarray(y_true) > 0.5).ravel().astype(np.float64)
+    if len(p) == 0:
+        return 0.0, float("inf")  # nothing measured: no tag is certain
+    calibrated = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, on).predict(p)
+    negatives, positives = p[calibrated <= 1 - confidence], p[calibrated >= confidence]
+    low = float(negatives.max()) if len(negatives) else -1.0
+    high = float(positives.min()) if len(positives) else float("inf")
+    return low, max(high, low + 1e-12)
+
+
 def select_pseudo_labels(
     probs: np.ndarray,
     groups: np.ndarray,
@@ -124,6 +148,7 @@ def select_pseudo_labels(
     multi_label: bool = False,
     thresholds: np.ndarray | None = None,
     round: int = 1,
+    tag_band: tuple[float, float] | None = None,
 ) -> PseudoSelection:
     """Pick the most confident eligible test items, with quotas per group and caps per class.
 
@@ -132,6 +157,8 @@ def select_pseudo_labels(
     confidence, skipping any whose class already holds `class_cap` x its share of the quota. The share is
     the teacher's predicted class distribution on that group by default: a shifted group whose classes
     differ from train keeps its own balance, and the teacher's favourite class cannot flood the student.
+    Multi-label hard targets with a `tag_band` (low, high) from `certain_tag_band` are NaN (no label) for
+    tags strictly between low and high; the loss skips them.
     """
     probs = np.asarray(probs, dtype=np.float64)
     groups = np.asarray(groups).astype(str)
@@ -190,6 +217,10 @@ def select_pseudo_labels(
     else:
         stop = "; ".join(f"{g}: stopped by {v['stop_reason']}" for g, v in per_group.items() if v["selected"] < v["quota"])
     targets = (hard if settings.labels == "hard" else probs)[index].astype(np.float32)
+    if multi_label and settings.labels == "hard" and tag_band is not None and tag_band != (0.0, 0.0):
+        low, high = tag_band
+        chosen_probs = probs[index]
+        targets = np.where(chosen_probs >= high, 1.0, np.where(chosen_probs <= low, 0.0, np.nan)).astype(np.float32)
     return PseudoSelection(
         index=index,
         targets=targets,

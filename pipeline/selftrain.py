@@ -58,6 +58,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
     student_test = np.zeros_like(teacher.mean_test_probs)
     selections, provenance, infos, budgets = [], [], [], []
     cutoffs: dict[int, list] = {}
+    bands: dict[int, list] = {}
     started = time.perf_counter()
     for m in range(n_models):
         fit_rows, scored_rows = np.flatnonzero(items.fold != m), np.flatnonzero(items.fold == m)
@@ -75,6 +76,12 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
             cutoff = pseudo.precision_threshold(labeler, items.y[scored_rows], cfg.pseudo_precision, competition.multi_label,
                                                 thresholds)
             round_settings = replace(settings, threshold=max(settings.threshold, cutoff))
+            band = pseudo.certain_tag_band(labeler, items.y[scored_rows], cfg.pseudo_tag_confidence) if competition.multi_label else None
+            if band is not None and cfg.pseudo_tag_confidence > 0 and cfg.pseudo_labels == "hard":
+                bands.setdefault(r, []).append([round(band[0], 4), round(band[1], 4)])
+                print(f"{chain}round {r}: tags at <= {band[0]:.3f} become 0 and at >= {band[1]:.3f} become 1 (right "
+                      f">= {cfg.pseudo_tag_confidence:g} of the time on the scored rows); the tags between stay unlabeled",
+                      flush=True)
             if cfg.pseudo_precision > 0:
                 cutoffs.setdefault(r, []).append(None if np.isinf(cutoff) else round(cutoff, 4))
                 print(f"{chain}round {r}: confidence >= {cutoff:.3f} keeps pseudo-label precision >= "
@@ -83,7 +90,8 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                 predict_rows = pseudo_fold == k  # all rows when there is one pseudo-fold
                 eligible = ~predict_rows if cfg.pseudo_folds > 1 else predict_rows
                 selection = pseudo.select_pseudo_labels(probs, test_groups, eligible, len(fit_rows), y_fit.mean(axis=0),
-                                                        round_settings, competition.multi_label, thresholds, round=r)
+                                                        round_settings, competition.multi_label, thresholds, round=r,
+                                                        tag_band=band)
                 label = f"{chain}student round {r}/{cfg.pseudo_rounds}" + (f" fold {k + 1}/{cfg.pseudo_folds}" if cfg.pseudo_folds > 1 else "")
                 print(f"{label}: {len(selection)} pseudo-labels ({selection.stop_reason}); by group "
                       f"{ {g: int((selection.group == g).sum()) for g in settings.groups} }", flush=True)
@@ -132,7 +140,8 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
     last = [s for s in selections if s.round == cfg.pseudo_rounds][0]
     summary = {**last.summary(items.classes), "rounds": cfg.pseudo_rounds,
                "selected_per_round": {str(r): int(np.mean(v)) for r, v in per_round.items()},
-               "precision_thresholds": {str(r): v for r, v in cutoffs.items()}}
+               "precision_thresholds": {str(r): v for r, v in cutoffs.items()},
+               "certain_tag_bands": {str(r): v for r, v in bands.items()}}
     return SelfTraining(student, control, selections, pd.concat(provenance, ignore_index=True), summary)
 
 
@@ -180,9 +189,14 @@ def _scored(teacher, student_scored: np.ndarray, rows: np.ndarray, round: int) -
 def provenance_rows(ids: np.ndarray, groups: np.ndarray, selection: pseudo.PseudoSelection, model: int, pseudo_fold: int,
                     classes: list[str]) -> pd.DataFrame:
     """One row per test item of one selection: what happened to it (status), why, and with which confidence."""
-    target = np.full(len(ids), "", dtype=object)
+    target, unlabeled = np.full(len(ids), "", dtype=object), np.full(len(ids), "", dtype=object)
     target[selection.index] = [" ".join(classes[i] for i in c) for c in selection.classes]
+    missing = np.isnan(selection.targets)
+    if missing.any():  # multi-label tags left unlabeled: the label is what the student trains on
+        target[selection.index] = [" ".join(classes[i] for i in np.flatnonzero(t == 1)) for t in selection.targets]
+        unlabeled[selection.index] = [" ".join(classes[i] for i in np.flatnonzero(m)) for m in missing]
     return pd.DataFrame({
         "id": ids, "group": groups, "model": model + 1, "round": selection.round, "pseudo_fold": pseudo_fold + 1,
         "status": selection.status, "confidence": np.round(selection.item_confidence, 5), "pseudo_label": target,
+        "unlabeled_tags": unlabeled,
     })

@@ -39,6 +39,32 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
                          self._decay_function(step - warmup_steps, decay_steps, target, dtype))
 
 
+class MaskedBinaryCrossentropy(keras.losses.Loss):
+    """Keras's BinaryCrossentropy (with label smoothing) over the known tags only: a NaN target is no label.
+
+    A pseudo-labeled multi-label item keeps the tags its labeling model is sure of and leaves the rest
+    unlabeled (UPS, Rizve et al. 2021), instead of forcing a 0 or 1 on every tag. With no NaN it equals Keras's loss.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "masked_binary_crossentropy") -> None:
+        super().__init__(name=name)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        from keras import ops
+
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.cast(y_true, y_pred.dtype)
+        known = ops.logical_not(ops.isnan(y_true))
+        target = ops.where(known, y_true, ops.zeros_like(y_true)) * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+        per_tag = ops.binary_crossentropy(target, y_pred)
+        weight = ops.cast(known, y_pred.dtype)
+        return ops.sum(per_tag * weight, axis=-1) / ops.maximum(ops.sum(weight, axis=-1), 1.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
 def seed_everything(seed: int) -> None:
     """Same seed, same machine -> same weights, batches and predictions."""
     keras.utils.set_random_seed(seed)
@@ -69,7 +95,7 @@ class ModelSpec:
     def loss(self) -> keras.losses.Loss:
         smoothing = self.cfg.label_smoothing
         if self.multi_label:
-            return keras.losses.BinaryCrossentropy(label_smoothing=smoothing)
+            return MaskedBinaryCrossentropy(label_smoothing=smoothing)
         return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
 
     def steps(self, n_items: int, epochs: int) -> int:

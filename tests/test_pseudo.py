@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.pseudo import PseudoSettings, assign_folds, confidence_and_classes, select_pseudo_labels, target_count
+from pipeline.pseudo import (PseudoSettings, assign_folds, certain_tag_band, confidence_and_classes, select_pseudo_labels,
+                             target_count)
 
 
 def random_probs(n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -222,3 +223,32 @@ def test_a_threshold_that_stops_a_whole_pool_selection_is_named_as_the_reason():
     assert len(everything) == 4 and everything.stop_reason.startswith("the whole eligible pool")
     confident = select_pseudo_labels(probs, groups, np.ones(4, bool), 2, np.full(2, 0.5), PseudoSettings(ratio=0.95, threshold=0.7))
     assert len(confident) == 2 and confident.stop_reason == "private: stopped by threshold"  # public took both of its own
+
+
+def test_certain_tag_band_follows_the_calibration_the_holdout_shows():
+    rng = np.random.default_rng(0)
+    truth_rate = rng.random((4000, 17))  # how often each tag is really on
+    on = rng.random(truth_rate.shape) < truth_rate
+    # a calibrated model, then one that label smoothing squeezed towards 0.5: the band moves with the outputs
+    for probs, low, high in ((truth_rate, 0.1, 0.9), (0.05 + 0.9 * truth_rate, 0.14, 0.86)):
+        band = certain_tag_band(probs, on, 0.9)
+        assert band[0] == pytest.approx(low, abs=0.02) and band[1] == pytest.approx(high, abs=0.02)
+    assert certain_tag_band(truth_rate, on, 0.0) == (0.0, 0.0)  # off: every tag labeled
+    assert certain_tag_band(np.full((10, 3), 0.5), np.zeros((10, 3)), 0.9)[1] == np.inf  # never right often enough to be 1
+
+
+def test_multi_label_tags_inside_the_band_are_left_unlabeled():
+    probs = np.array([[0.95, 0.05, 0.40], [0.80, 0.30, 0.10], [0.60, 0.02, 0.99]])
+    groups = np.array(["public"] * 3)
+    kwargs = dict(eligible=np.ones(3, bool), n_train=10, train_share=np.full(3, 1 / 3), settings=PseudoSettings(ratio=0.9),
+                  multi_label=True, thresholds=np.full(3, 0.5))
+    every_tag = select_pseudo_labels(probs, groups, **kwargs)
+    banded = select_pseudo_labels(probs, groups, **kwargs, tag_band=(0.1, 0.9))
+    assert np.array_equal(banded.index, every_tag.index)  # the band changes targets, not which items are chosen
+    assert not np.isnan(every_tag.targets).any()
+    expected = np.array([[1, 0, np.nan], [np.nan, np.nan, 0], [np.nan, 0, 1]], dtype=np.float32)
+    assert np.array_equal(banded.targets, expected[banded.index], equal_nan=True)
+    # single-label selection never masks
+    single = select_pseudo_labels(probs / probs.sum(1, keepdims=True), groups, **{**kwargs, "multi_label": False},
+                                  tag_band=(0.1, 0.9))
+    assert not np.isnan(single.targets).any()
