@@ -355,4 +355,9 @@ def write_outputs(report: ShiftReport, out_dir: Path) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     report.plots = write_plots(report, out_dir)
+    write_report_json(report, out_dir)
+
+
+def write_report_json(report: ShiftReport, out_dir: Path) -> None:
+    """shift.json in out_dir (it lists report.plots by name)."""
     write_text_atomic(out_dir / "shift.json", json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 
 from pipeline import cache
 from pipeline.config import RunConfig, teacher_settings
-from pipeline.files import json_plain, hdf5_problem, sha256_of
+from pipeline.files import hdf5_problem, json_plain, sha256_of, write_bytes_atomic
 
 # bump when training or prediction code changes what a cached teacher would contain
 # (6: the learning-rate schedule without a graph branch, float-level changes)
@@ -165,9 +166,10 @@ def get_or_assess_shift(cfg: RunConfig, sets: dict[str, list[str]], fingerprint:
                         tables: dict | None = None):
     """The shift report for these images and settings, from the cache when they have not changed.
 
-    The cache holds the report's numbers (report.json) and property tables (tables.npz); plots are redrawn
-    into out_dir. `tables` are the sets' properties already measured by the image store (else measured here)."""
-    from pipeline.shift import assess_shift, write_outputs
+    The cache holds the report's numbers (report.json), property tables (tables.npz) and its PNG plots, copied
+    into out_dir: drawing them was most of a cached run's shift step (about 4 s of a sweep setting's 18).
+    `tables` are the sets' properties already measured by the image store (else measured here)."""
+    from pipeline.shift import assess_shift, write_outputs, write_report_json
 
     from pipeline.image_store import FORMAT_VERSION  # the properties come from the store: its format keys them too
 
@@ -181,7 +183,15 @@ def get_or_assess_shift(cfg: RunConfig, sets: dict[str, list[str]], fingerprint:
             cache.discard(folder, f"{type(error).__name__}: {error}")
         else:
             print(f"shift: cached in {folder}", flush=True)
-            write_outputs(report, out_dir)
+            plots = _cached_plot_names(folder)
+            if plots is None:  # an entry from before plots were cached: draw them
+                write_outputs(report, out_dir)
+            else:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                for name in plots:
+                    write_bytes_atomic(out_dir / name, (folder / name).read_bytes())
+                report.plots = [out_dir / name for name in plots]
+                write_report_json(report, out_dir)
             return report
     report = assess_shift(tables or sets, out_dir, settings, seed=cfg.seed)
     save_shift_report(report, folder)
@@ -201,10 +211,21 @@ def save_shift_report(report, folder: Path) -> Path:
     arrays = {f"{name}/{column}": (table.table[column].to_numpy(dtype=np.float64) if kind == "number"
                                    else np.array(table.table[column].astype(str).tolist(), dtype=str))
               for name, table in report.sets.items() for column, kind in state["sets"][name]["columns"]}
+    state["plots"] = [Path(plot).name for plot in report.plots]
+    plots = {Path(plot).name: lambda path, plot=plot: shutil.copyfile(plot, path) for plot in report.plots}
     return cache.write_entry(folder, {
         "report.json": lambda path: path.write_text(json.dumps(state, default=json_plain)),
         "tables.npz": lambda path: _save_npz(path, arrays),
+        **plots,
     })
+
+
+def _cached_plot_names(folder: Path) -> list[str] | None:
+    """The PNGs the entry holds (checked against its manifest), or None when it holds none or one is damaged."""
+    names = json.loads((Path(folder) / "report.json").read_text()).get("plots")
+    if not isinstance(names, list) or not names or any(not isinstance(n, str) or n != Path(n).name for n in names):
+        return None
+    return names if cache.load_entry(folder, names) is not None else None
 
 
 def load_shift_report(folder: Path):

@@ -154,13 +154,24 @@ def test_the_shift_cache_is_json_and_npz_and_a_damaged_one_is_measured_again(tmp
     sets = shift_images(tmp_path / "images")
     first = get_or_assess_shift(cfg, sets, "fp", tmp_path / "run1", CHEAP_SHIFT)
     (folder,) = (Path(cfg.cache_dir) / "fisheries" / "shift").iterdir()
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*SHIFT_FILES, cache.MANIFEST])
+    plots = sorted(p.name for p in first.plots)
+    assert plots and all(name.endswith(".png") for name in plots)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*SHIFT_FILES, cache.MANIFEST, *plots])
     json.loads((folder / "report.json").read_text())  # plain JSON
 
     again = get_or_assess_shift(cfg, sets, "fp", tmp_path / "run2", CHEAP_SHIFT)
     assert "shift: cached in" in capsys.readouterr().out
-    assert again.to_dict()["pairs"] == first.to_dict()["pairs"] and again.table() == first.table()
+    assert again.to_dict() == first.to_dict() and again.table() == first.table()  # to_dict lists the plots too
     assert (tmp_path / "run2" / "shift.json").is_file()
+    for name in plots:  # copied from the cache, not drawn again
+        assert (tmp_path / "run2" / name).read_bytes() == (tmp_path / "run1" / name).read_bytes()
+
+    (folder / plots[0]).write_bytes(b"not a png")  # a damaged plot: the run still gets every plot, drawn again
+    redrawn = get_or_assess_shift(cfg, sets, "fp", tmp_path / "run2b", CHEAP_SHIFT)
+    assert f"{plots[0]} has 9 bytes" in capsys.readouterr().err
+    assert sorted(p.name for p in redrawn.plots) == plots and all((tmp_path / "run2b" / name).stat().st_size > 1000 for name in plots)
+    get_or_assess_shift(cfg, sets, "fp", tmp_path / "run2c", CHEAP_SHIFT)  # the entry was removed: measured and cached again
+    assert "shift: cached" not in capsys.readouterr().out and load_entry_ok(folder)
 
     (folder / "tables.npz").write_bytes((folder / "tables.npz").read_bytes()[:64])
     third = get_or_assess_shift(cfg, sets, "fp", tmp_path / "run3", CHEAP_SHIFT)

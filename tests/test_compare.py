@@ -106,6 +106,17 @@ def test_bootstrap_tells_noise_from_a_real_gain(world: dict) -> None:
                   for f in ("submission.csv", "teacher_submission.csv")]
         again = public_gain_interval(FISHERIES, *tables, solution, CLASSES, RESAMPLES, seed=1)
         assert again["verdict"] == results[name]["verdict"] and again["gain"] == results[name]["gain"]
+        # per-row values resampled all at once give the interval that a metric call per resample gives
+        one_by_one = public_gain_interval(MetricOnly(), *tables, solution, CLASSES, RESAMPLES, seed=1)
+        assert one_by_one["low"] == pytest.approx(again["low"], abs=1e-9)
+        assert one_by_one["high"] == pytest.approx(again["high"], abs=1e-9)
+
+
+class MetricOnly(type(FISHERIES)):
+    """The fisheries plugin as a plugin without per-row metric values (the slow, general path)."""
+
+    def metric_rows(self, y_true, y_submitted):
+        return None
 
 
 def test_table_order_gains_and_local_leaderboard(world: dict) -> None:
