@@ -118,6 +118,10 @@ class RunConfig:
     student_init: str = option("teacher", "start each student from the previous model's weights, or from scratch: teacher|scratch",
                                check=one_of("teacher", "scratch"))
     student_epochs: int = option(6, "passes over train + pseudo-labeled items per student round", check=integer(1))
+    student_batch: str = option("real+pseudo", "what a student's optimizer step sees: real+pseudo (--batch-size train items, "
+                                               "the control's step, plus pseudo-labeled items on top: their share of the pool, "
+                                               "at most as many) | pooled (--batch-size items from one shuffled pool of both)",
+                                check=one_of("real+pseudo", "pooled"))
     student_augment: str = option("strong", "augmentation of the students (Noisy Student: noisier than the teacher): "
                                   + "|".join(AUGMENT_LEVELS), check=one_of(*AUGMENT_LEVELS))
     control: bool = option(True, "also train the control: the teacher continued on train only for the students' budget; "

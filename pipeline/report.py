@@ -66,7 +66,7 @@ def write_report(run_dir: Path, metrics: dict, test_groups: np.ndarray, probs: d
 <h2>Scores ({html.escape(metrics['metric'])}, {better} is better)</h2>
 <table><tr><th></th>{header}</tr>{score_rows}</table>
 {verdict_html}
-<h2>Pseudo-labels (last round): {pseudo['selected']} of {pseudo['target']} wanted; per round {html.escape(str(pseudo.get('selected_per_round', {})))}</h2><p>Stopped: {html.escape(pseudo['stop_reason'])}</p>
+<h2>Pseudo-labels (last round): {pseudo['selected']} of {pseudo['target']} wanted; per round {html.escape(str(pseudo.get('selected_per_round', {})))}</h2><p>Stopped: {html.escape(pseudo['stop_reason'])}</p>{_tag_bands(pseudo)}
 <table><tr><th>group</th>{''.join(f'<th>{html.escape(c)}</th>' for c in classes)}<th>total</th><th>mean confidence</th></tr>{count_rows}</table>
 <h2>Confidence on the test set</h2><img src="confidence.png" alt="confidence histograms per test group">
 {extra_html}
@@ -83,3 +83,12 @@ test {html.escape(str(metrics['items']['test']))}; unreadable: {len(unreadable)}
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _tag_bands(pseudo: dict) -> str:
+    """Multi-label: per round, the probabilities between which pseudo-tags were left unlabeled."""
+    bands = pseudo.get("certain_tag_bands") or {}
+    if not bands:
+        return ""
+    text = "; ".join(f"round {r}: " + ", ".join(f"{low:.3f}-{high:.3f}" for low, high in per_model) for r, per_model in bands.items())
+    return f"<p>Tags left unlabeled (probability strictly between), per round and model: {html.escape(text)}</p>"

@@ -4,7 +4,9 @@ Each teacher model m (one per fold) starts its own chain, so its scored rows sta
 the chain and the verdict is honest: round r's student trains on m's train rows plus the test items its
 predecessor labels most confidently (r/R of the share), then relabels the test set for round r + 1. The
 control gets the same optimizer steps on the same train rows without any pseudo-label: what the student
-gains over it is the pseudo-labels' doing, not the longer training.
+gains over it is the pseudo-labels' doing, not the longer training. By default (--student-batch
+real+pseudo) each student step sees a full batch of train rows, as the control's step does, with the
+pseudo-labeled items on top, so the pseudo-labels add to the labeled data instead of diluting it.
 """
 from __future__ import annotations
 
@@ -108,10 +110,13 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                     selection.index, selection.targets), starts_from)
 
                 def fit(label=label, selection=selection, steps=steps, seed=cfg.seed + 1000 * r + 100 * k + m, init=init):
-                    x = np.concatenate([x_fit, items.test_x(selection.index)])
-                    y = np.concatenate([y_fit, selection.targets])
-                    return train.fit(spec, label, x, y, steps, seed, cfg.student_augment,
-                                     init=init if cfg.student_init == "teacher" else None)
+                    start = init if cfg.student_init == "teacher" else None
+                    x_pseudo = items.test_x(selection.index)
+                    if cfg.student_batch == "pooled":
+                        return train.fit(spec, label, np.concatenate([x_fit, x_pseudo]),
+                                         np.concatenate([y_fit, selection.targets]), steps, seed, cfg.student_augment, init=start)
+                    return train.fit(spec, label, x_fit, y_fit, steps, seed, cfg.student_augment, init=start,
+                                     pseudo=(x_pseudo, selection.targets))
 
                 def predict(model, rows=items.test_rows[predict_rows]):
                     return (train.predict(model, items.test_source, rows, spec),

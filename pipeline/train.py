@@ -116,9 +116,34 @@ class StepLog(keras.callbacks.Callback):
         print(f"  {self.name}: step {self.done}/{self.steps}, loss {loss:.4f} ({time.perf_counter() - self.start:.0f}s)", flush=True)
 
 
+def pseudo_batch_size(batch_size: int, n_train: int, n_pseudo: int) -> int:
+    """Pseudo-labeled items added to each step's --batch-size train items: their share of the pool, at most as
+    many as the train items (1/4 of the combined set -> a third of a batch on top), at least 1."""
+    if n_pseudo <= 0:
+        return 0
+    return int(min(batch_size, max(1, round(batch_size * n_pseudo / max(n_train, 1)))))
+
+
+def training_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
+                     pseudo: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[tf.data.Dataset, int]:
+    """Endless (items, targets) batches of a fit, and how many pseudo-labeled items each batch adds (see `fit`)."""
+    batches = data.training_stream(x, y, seed).batch(batch_size)
+    if pseudo is None or len(pseudo[0]) == 0:
+        return batches, 0
+    extra = pseudo_batch_size(batch_size, len(x), len(pseudo[0]))
+    on_top = data.training_stream(*pseudo, seed + 1).batch(extra)
+    return tf.data.Dataset.zip((batches, on_top)).map(
+        lambda a, b: (tf.concat([a[0], b[0]], axis=0), tf.concat([a[1], b[1]], axis=0))), extra
+
+
 def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, seed: int, augment_level: str,
-        init: Path | list[np.ndarray] | None = None) -> tuple[keras.Model, dict]:
+        init: Path | list[np.ndarray] | None = None,
+        pseudo: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[keras.Model, dict]:
     """Train on (x, targets) for exactly `steps` optimizer steps; `init` starts from saved or given weights.
+
+    With `pseudo` (items, targets), every step takes --batch-size items of (x, y), the very stream a fit without
+    them sees, plus `pseudo_batch_size` pseudo-labeled items on top (from their own shuffled stream): the labeled
+    data is seen as often as the control sees it, and what the pseudo-labels add is all that differs.
 
     Under the run's strategy (pipeline/distribute.py) each global batch of --batch-size items is split across
     the replicas and their gradients all-reduced into the global batch's, so the steps and schedule do not depend on
@@ -141,7 +166,7 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
         model.optimizer.build(model.trainable_variables)
         if distribute.is_multiworker():
             distribute.detach_for_multiworker(model)
-    batches = data.training_stream(x, y, seed).batch(cfg.batch_size)
+    batches, extra = training_batches(x, y, cfg.batch_size, seed, pseudo)
     noise = augment.augmenter(augment_level, spec.flips) if spec.feature_dim is None else None
     if noise is not None:
         batches = batches.map(lambda images, targets: (noise(tf.cast(images, tf.float32), training=True), targets),
@@ -156,7 +181,9 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
                                 callbacks=[StepLog(name, steps)])
     distribute.average_replica_statistics(model)
     losses = history.history["loss"]
-    return model, {"steps": int(math.ceil(steps / chunk) * chunk), "items": int(len(x)), "augment": augment_level,
+    n_pseudo = 0 if pseudo is None else int(len(pseudo[0]))
+    return model, {"steps": int(math.ceil(steps / chunk) * chunk), "items": int(len(x)) + n_pseudo,
+                   "batch": cfg.batch_size + extra, "pseudo_per_batch": extra, "augment": augment_level,
                    "final_loss": float(losses[-1]), "seconds": round(time.perf_counter() - started, 2),
                    "strategy": type(distribute.strategy()).__name__, "replicas": distribute.replicas()}
 

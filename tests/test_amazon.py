@@ -342,3 +342,13 @@ def test_end_to_end_on_a_tiny_sample_beats_the_trivial_baseline(tmp_path: Path):
         # what is submitted (the student, or the control/teacher when the guard caught a student that did not help)
         submitted = m["submission"]["model"]
         assert m["leaderboard"][submitted][board] > trivial + 0.05, (board, submitted, m["leaderboard"], trivial)
+
+    # pseudo-tags the holdout cannot vouch for are left unlabeled, and the run says which and where
+    (low, high), = m["pseudo"]["certain_tag_bands"]["1"]
+    assert 0 <= low < high <= 1
+    provenance = pd.read_csv(result.run_dir / "pseudo_labels.csv", dtype=str, keep_default_na=False)
+    selected = provenance[provenance["status"] == "selected"]
+    assert (selected["unlabeled_tags"] != "").any()
+    for tags, left_out in zip(selected["pseudo_label"], selected["unlabeled_tags"]):
+        assert not set(tags.split()) & set(left_out.split())  # a tag is trained as on, or left out, never both
+    assert "Tags left unlabeled" in (result.run_dir / "report.html").read_text()
