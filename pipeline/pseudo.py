@@ -114,17 +114,17 @@ def precision_threshold(probs: np.ndarray, y_true: np.ndarray, target: float, mu
     return float(confidence[order][reached[-1]]) if len(reached) else float("inf")
 
 
-def certain_tag_band(probs: np.ndarray, y_true: np.ndarray, confidence: float) -> tuple[float, float]:
+def certain_tag_band(probs: np.ndarray, y_true: np.ndarray, confidence: float) -> tuple[float, float] | None:
     """(low, high): multi-label pseudo-tags at or below `low` are right as 0, at or above `high` as 1, with
     probability >= `confidence`; the tags between stay unlabeled (UPS, Rizve et al. 2021).
 
     Measured on labeled rows the model never trained on, pooled over tags: an isotonic regression of the truth
     on the model's probability (scikit-learn) estimates how often a tag at each probability is on, so a label
-    smoothed or shifted model still gets the band its own holdout shows. (0, 0) when confidence is 0: every tag
+    smoothed or shifted model still gets the band its own holdout shows. None when confidence is 0: every tag
     labeled at its decision threshold, as before.
     """
     if confidence <= 0:
-        return 0.0, 0.0
+        return None
     from sklearn.isotonic import IsotonicRegression
 
     p = np.asarray(probs, dtype=np.float64).ravel()
@@ -217,7 +217,7 @@ def select_pseudo_labels(
     else:
         stop = "; ".join(f"{g}: stopped by {v['stop_reason']}" for g, v in per_group.items() if v["selected"] < v["quota"])
     targets = (hard if settings.labels == "hard" else probs)[index].astype(np.float32)
-    if multi_label and settings.labels == "hard" and tag_band is not None and tag_band != (0.0, 0.0):
+    if multi_label and settings.labels == "hard" and tag_band is not None:
         low, high = tag_band
         chosen_probs = probs[index]
         targets = np.where(chosen_probs >= high, 1.0, np.where(chosen_probs <= low, 0.0, np.nan)).astype(np.float32)

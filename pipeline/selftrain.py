@@ -78,8 +78,10 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
             cutoff = pseudo.precision_threshold(labeler, items.y[scored_rows], cfg.pseudo_precision, competition.multi_label,
                                                 thresholds)
             round_settings = replace(settings, threshold=max(settings.threshold, cutoff))
-            band = pseudo.certain_tag_band(labeler, items.y[scored_rows], cfg.pseudo_tag_confidence) if competition.multi_label else None
-            if band is not None and cfg.pseudo_tag_confidence > 0 and cfg.pseudo_labels == "hard":
+            band = None  # only hard multi-label targets have tags to leave out
+            if competition.multi_label and cfg.pseudo_labels == "hard":
+                band = pseudo.certain_tag_band(labeler, items.y[scored_rows], cfg.pseudo_tag_confidence)
+            if band is not None:
                 bands.setdefault(r, []).append([round(band[0], 4), round(band[1], 4)])
                 print(f"{chain}round {r}: tags at <= {band[0]:.3f} become 0 and at >= {band[1]:.3f} become 1 (right "
                       f">= {cfg.pseudo_tag_confidence:g} of the time on the scored rows); the tags between stay unlabeled",

@@ -233,7 +233,7 @@ def test_certain_tag_band_follows_the_calibration_the_holdout_shows():
     for probs, low, high in ((truth_rate, 0.1, 0.9), (0.05 + 0.9 * truth_rate, 0.14, 0.86)):
         band = certain_tag_band(probs, on, 0.9)
         assert band[0] == pytest.approx(low, abs=0.02) and band[1] == pytest.approx(high, abs=0.02)
-    assert certain_tag_band(truth_rate, on, 0.0) == (0.0, 0.0)  # off: every tag labeled
+    assert certain_tag_band(truth_rate, on, 0.0) is None  # off: every tag labeled
     assert certain_tag_band(np.full((10, 3), 0.5), np.zeros((10, 3)), 0.9)[1] == np.inf  # never right often enough to be 1
 
 
