@@ -122,8 +122,9 @@ class RunConfig:
                                                "the control's step, plus pseudo-labeled items on top: their share of the pool, "
                                                "at most as many) | pooled (--batch-size items from one shuffled pool of both)",
                                 check=one_of("real+pseudo", "pooled"))
-    student_augment: str = option("strong", "augmentation of the students (Noisy Student: noisier than the teacher): "
-                                  + "|".join(AUGMENT_LEVELS), check=one_of(*AUGMENT_LEVELS))
+    student_augment: str = option("auto", "augmentation of the students: auto (strong, Noisy Student's noise, when a student "
+                                          "goes over each labeled item more than 16 times; none for a shorter fine-tune) | "
+                                  + "|".join(AUGMENT_LEVELS), check=one_of("auto", *AUGMENT_LEVELS))
     control: bool = option(True, "also train the control: the teacher continued on train only for the students' budget; "
                                  "the verdict compares the student with it")
     guard_confidence: float = option(0.8, "the student is submitted only if it beats the control in at least this share of "

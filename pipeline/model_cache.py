@@ -74,11 +74,12 @@ def selection_digest(index: np.ndarray, targets: np.ndarray) -> str:
 
 
 def student_key(teacher_key: str, cfg: RunConfig, model: int, round: int, pseudo_fold: int, selection: str,
-                init: str) -> str:
-    """Key of the student at (teacher model, round, pseudo-fold) trained on `selection`, starting from `init`
-    (the key of the model whose weights it continues, or "scratch")."""
+                init: str, steps: int) -> str:
+    """Key of the student at (teacher model, round, pseudo-fold) trained on `selection` for `steps` optimizer steps,
+    starting from `init` (the key of the model whose weights it continues, or "scratch")."""
     return _key({"version": CACHE_VERSION, "kind": "student", "teacher": teacher_key, "settings": model_settings(cfg),
-                 "model": model, "round": round, "pseudo_fold": pseudo_fold, "selection": selection, "init": init})
+                 "model": model, "round": round, "pseudo_fold": pseudo_fold, "selection": selection, "init": init,
+                 "steps": steps})
 
 
 def control_key(teacher_key: str, cfg: RunConfig, model: int, steps: int) -> str:

@@ -98,9 +98,14 @@ class ModelSpec:
             return MaskedBinaryCrossentropy(label_smoothing=smoothing)
         return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
 
-    def steps(self, n_items: int, epochs: int) -> int:
-        """The optimizer steps of one fit: `epochs` passes, and at least --min-steps."""
-        return max(self.cfg.min_steps, epochs * math.ceil(n_items / self.cfg.batch_size))
+    def steps(self, n_items: int, epochs: int, n_pseudo: int = 0, pooled: bool = False) -> int:
+        """The optimizer steps of one fit: `epochs` passes over its n_items (+ n_pseudo) items, at least --min-steps.
+
+        A pass is counted in the batches the fit draws: --batch-size items a step, plus `pseudo_batch_size` on top
+        unless `pooled` (one pool of both, --batch-size items a step).
+        """
+        per_step = self.cfg.batch_size + (0 if pooled else pseudo_batch_size(self.cfg.batch_size, n_items, n_pseudo))
+        return max(self.cfg.min_steps, epochs * math.ceil((n_items + n_pseudo) / per_step))
 
 
 class StepLog(keras.callbacks.Callback):
@@ -122,6 +127,26 @@ def pseudo_batch_size(batch_size: int, n_train: int, n_pseudo: int) -> int:
     if n_pseudo <= 0:
         return 0
     return int(min(batch_size, max(1, round(batch_size * n_pseudo / max(n_train, 1)))))
+
+
+# --student-augment auto: above this many passes over each labeled item a student needs Noisy Student's strong noise
+# (real photos, 10 and 50 labels a class: 64-320 passes, and without augmentation it overfits its few labels: public
+# log loss 0.30 -> 0.65); at or below it the student is a short fine-tune of the teacher, which augmentation only
+# blurs (samples at the demo budget, 5-6 passes: no augmentation beat strong on every seed). README, "Benchmarks".
+STRONG_NOISE_PASSES = 16
+
+
+def labeled_passes(steps: int, batch_size: int, n_train: int, n_pseudo: int, pooled: bool) -> float:
+    """How many times a student fit goes over each labeled item (real+pseudo: --batch-size of them a step)."""
+    per_step = batch_size * n_train / (n_train + n_pseudo) if pooled else batch_size
+    return steps * per_step / max(n_train, 1)
+
+
+def student_augment_level(level: str, passes: float) -> str:
+    """--student-augment, with `auto` resolved by the labeled passes: strong above STRONG_NOISE_PASSES, else none."""
+    if level != "auto":
+        return level
+    return "strong" if passes > STRONG_NOISE_PASSES else "none"
 
 
 def training_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,

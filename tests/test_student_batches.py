@@ -33,3 +33,31 @@ def test_the_labeled_part_of_each_batch_is_what_a_fit_without_pseudo_labels_sees
         assert xm.shape[0] == 11 and ym.shape == (11, 3)
         assert np.array_equal(xm[:8], xa) and np.array_equal(ym[:8], ya)
         assert (xm.numpy()[8:] == 7).all() and np.isnan(ym.numpy()[8:]).all()
+
+
+def test_a_students_epochs_count_the_items_its_steps_draw():
+    """--student-epochs are passes over train + pseudo-labeled items, in the batches the student draws."""
+    from pipeline.config import RunConfig
+    from pipeline.train import ModelSpec
+
+    spec = ModelSpec(RunConfig(competition="fisheries", batch_size=32, min_steps=1), n_classes=3, multi_label=False)
+    assert spec.steps(640, 3) == 60  # 20 batches of 32 a pass: the teacher's and the control's count
+    assert spec.steps(640, 3, 600) == 60  # 32 + 30 items a step: both pass in 20 steps
+    assert spec.steps(640, 3, 600, pooled=True) == 117  # one pool of 1,240 items, 32 a step
+    assert spec.steps(80, 6, 1520) == 6 * 25  # 32 + 32 items a step (capped): 1,600 items in 25 steps
+    floor = ModelSpec(RunConfig(competition="fisheries", batch_size=32, min_steps=100), n_classes=3, multi_label=False)
+    assert floor.steps(640, 3, 600) == 100
+
+
+def test_auto_student_augmentation_follows_the_passes_over_the_labels():
+    """`auto`: Noisy Student's strong noise for a long fit over few labels, none for a short fine-tune."""
+    from pipeline.train import STRONG_NOISE_PASSES, labeled_passes, student_augment_level
+
+    assert labeled_passes(800, 32, 80, 1520, pooled=False) == 320  # 10 labels a class: 32 of 80 labeled items a step
+    assert labeled_passes(100, 32, 640, 600, pooled=False) == 5  # the amazon sample at the demo budget
+    assert labeled_passes(100, 32, 640, 640, pooled=True) == 2.5  # half of each pooled batch is labeled
+    assert student_augment_level("auto", 320) == "strong"
+    assert student_augment_level("auto", 5) == "none"
+    assert student_augment_level("auto", STRONG_NOISE_PASSES) == "none"
+    assert student_augment_level("auto", STRONG_NOISE_PASSES + 0.1) == "strong"
+    assert student_augment_level("light", 320) == student_augment_level("light", 5) == "light"  # a level is kept
