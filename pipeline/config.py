@@ -22,6 +22,11 @@ SUBMISSIONS_DIR = REPO_ROOT / "submissions"
 CACHE_DIR = REPO_ROOT / "cache"
 LEDGER_PATH = SUBMISSIONS_DIR / "ledger.sqlite"
 AUGMENT_LEVELS = ("none", "light", "standard", "strong")
+# --student-augment auto: above this many passes over each labeled item a student needs Noisy Student's strong noise
+# (real photos, 10 and 50 labels a class: 64-320 passes, and without augmentation it overfits its few labels: public
+# log loss 0.30 -> 0.65); at or below it the student is a short fine-tune of the teacher, which augmentation only
+# blurs (samples at the demo budget, 5-6 passes: no augmentation beat strong on every seed). README, "Benchmarks".
+STRONG_NOISE_PASSES = 16
 BALANCE_MODES = ("predicted", "train", "none")
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker")  # pipeline/distribute.py builds them
 
@@ -123,7 +128,8 @@ class RunConfig:
                                                "at most as many) | pooled (--batch-size items from one shuffled pool of both)",
                                 check=one_of("real+pseudo", "pooled"))
     student_augment: str = option("auto", "augmentation of the students: auto (strong, Noisy Student's noise, when a student "
-                                          "goes over each labeled item more than 16 times; none for a shorter fine-tune) | "
+                                          f"goes over each labeled item more than {STRONG_NOISE_PASSES} times; none for a "
+                                          "shorter fine-tune) | "
                                   + "|".join(AUGMENT_LEVELS), check=one_of("auto", *AUGMENT_LEVELS))
     control: bool = option(True, "also train the control: the teacher continued on train only for the students' budget; "
                                  "the verdict compares the student with it")

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import augment, data, distribute, models
-from pipeline.config import RunConfig
+from pipeline.config import STRONG_NOISE_PASSES, RunConfig
 
 
 class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
@@ -127,13 +127,6 @@ def pseudo_batch_size(batch_size: int, n_train: int, n_pseudo: int) -> int:
     if n_pseudo <= 0:
         return 0
     return int(min(batch_size, max(1, round(batch_size * n_pseudo / max(n_train, 1)))))
-
-
-# --student-augment auto: above this many passes over each labeled item a student needs Noisy Student's strong noise
-# (real photos, 10 and 50 labels a class: 64-320 passes, and without augmentation it overfits its few labels: public
-# log loss 0.30 -> 0.65); at or below it the student is a short fine-tune of the teacher, which augmentation only
-# blurs (samples at the demo budget, 5-6 passes: no augmentation beat strong on every seed). README, "Benchmarks".
-STRONG_NOISE_PASSES = 16
 
 
 def labeled_passes(steps: int, batch_size: int, n_train: int, n_pseudo: int, pooled: bool) -> float:

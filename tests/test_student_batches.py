@@ -51,7 +51,8 @@ def test_a_students_epochs_count_the_items_its_steps_draw():
 
 def test_auto_student_augmentation_follows_the_passes_over_the_labels():
     """`auto`: Noisy Student's strong noise for a long fit over few labels, none for a short fine-tune."""
-    from pipeline.train import STRONG_NOISE_PASSES, labeled_passes, student_augment_level
+    from pipeline.config import STRONG_NOISE_PASSES
+    from pipeline.train import labeled_passes, student_augment_level
 
     assert labeled_passes(800, 32, 80, 1520, pooled=False) == 320  # 10 labels a class: 32 of 80 labeled items a step
     assert labeled_passes(100, 32, 640, 600, pooled=False) == 5  # the amazon sample at the demo budget
