@@ -106,22 +106,22 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                     scored_sum += labeler
                     infos.append({"model": m, "round": r, "pseudo_fold": k, "trained": False, "reason": selection.stop_reason})
                     continue
-                steps = spec.steps(len(x_fit), cfg.student_epochs, len(selection), pooled=cfg.student_batch == "pooled")
+                pooled = cfg.student_batch == "pooled"
+                steps = spec.steps(len(x_fit), cfg.student_epochs, len(selection), pooled=pooled)
                 starts_from = init_key if cfg.student_init == "teacher" else "scratch"
                 key = model_cache.student_key(key_of_teacher, cfg, m, r, k, model_cache.selection_digest(
                     selection.index, selection.targets), starts_from, steps)
 
-                passes = train.labeled_passes(steps, cfg.batch_size, len(x_fit), len(selection),
-                                              pooled=cfg.student_batch == "pooled")
+                passes = train.labeled_passes(steps, cfg.batch_size, len(x_fit), len(selection), pooled=pooled)
                 noise = train.student_augment_level(cfg.student_augment, passes)
                 print(f"{label}: {steps} steps, {passes:.0f} passes over each labeled item, augmentation {noise}"
                       + (" (auto)" if cfg.student_augment == "auto" else ""), flush=True)
 
                 def fit(label=label, selection=selection, steps=steps, seed=cfg.seed + 1000 * r + 100 * k + m, init=init,
-                        noise=noise):
+                        noise=noise, pooled=pooled):
                     start = init if cfg.student_init == "teacher" else None
                     x_pseudo = items.test_x(selection.index)
-                    if cfg.student_batch == "pooled":
+                    if pooled:
                         return train.fit(spec, label, np.concatenate([x_fit, x_pseudo]),
                                          np.concatenate([y_fit, selection.targets]), steps, seed, noise, init=start)
                     return train.fit(spec, label, x_fit, y_fit, steps, seed, noise, init=start,
