@@ -1,51 +1,73 @@
-"""Sweep cost: the first setting trains the teacher, later settings reuse it from the cache.
+"""Sweep cost: how much cheaper a second pseudo-label setting is than the first (target: 5x).
 
-`python -m benchmarks sweep [--variant small-cnn|frozen|all] [--work DIR]`
+`make bench ARGS="sweep [--ratios 0.25 0.33] [--groups public,private] [--variant default|frozen|all] [--work DIR]"`
 
-On the fisheries sample, a sweep of 3 pseudo-label settings from a cold cache, with the demo's small CNN (teacher
-and students train from scratch, so a later setting still trains a whole student) and with a frozen
-keras.applications backbone (embeddings cached once; a later setting trains only a small head). Prints
-each setting's wall time and the ratio first / mean of later ones. Random-initialised backbone weights
-keep it offline; the timing does not depend on the weights' values.
+On the fisheries sample with the demo's budget (the Makefile's QUICK options, which `make bench` passes in the
+environment; run directly, `python -m benchmarks sweep` uses the full defaults and says so), a sweep from a
+cold cache, in this process: the first setting decodes the images, runs the shift check and trains the teacher,
+the control and its students; a later setting reuses all of them from the cache and trains only its students.
+Prints each setting's wall time and parts, and the ratio first / mean of the later ones.
+
+Variants: `default` (the default backbone, trained from scratch) and `frozen` (a frozen MobileNetV2 whose
+embeddings are cached once, so a later setting trains only small heads; random-initialised weights keep it
+offline, and the timing does not depend on their values).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import tempfile
 import time
 from pathlib import Path
 
-from pipeline.commands.sweep import run_sweep, summary
-from pipeline.config import RunConfig
-from pipeline.registry import GROUPS, get_competition
+from pipeline.commands.submit import register
+from pipeline.config import config_from_args
+from pipeline.registry import get_competition
+from pipeline.sweep import run_sweep, summary, sweep_settings
 
-SETTINGS = [(0.1, GROUPS), (0.25, ("public",)), (0.33, GROUPS)]
 VARIANTS = {
-    "small-cnn": ("small-cnn (the demo's defaults)", {}),
-    "frozen": ("MobileNetV2 frozen, cached features", {"backbone": "MobileNetV2", "weights": "none", "image_size": 64}),
+    "default": ("the default backbone, trained from scratch", []),
+    "frozen": ("MobileNetV2 frozen, cached features", ["--backbone", "MobileNetV2", "--weights", "none"]),
 }
 
 
+def budget() -> tuple[list[str], str]:
+    """The run options of the demo's budget: the Makefile's QUICK, passed by `make bench` as $QUICK."""
+    quick = os.environ.get("QUICK")
+    if quick is None:
+        return [], "the full defaults (QUICK is not set: run it as `make bench ARGS=sweep` for the demo's budget)"
+    return shlex.split(quick), f"the demo's budget (QUICK: {quick or 'empty, the full defaults'})"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks sweep")
-    parser.add_argument("--variant", choices=[*VARIANTS, "all"], default="all")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.33])
+    parser.add_argument("--groups", nargs="+", default=["public,private"])
+    parser.add_argument("--variant", choices=[*VARIANTS, "all"], default="default")
     parser.add_argument("--work", type=Path, help="keep the sample, runs and ledger here (default: a temporary folder)")
     args = parser.parse_args()
+    options, said = budget()
+    settings = sweep_settings(args.ratios, args.groups)
+    print(f"sweep of {len(settings)} settings on the fisheries sample, {said}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         root = args.work or Path(tmp)
         if not (root / "sample" / "data").exists():
-            started = time.perf_counter()
             get_competition("fisheries").make_sample(root / "sample", seed=0)
-            print(f"fisheries sample in {time.perf_counter() - started:.1f}s", flush=True)
         figures = []
         for key in (VARIANTS if args.variant == "all" else [args.variant]):
             name, changes = VARIANTS[key]
             cache = Path(tempfile.mkdtemp(prefix=f"cache-{key}-", dir=root))  # always cold: the first setting trains
-            base = RunConfig(competition="fisheries", data=str(root / "sample" / "data"),
-                             solution=str(root / "sample" / "solution.csv"), runs_dir=str(root / "runs"),
-                             cache_dir=str(cache), ledger=str(root / "ledger.sqlite"), **changes)
-            results = run_sweep(base, SETTINGS)
-            figures.append((name, summary(results)))
-        print("\n== benchmark: sweep of 3 settings on the fisheries sample (cold cache)")
-        for name, text in figures:
-            print(f"-- {name}\n{text}")
+            cli = argparse.ArgumentParser()
+            register(cli.add_subparsers())
+            base = config_from_args(cli.parse_args([
+                "submit", "--competition", "fisheries", "--data", str(root / "sample" / "data"),
+                "--solution", str(root / "sample" / "solution.csv"), "--runs-dir", str(root / "runs"),
+                "--cache-dir", str(cache), "--ledger", str(root / "ledger.sqlite"), *options, *changes]))
+            started = time.perf_counter()
+            results = run_sweep(base, settings)
+            figures.append((name, summary(results), time.perf_counter() - started))
+        print(f"\n== benchmark: sweep of {len(settings)} settings on the fisheries sample (cold cache), {said}")
+        for name, text, seconds in figures:
+            print(f"-- {name} ({seconds:.0f}s)\n{text}\n(target: a later setting <= 1/5 of the first)")

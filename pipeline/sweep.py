@@ -22,7 +22,7 @@ class SweepResult:
     wall_s: float
     run_id: str | None = None
     teacher_cache: str | None = None  # "hit" | "miss"
-    timings: dict | None = None  # the run's metrics["timings"]: teacher_s, student_s, total_s
+    timings: dict | None = None  # the run's metrics["timings"]: teacher_s, control_s, student_s, total_s
     error: str | None = None
 
     @property
@@ -86,7 +86,8 @@ def summary(results: list[SweepResult]) -> str:
         else:
             t = r.timings or {}
             outcome = (f"teacher {r.teacher_cache or '?'} {t.get('teacher_s', float('nan')):6.1f}s, "
-                       f"student {t.get('student_s', float('nan')):6.1f}s  {r.run_id}")
+                       f"control {t.get('control_s', float('nan')):6.1f}s, "
+                       f"students {t.get('student_s', float('nan')):6.1f}s  {r.run_id}")
         lines.append(f"  {r.label:<{width}}  {r.wall_s:7.1f}s  {outcome}")
     later = [r.wall_s for r in results[1:] if not r.error]
     if later and not results[0].error:
