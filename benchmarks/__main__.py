@@ -16,8 +16,13 @@ def main() -> None:
     options = sys.argv[2:]
     for name in wanted:
         print(f"\n=== benchmark: {name}", flush=True)
+        module = importlib.import_module(f"benchmarks.{name}")
+        needs = getattr(module, "NEEDS", None)  # e.g. real: photos that are not in this repository
+        if needs and len(wanted) > 1:
+            print(f"skipped: it needs {needs} (make bench ARGS=\"{name} {needs} ...\")", flush=True)
+            continue
         sys.argv = [f"python -m benchmarks {name}", *options]  # a benchmark's main() parses its own options
-        importlib.import_module(f"benchmarks.{name}").main()
+        module.main()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image
 from sklearn.metrics import accuracy_score, log_loss
 
+NEEDS = "--data DIR"  # real photos, never shipped here: `make bench` without ARGS skips this one
 MODELS = ("teacher", "control", "student", "submitted")
 SUFFIXES = {".jpg", ".jpeg", ".png"}
 

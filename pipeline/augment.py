@@ -6,8 +6,9 @@ is the competition's call (`Competition.flips`): satellite tiles take both, hand
 
 The flip, rotation, zoom and shift of an image are one projective warp (`RandomGeometry`), drawn from the same
 distributions as Keras's RandomFlip, RandomRotation, RandomZoom and RandomTranslation: chained, those layers warp
-the batch four times, and on 2 CPU cores that was a quarter of a training step (`standard`, batch 32: 33 ms
-of CPU a batch, 9 ms as one warp; `python -m benchmarks loader --augment` prints both).
+the batch three times (and flip it), which on 2 CPU cores cost about as much CPU as a quarter of a training step
+(`standard`, batch 32: 33 ms a batch, 9 ms as one warp; `make bench ARGS=augment` prints both). One resampling
+also blurs less than three.
 """
 from __future__ import annotations
 
