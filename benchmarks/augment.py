@@ -5,7 +5,8 @@
 1. For each level, CPU milliseconds per batch of 64 px uint8 images through the input pipeline's map (what a
    training step waits for, or competes with on a CPU): RandomFlip, RandomRotation, RandomZoom and
    RandomTranslation chained, as the pipeline did before, then brightness and contrast; and `augment.augmenter`,
-   where the first four are one warp with the same transforms (tests/test_augment.py). Best of --repeats.
+   where the first four are one warp with the same transforms (tests/test_augment.py; `light`, flips alone,
+   keeps Keras's RandomFlip). Best of --repeats.
 2. What a fit gains: `train.fit` of the default model (`standard`, as the teacher and control train) for
    --fit-steps steps with each, run alternately --repeats times; wall and CPU seconds, medians.
 """
@@ -96,7 +97,8 @@ def main() -> None:
     for level in ("light", "standard", "strong"):
         before = cpu_ms_per_batch(keras_layers(level, args.flips), images, args.batch, args.batches, args.repeats)
         now = cpu_ms_per_batch(augment.augmenter(level, args.flips), images, args.batch, args.batches, args.repeats)
-        print(f"  {level:8s} Keras's layers {before:6.1f} ms, one warp {now:6.1f} ms: {before / now:.1f}x less CPU", flush=True)
+        print(f"  {level:8s} Keras's layers {before:6.1f} ms, augment.augmenter {now:6.1f} ms: {before / now:.1f}x less CPU",
+              flush=True)
     if args.fit_steps:
         seconds = fit_seconds(args.fit_steps, args.repeats)
         print(f"train.fit, default model, `standard`, {args.fit_steps} steps of 32, median of {args.repeats} (tracing included):")

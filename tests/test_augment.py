@@ -72,8 +72,9 @@ def test_levels_and_reproducibility():
         augment.augmenter("heavy", "horizontal")
     with pytest.raises(ValueError, match="flips must be"):
         augment.RandomGeometry(flips="diagonal")
-    light = augment.augmenter("light", "none")
-    assert not any(isinstance(layer, augment.RandomGeometry) for layer in light.layers)  # nothing to warp
+    assert not any(isinstance(layer, augment.RandomGeometry) for layer in augment.augmenter("light", "none").layers)
+    light = augment.augmenter("light", "horizontal")  # flips alone: Keras's RandomFlip, no warp
+    assert [type(layer) for layer in light.layers][:1] == [layers.RandomFlip]
     images = np.repeat(smooth_image(), 8, axis=0)
     outputs = []
     for _ in range(2):
