@@ -103,8 +103,7 @@ def main() -> None:
     parser.add_argument("--no-sklearn", action="store_true")
     parser.add_argument("run_options", nargs=argparse.REMAINDER, help="after --: options of `python -m pipeline submit`")
     args = parser.parse_args()
-    from pipeline.commands.submit import register
-    from pipeline.config import config_from_args
+    from benchmarks import submit_config
     from pipeline.run import run_pipeline
 
     paths, labels, classes = list_photos(args.data)
@@ -120,14 +119,12 @@ def main() -> None:
                 folder = work / f"k{k}-s{seed}"
                 if not (folder / "solution.csv").exists():
                     write_competition(folder, paths, labels, classes, labeled, public, private)
-                cli = argparse.ArgumentParser()
-                register(cli.add_subparsers())
-                parsed = cli.parse_args(["submit", "--competition", "imagefolder", "--data", str(folder / "data"),
-                                         "--solution", str(folder / "solution.csv"), "--seed", str(seed), "--runs-dir",
-                                         str(work / "runs"), "--cache-dir", str(work / "cache"), "--no-ledger",
-                                         "--run-name", f"k{k}-s{seed}-{time.strftime('%H%M%S')}", *extra])
+                cfg = submit_config(["--competition", "imagefolder", "--data", str(folder / "data"),
+                                     "--solution", str(folder / "solution.csv"), "--seed", str(seed), "--runs-dir",
+                                str(work / "runs"), "--cache-dir", str(work / "cache"), "--no-ledger",
+                                     "--run-name", f"k{k}-s{seed}-{time.strftime('%H%M%S')}", *extra])
                 started = time.perf_counter()
-                result = run_pipeline(config_from_args(parsed))
+                result = run_pipeline(cfg)
                 wall = time.perf_counter() - started
                 saved = np.load(result.run_dir / "probabilities.npz")
                 truth = {f"{g}/{i:05d}{Path(paths[i]).suffix.lower()}": labels[i] for g, rows in (("public", public), ("private", private)) for i in rows}

@@ -21,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.commands.submit import register
-from pipeline.config import config_from_args
+from benchmarks import submit_config
 from pipeline.registry import get_competition
 from pipeline.sweep import run_sweep, summary, sweep_settings
 
@@ -59,12 +58,10 @@ def main() -> None:
         for key in (VARIANTS if args.variant == "all" else [args.variant]):
             name, changes = VARIANTS[key]
             cache = Path(tempfile.mkdtemp(prefix=f"cache-{key}-", dir=root))  # always cold: the first setting trains
-            cli = argparse.ArgumentParser()
-            register(cli.add_subparsers())
-            base = config_from_args(cli.parse_args([
-                "submit", "--competition", "fisheries", "--data", str(root / "sample" / "data"),
+            base = submit_config([
+                "--competition", "fisheries", "--data", str(root / "sample" / "data"),
                 "--solution", str(root / "sample" / "solution.csv"), "--runs-dir", str(root / "runs"),
-                "--cache-dir", str(cache), "--ledger", str(root / "ledger.sqlite"), *options, *changes]))
+                "--cache-dir", str(cache), "--ledger", str(root / "ledger.sqlite"), *options, *changes])
             started = time.perf_counter()
             results = run_sweep(base, settings)
             figures.append((name, summary(results), time.perf_counter() - started))

@@ -17,6 +17,8 @@ import math
 import keras
 from keras import layers, ops
 
+from pipeline.contract import FLIPS
+
 STRENGTH = {"light": 0.0, "standard": 1.0, "strong": 1.5}
 
 
@@ -54,8 +56,8 @@ class RandomGeometry(layers.Layer):
     def __init__(self, rotation: float = 0.0, zoom: tuple[float, float] = (0.0, 0.0), translation: float = 0.0,
                  flips: str = "none", seed: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        if flips not in ("none", "horizontal", "vertical", "horizontal_and_vertical"):
-            raise ValueError(f"flips must be none, horizontal, vertical or horizontal_and_vertical, got {flips!r}")
+        if flips not in FLIPS:  # the plugins' own choices (pipeline/contract.py)
+            raise ValueError(f"flips must be one of {', '.join(FLIPS)}, got {flips!r}")
         self.rotation, self.zoom, self.translation, self.flips = rotation, tuple(zoom), translation, flips
         self.seed_generator = keras.random.SeedGenerator(seed)
 
