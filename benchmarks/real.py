@@ -121,7 +121,7 @@ def main() -> None:
                     write_competition(folder, paths, labels, classes, labeled, public, private)
                 cfg = submit_config(["--competition", "imagefolder", "--data", str(folder / "data"),
                                      "--solution", str(folder / "solution.csv"), "--seed", str(seed), "--runs-dir",
-                                str(work / "runs"), "--cache-dir", str(work / "cache"), "--no-ledger",
+                                     str(work / "runs"), "--cache-dir", str(work / "cache"), "--no-ledger",
                                      "--run-name", f"k{k}-s{seed}-{time.strftime('%H%M%S')}", *extra])
                 started = time.perf_counter()
                 result = run_pipeline(cfg)
