@@ -189,7 +189,7 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
     if noise is not None:
         batches = batches.map(lambda images, targets: (noise(tf.cast(images, tf.float32), training=True), targets),
                               num_parallel_calls=tf.data.AUTOTUNE)
-    batches = distribute.shard_by_data(batches.prefetch(tf.data.AUTOTUNE))
+    batches = distribute.shard_by_data(data.without_autotuning(batches.prefetch(tf.data.AUTOTUNE)))
     chunk = max(1, math.ceil(steps / 10))
     started = time.perf_counter()
     with warnings.catch_warnings():  # Keras warns that a tf.data input ignores shuffle=True; ours is shuffled

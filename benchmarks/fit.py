@@ -1,0 +1,96 @@
+"""Where a short fit's wall time goes, with tf.data's autotuning on (TensorFlow's default) and off (the pipeline's).
+
+`make bench ARGS="fit [--steps 100] [--repeats 3] [--augment none|standard]"`
+
+A student-sized `train.fit` of the default model (64 px, 32 train items a step plus pseudo-labeled ones on top),
+run alternately with each setting: seconds to the first step's end (building the model, tracing the step), ms
+per step after it, and the wall and CPU seconds between the last step and the fit's return (Keras then drops
+the endless training stream; deleting its iterator waited for the autotuning thread), then a prediction of
+2,000 rows (with the mirror image). Every fit is printed; the summary counts the teardowns over 0.5 s.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import time
+
+import numpy as np
+
+STALL_S = 0.5
+PREDICT_ROWS = 2000
+
+
+def timed_fit(steps: int, seed: int, augment_level: str) -> dict[str, float]:
+    import keras
+
+    from pipeline import train
+    from pipeline.config import RunConfig
+
+    spec = train.ModelSpec(RunConfig(competition="bench", data="", min_steps=1), n_classes=8, multi_label=False)
+    rng = np.random.default_rng(seed)
+    x, x_pseudo = (rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8) for n in (480, 250))
+    y, y_pseudo = (np.eye(8, dtype=np.float32)[rng.integers(0, 8, n)] for n in (480, 250))
+    stamps: list[float] = []
+    cpu_at_last_step = [0.0]
+
+    class Stamps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None) -> None:
+            stamps.append(time.perf_counter())
+            cpu_at_last_step[0] = time.process_time()
+
+    fit = keras.Model.fit
+
+    def fit_with_stamps(model, *args, **kwargs):
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), Stamps()]
+        return fit(model, *args, **kwargs)
+
+    keras.Model.fit = fit_with_stamps
+    try:
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):  # the fit's progress lines
+            model, _ = train.fit(spec, "bench", x, y, steps, seed, augment_level, pseudo=(x_pseudo, y_pseudo))
+        ended, cpu_ended = time.perf_counter(), time.process_time()
+    finally:
+        keras.Model.fit = fit
+    test = rng.integers(0, 256, (PREDICT_ROWS, 64, 64, 3), dtype=np.uint8)
+    predict_started = time.perf_counter()
+    train.predict(model, test, None, spec)
+    predicted = time.perf_counter()
+    return {"first_step_s": stamps[0] - started, "ms_per_step": (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1000,
+            "teardown_s": ended - stamps[-1], "teardown_cpu_s": cpu_ended - cpu_at_last_step[0], "total_s": ended - started,
+            "predict_s": predicted - predict_started}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks fit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--augment", default="none", choices=["none", "light", "standard", "strong"])
+    args = parser.parse_args()
+    from pipeline import data
+
+    without = data.without_autotuning
+    settings = {"autotuning on (TensorFlow's default)": lambda dataset: dataset, "autotuning off (the pipeline)": without}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
+    print(f"train.fit, default model, {args.steps} steps, augmentation {args.augment}, {args.repeats} fits each, alternating")
+    for repeat in range(args.repeats):
+        for name in (list(settings) if repeat % 2 == 0 else list(settings)[::-1]):  # alternate who goes first
+            data.without_autotuning = settings[name]  # what train.fit applies to its training stream
+            try:
+                run = timed_fit(args.steps, repeat, args.augment)
+            finally:
+                data.without_autotuning = without
+            runs[name].append(run)
+            print(f"  {name:38s} first step {run['first_step_s']:5.2f} s, {run['ms_per_step']:4.0f} ms/step, "
+                  f"after the last step {run['teardown_s']:5.2f} s ({run['teardown_cpu_s']:.2f} s CPU), fit {run['total_s']:5.1f} s, "
+                  f"predict {PREDICT_ROWS} {run['predict_s']:4.1f} s", flush=True)
+    print("summary (medians):")
+    for name, fits in runs.items():
+        stalls = sum(run["teardown_s"] > STALL_S for run in fits)
+        print(f"  {name:38s} fit {statistics.median(r['total_s'] for r in fits):5.1f} s, "
+              f"predict {statistics.median(r['predict_s'] for r in fits):4.1f} s, "
+              f"{statistics.median(r['ms_per_step'] for r in fits):4.0f} ms/step, teardown over {STALL_S} s in "
+              f"{stalls} of {len(fits)} fits (longest {max(r['teardown_s'] for r in fits):.2f} s)", flush=True)
