@@ -1,12 +1,15 @@
 """Where a short fit's wall time goes, with tf.data's autotuning on (TensorFlow's default) and off (the pipeline's).
 
-`make bench ARGS="fit [--steps 100] [--repeats 3] [--augment none|standard]"`
+`make bench ARGS="fit [--steps 100] [--repeats 3] [--augment none|standard] [--trace-repeats 6]"`
 
 A student-sized `train.fit` of the default model (64 px, 32 train items a step plus pseudo-labeled ones on top),
 run alternately with each setting: seconds to the first step's end (building the model, tracing the step), ms
 per step after it, and the wall and CPU seconds between the last step and the fit's return (Keras then drops
 the endless training stream; deleting its iterator waited for the autotuning thread), then a prediction of
 2,000 rows (with the mirror image). Every fit is printed; the summary counts the teardowns over 0.5 s.
+
+Then tracing: 1-step fits (building, tracing, one step) with the learning-rate schedule built for every
+variable, as Keras's AdamW asks for it, and once per traced graph (`train.WarmupCosineDecay`), alternately.
 """
 from __future__ import annotations
 
@@ -63,12 +66,39 @@ def timed_fit(steps: int, seed: int, augment_level: str) -> dict[str, float]:
             "predict_s": predicted - predict_started}
 
 
+def one_step_fits(repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of 1-step fits, the schedule built for every variable vs once per traced graph."""
+    from pipeline import train
+    from pipeline.config import RunConfig
+
+    spec = train.ModelSpec(RunConfig(competition="bench", data="", min_steps=1), n_classes=8, multi_label=False)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (64, 64, 64, 3), dtype=np.uint8), np.eye(8, dtype=np.float32)[rng.integers(0, 8, 64)]
+    once = train.WarmupCosineDecay.__call__
+    variants = {"for every variable": train.WarmupCosineDecay._value, "once per traced graph": once}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    with contextlib.redirect_stdout(io.StringIO()):
+        train.fit(spec, "warm-up", x, y, 1, 0, "none")  # the first fit of a process also builds TensorFlow's caches
+    for repeat in range(repeats):
+        for name in (list(variants) if repeat % 2 == 0 else list(variants)[::-1]):
+            train.WarmupCosineDecay.__call__ = variants[name]
+            try:
+                wall, cpu = time.perf_counter(), time.process_time()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    train.fit(spec, "bench", x, y, 1, repeat, "none")
+                times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+            finally:
+                train.WarmupCosineDecay.__call__ = once
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks fit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--augment", default="none", choices=["none", "light", "standard", "strong"])
+    parser.add_argument("--trace-repeats", type=int, default=6, help="1-step fits per schedule variant (0: skip)")
     args = parser.parse_args()
     from pipeline import data
 
@@ -94,3 +124,9 @@ def main() -> None:
               f"predict {statistics.median(r['predict_s'] for r in fits):4.1f} s, "
               f"{statistics.median(r['ms_per_step'] for r in fits):4.0f} ms/step, teardown over {STALL_S} s in "
               f"{stalls} of {len(fits)} fits (longest {max(r['teardown_s'] for r in fits):.2f} s)", flush=True)
+    if args.trace_repeats:
+        print(f"1-step fits (build, trace, one step), {args.trace_repeats} each, alternating; the learning-rate schedule built:")
+        for name, runs in one_step_fits(args.trace_repeats).items():
+            print(f"  {name:22s} median {statistics.median(w for w, _ in runs):5.2f} s wall, "
+                  f"{statistics.median(c for _, c in runs):5.2f} s CPU (wall of each: "
+                  f"{', '.join(f'{w:.2f}' for w, _ in runs)})", flush=True)

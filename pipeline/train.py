@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +23,24 @@ from pipeline.config import STRONG_NOISE_PASSES, RunConfig
 class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
     """Keras's CosineDecay with warm-up, the same values computed without a graph branch.
 
-    The optimizer evaluates its schedule for every variable (AdamW twice: decay and update) while tf.function traces
-    the train step, and Keras's `ops.cond` made those evaluations about a third of a short fit's tracing. Both
-    branches here are Keras's own arithmetic; `where` picks one (the unused warm-up branch may divide by zero).
+    The optimizer evaluates its schedule for every variable (AdamW's weight decay reads `learning_rate` once per
+    variable) while tf.function traces the train step, and Keras's `ops.cond` made those evaluations about a third
+    of a short fit's tracing. Both branches here are Keras's own arithmetic; `where` picks one (the unused warm-up
+    branch may divide by zero). In a traced graph the schedule is built once per step variable and reused: every
+    evaluation in one train step reads the same step count (the optimizer counts the step after its update), so
+    the values are the same, and 30 evaluations were still 0.8 s of a 5 s trace of the default model.
     """
 
     def __call__(self, step):
+        if not tf.inside_function():
+            return self._value(step)
+        traced = self.__dict__.setdefault("_traced", weakref.WeakKeyDictionary())  # graph -> (step, value)
+        graph = tf.compat.v1.get_default_graph()
+        if graph not in traced or traced[graph][0] is not step:
+            traced[graph] = (step, self._value(step))
+        return traced[graph][1]
+
+    def _value(self, step):
         from keras import ops
 
         start = ops.convert_to_tensor(self.initial_learning_rate)

@@ -18,3 +18,31 @@ def test_warmup_cosine_gives_kerass_values_at_every_step(steps, warmup):
     values = np.array([float(ours(int(s))) for s in at])
     assert np.array_equal(values, np.array([float(theirs(int(s))) for s in at]))
     assert np.isfinite(values).all() and values[0] == pytest.approx(2e-4 if warmup else 2e-3)
+
+
+def test_adamw_with_the_schedule_updates_as_with_kerass():
+    """Traced steps of AdamW with weight decay: the schedule built once per graph (see WarmupCosineDecay) gives
+    the same weights as Keras's CosineDecay, evaluated for every variable."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.train import WarmupCosineDecay
+
+    def train(schedule) -> list[np.ndarray]:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=0.05)
+        weights = [keras.Variable(np.linspace(-1, 1, n, dtype=np.float32)) for n in (3, 4, 5)]
+        optimizer.build(weights)
+
+        @tf.function
+        def step():
+            optimizer.apply_gradients([(tf.sin(w * 3.0), w) for w in weights])
+
+        for _ in range(6):
+            step()
+        return [w.numpy() for w in weights]
+
+    args, options = (1e-2, 4), dict(alpha=0.0, warmup_target=1e-1, warmup_steps=2)
+    ours, theirs = train(WarmupCosineDecay(*args, **options)), train(keras.optimizers.schedules.CosineDecay(*args, **options))
+    for mine, kerass in zip(ours, theirs):
+        assert np.array_equal(mine, kerass)
+    assert not np.array_equal(ours[0], np.linspace(-1, 1, 3, dtype=np.float32))  # the steps did update the weights
