@@ -53,8 +53,9 @@ demo: $(VENV)/.installed $(SAMPLE)/data ## the whole pipeline on the bundled sam
 test: $(VENV)/.installed ## the test suite (what CI runs)
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
+# QUICK goes to the benchmarks in the environment: the sweep benchmark times the demo's budget
 bench: $(VENV)/.installed ## benchmarks: printed figures and ratios, never timed assertions
-	QUICK="$(QUICK)" $(PY) -m benchmarks $(ARGS)  # the sweep benchmark times the demo's budget
+	QUICK="$(QUICK)" $(PY) -m benchmarks $(ARGS)
 
 submit: $(VENV)/.installed ## the pipeline on real data: COMP, DATA, ARGS; UPLOAD=1 MESSAGE="..." uploads to Kaggle
 	$(PY) -m pipeline submit --competition $(COMP) --data $(DATA) $(if $(UPLOAD),--upload --message "$(MESSAGE)") $(ARGS)
