@@ -11,3 +11,19 @@ def submit_config(argv: list[str]):
     cli = argparse.ArgumentParser()
     register(cli.add_subparsers())
     return config_from_args(cli.parse_args(["submit", *argv]))
+
+
+def default_model_spec(n_classes: int = 8):
+    """The default model's ModelSpec (64 px, 32 items a step); --min-steps 1, so a fit takes exactly the steps asked."""
+    from pipeline import train
+    from pipeline.config import RunConfig
+
+    return train.ModelSpec(RunConfig(competition="bench", data="", min_steps=1), n_classes=n_classes, multi_label=False)
+
+
+def alternating(names, repeats: int):
+    """(repeat, name) for timed runs of each name, `repeats` times, who goes first alternating between repeats."""
+    names = list(names)
+    for repeat in range(repeats):
+        for name in (names if repeat % 2 == 0 else names[::-1]):
+            yield repeat, name

@@ -57,25 +57,24 @@ def cpu_ms_per_batch(noise, images: np.ndarray, batch: int, batches: int, repeat
 
 def fit_seconds(steps: int, repeats: int) -> dict[str, tuple[float, float]]:
     """Median (wall, CPU) seconds of a `standard` fit of the default model, with each augmentation."""
+    from benchmarks import alternating, default_model_spec
     from pipeline import augment, train
-    from pipeline.config import RunConfig
 
-    spec = train.ModelSpec(RunConfig(competition="bench", data="", min_steps=1), n_classes=8, multi_label=False)
+    spec = default_model_spec()
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (512, 64, 64, 3), dtype=np.uint8)
     y = np.eye(8, dtype=np.float32)[rng.integers(0, 8, 512)]
     one_warp = augment.augmenter
     times: dict[str, list[tuple[float, float]]] = {"Keras's layers": [], "one warp": []}
-    for repeat in range(repeats):
-        for name in (list(times) if repeat % 2 == 0 else list(times)[::-1]):  # alternate who goes first
-            augment.augmenter = keras_layers if name == "Keras's layers" else one_warp  # what train.fit builds
-            try:
-                wall, cpu = time.perf_counter(), time.process_time()
-                with contextlib.redirect_stdout(io.StringIO()):  # its progress lines
-                    train.fit(spec, "bench", x, y, steps, seed=0, augment_level="standard")
-                times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
-            finally:
-                augment.augmenter = one_warp
+    for _, name in alternating(times, repeats):
+        augment.augmenter = keras_layers if name == "Keras's layers" else one_warp  # what train.fit builds
+        try:
+            wall, cpu = time.perf_counter(), time.process_time()
+            with contextlib.redirect_stdout(io.StringIO()):  # its progress lines
+                train.fit(spec, "bench", x, y, steps, seed=0, augment_level="standard")
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+        finally:
+            augment.augmenter = one_warp
     return {name: (statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)) for name, runs in times.items()}
 
 

@@ -28,10 +28,10 @@ PREDICT_ROWS = 2000
 def timed_fit(steps: int, seed: int, augment_level: str) -> dict[str, float]:
     import keras
 
+    from benchmarks import default_model_spec
     from pipeline import train
-    from pipeline.config import RunConfig
 
-    spec = train.ModelSpec(RunConfig(competition="bench", data="", min_steps=1), n_classes=8, multi_label=False)
+    spec = default_model_spec()
     rng = np.random.default_rng(seed)
     x, x_pseudo = (rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8) for n in (480, 250))
     y, y_pseudo = (np.eye(8, dtype=np.float32)[rng.integers(0, 8, n)] for n in (480, 250))
@@ -68,10 +68,10 @@ def timed_fit(steps: int, seed: int, augment_level: str) -> dict[str, float]:
 
 def one_step_fits(repeats: int) -> dict[str, list[tuple[float, float]]]:
     """(wall, CPU) seconds of 1-step fits, the schedule built for every variable vs once per traced graph."""
+    from benchmarks import alternating, default_model_spec
     from pipeline import train
-    from pipeline.config import RunConfig
 
-    spec = train.ModelSpec(RunConfig(competition="bench", data="", min_steps=1), n_classes=8, multi_label=False)
+    spec = default_model_spec()
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (64, 64, 64, 3), dtype=np.uint8), np.eye(8, dtype=np.float32)[rng.integers(0, 8, 64)]
     once = train.WarmupCosineDecay.__call__
@@ -79,16 +79,15 @@ def one_step_fits(repeats: int) -> dict[str, list[tuple[float, float]]]:
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     with contextlib.redirect_stdout(io.StringIO()):
         train.fit(spec, "warm-up", x, y, 1, 0, "none")  # the first fit of a process also builds TensorFlow's caches
-    for repeat in range(repeats):
-        for name in (list(variants) if repeat % 2 == 0 else list(variants)[::-1]):
-            train.WarmupCosineDecay.__call__ = variants[name]
-            try:
-                wall, cpu = time.perf_counter(), time.process_time()
-                with contextlib.redirect_stdout(io.StringIO()):
-                    train.fit(spec, "bench", x, y, 1, repeat, "none")
-                times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
-            finally:
-                train.WarmupCosineDecay.__call__ = once
+    for repeat, name in alternating(variants, repeats):
+        train.WarmupCosineDecay.__call__ = variants[name]
+        try:
+            wall, cpu = time.perf_counter(), time.process_time()
+            with contextlib.redirect_stdout(io.StringIO()):
+                train.fit(spec, "bench", x, y, 1, repeat, "none")
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+        finally:
+            train.WarmupCosineDecay.__call__ = once
     return times
 
 
@@ -100,23 +99,23 @@ def main() -> None:
     parser.add_argument("--augment", default="none", choices=["none", "light", "standard", "strong"])
     parser.add_argument("--trace-repeats", type=int, default=6, help="1-step fits per schedule variant (0: skip)")
     args = parser.parse_args()
+    from benchmarks import alternating
     from pipeline import data
 
     without = data.without_autotuning
     settings = {"autotuning on (TensorFlow's default)": lambda dataset: dataset, "autotuning off (the pipeline)": without}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
     print(f"train.fit, default model, {args.steps} steps, augmentation {args.augment}, {args.repeats} fits each, alternating")
-    for repeat in range(args.repeats):
-        for name in (list(settings) if repeat % 2 == 0 else list(settings)[::-1]):  # alternate who goes first
-            data.without_autotuning = settings[name]  # what train.fit applies to its training stream
-            try:
-                run = timed_fit(args.steps, repeat, args.augment)
-            finally:
-                data.without_autotuning = without
-            runs[name].append(run)
-            print(f"  {name:38s} first step {run['first_step_s']:5.2f} s, {run['ms_per_step']:4.0f} ms/step, "
-                  f"after the last step {run['teardown_s']:5.2f} s ({run['teardown_cpu_s']:.2f} s CPU), fit {run['total_s']:5.1f} s, "
-                  f"predict {PREDICT_ROWS} {run['predict_s']:4.1f} s", flush=True)
+    for repeat, name in alternating(settings, args.repeats):
+        data.without_autotuning = settings[name]  # what train.fit and data.prediction_batches apply to their datasets
+        try:
+            run = timed_fit(args.steps, repeat, args.augment)
+        finally:
+            data.without_autotuning = without
+        runs[name].append(run)
+        print(f"  {name:38s} first step {run['first_step_s']:5.2f} s, {run['ms_per_step']:4.0f} ms/step, "
+              f"after the last step {run['teardown_s']:5.2f} s ({run['teardown_cpu_s']:.2f} s CPU), fit {run['total_s']:5.1f} s, "
+              f"predict {PREDICT_ROWS} {run['predict_s']:4.1f} s", flush=True)
     print("summary (medians):")
     for name, fits in runs.items():
         stalls = sum(run["teardown_s"] > STALL_S for run in fits)
@@ -126,7 +125,7 @@ def main() -> None:
               f"{stalls} of {len(fits)} fits (longest {max(r['teardown_s'] for r in fits):.2f} s)", flush=True)
     if args.trace_repeats:
         print(f"1-step fits (build, trace, one step), {args.trace_repeats} each, alternating; the learning-rate schedule built:")
-        for name, runs in one_step_fits(args.trace_repeats).items():
-            print(f"  {name:22s} median {statistics.median(w for w, _ in runs):5.2f} s wall, "
-                  f"{statistics.median(c for _, c in runs):5.2f} s CPU (wall of each: "
-                  f"{', '.join(f'{w:.2f}' for w, _ in runs)})", flush=True)
+        for name, seconds in one_step_fits(args.trace_repeats).items():
+            print(f"  {name:22s} median {statistics.median(w for w, _ in seconds):5.2f} s wall, "
+                  f"{statistics.median(c for _, c in seconds):5.2f} s CPU (wall of each: "
+                  f"{', '.join(f'{w:.2f}' for w, _ in seconds)})", flush=True)
