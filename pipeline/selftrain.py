@@ -19,6 +19,9 @@ import pandas as pd
 from pipeline import model_cache, pseudo, split
 from pipeline.config import RunConfig
 
+WORKERS_DIFFER = ("their models, in step until now, predicted differently: run every worker on the same kind of device "
+                  "with the same installation (`make install` from the same checkout)")
+
 
 @dataclass
 class ModelFamily:
@@ -47,8 +50,8 @@ def settings_of(cfg: RunConfig) -> pseudo.PseudoSettings:
 
 def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTraining:
     """Rounds of pseudo-labeling and students for every teacher model, then the controls."""
-    from pipeline import train
-    from pipeline.teacher_cache import teacher_key
+    from pipeline import distribute, train
+    from pipeline.teacher_cache import array_digest, teacher_key
 
     settings = settings_of(cfg)
     key_of_teacher = teacher_key(cfg, spec, items)
@@ -99,6 +102,9 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                 label = f"{chain}student round {r}/{cfg.pseudo_rounds}" + (f" fold {k + 1}/{cfg.pseudo_folds}" if cfg.pseudo_folds > 1 else "")
                 print(f"{label}: {len(selection)} pseudo-labels ({selection.stop_reason}); by group "
                       f"{ {g: int((selection.group == g).sum()) for g in settings.groups} }", flush=True)
+                # a worker that picks other rows (or none) would take other steps, or skip the fit the others wait in
+                distribute.check_workers_agree(f"pseudo-labeled test rows ({label})", array_digest(selection.index),
+                                               WORKERS_DIFFER)
                 selections.append(selection)
                 provenance.append(provenance_rows(ids, test_groups, selection, m, k, items.classes))
                 if len(selection) == 0:  # nothing to learn from: this round's model is its predecessor

@@ -76,12 +76,27 @@ def teacher_key(cfg: RunConfig, spec, items) -> str:
     })
 
 
+def worker_data_key(cfg: RunConfig, spec, items) -> str:
+    """What every worker of a multi-worker run must share, by content: teacher_key's file fingerprint holds paths
+    and modification times, which differ between machines' copies of the same data, and so does a --weights path."""
+    settings = {**teacher_settings(cfg), "weights": _weights_identity(cfg)}
+    return _key({
+        "pixels": array_digest(items.train_x), "labels": array_digest(items.y), "split": array_digest(items.fold),
+        "test": _lines_digest(items.test["id"].astype(str)), "readable_test": array_digest(items.readable_test),
+        "settings": settings, "n_classes": spec.n_classes, "multi_label": spec.multi_label, "flips": spec.flips,
+    })
+
+
 def get_or_train(cfg: RunConfig, spec, items) -> Teacher:
     """The cached teacher, or train its K models now (each on every labeled row outside its fold) and cache them."""
     from pipeline import distribute, split, train
 
     folder = Path(cfg.cache_dir) / cfg.competition / "teachers" / teacher_key(cfg, spec, items)
     n_models = split.n_models(items.fold)
+    if distribute.is_multiworker():  # before the first fit: its steps come from the number of training images
+        distribute.check_workers_agree("training images, labels, test ids or teacher options", worker_data_key(cfg, spec, items),
+                                       "give every worker the same copy of the data and the same command (only "
+                                       "TF_CONFIG's task index differs)")
     # Across machines every worker must run the same fits (their gradients meet in collective ops): a hit on one
     # machine's cache and a miss on another's would leave the others waiting forever, so workers always train
     # (the chief still caches the result for later runs).

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -120,32 +121,44 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_multiworker_processes_on_localhost_train_in_step_and_only_the_chief_writes(tiny_fisheries, tmp_path):
+def _run_two_workers(commands: list[list[str]]) -> list[tuple[int, str]]:
+    """Start one `pipeline` process per command as the two workers of a cluster on 127.0.0.1: (exit status, output)."""
     cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
-    command = [sys.executable, "-m", "pipeline", "submit", *TINY_RUN, "--min-steps", "20", "--data",
-               str(tiny_fisheries / "data"), "--distribute", "multiworker", "--runs-dir", str(tmp_path / "runs"),
-               "--cache-dir", str(tmp_path / "cache")]  # one folder for both, as on a shared disk
     workers = []
     try:
-        for index in range(2):
+        for index, command in enumerate(commands):
             env = _environment(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-            workers.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                            text=True))
+            workers.append(subprocess.Popen([sys.executable, "-m", "pipeline", *command], cwd=REPO, env=env,
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         outputs = [worker.communicate(timeout=420)[0] for worker in workers]
     finally:
         for worker in workers:  # a worker left waiting on a crashed peer must not outlive the test
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
-    for worker, output in zip(workers, outputs):
-        assert worker.returncode == 0, output[-4000:]
+    return [(worker.returncode, output) for worker, output in zip(workers, outputs)]
+
+
+@pytest.mark.slow
+def test_two_multiworker_processes_on_localhost_train_in_step_and_only_the_chief_writes(tiny_fisheries, tmp_path):
+    # one self-training round too: the workers must pick the same pseudo-labels (a check all-gathers them)
+    command = ["submit", *TINY_RUN, "--min-steps", "20", "--pseudo-ratio", "0.25", "--pseudo-rounds", "1",
+               "--student-epochs", "1", "--data", str(tiny_fisheries / "data"), "--distribute", "multiworker",
+               "--runs-dir", str(tmp_path / "runs"),
+               "--cache-dir", str(tmp_path / "cache")]  # one folder for both, as on a shared disk
+    results = _run_two_workers([command, command])
+    outputs = [output for _, output in results]
+    for status, output in results:
+        assert status == 0, output[-4000:]
         assert "CollectiveAllReduceStrategy (--distribute multiworker), 2 replica(s)" in output
     scratch = re.search(r"not the chief; training in step with it, writing only to (\S+)", outputs[1]).group(1)
     assert not Path(scratch).exists()  # the worker's outputs went there and were removed at exit
     assert "not the chief" not in outputs[0]
-    holdouts = [re.search(r"^holdout\s+teacher (\S+)", output, re.M).group(1) for output in outputs]
-    assert holdouts[0] == holdouts[1]  # the same model on both: weights and batch-norm statistics in step
+    holdouts = [re.search(r"^holdout\s+teacher (\S+)\s+control (\S+)\s+student (\S+)", output, re.M).groups()
+                for output in outputs]
+    assert holdouts[0] == holdouts[1]  # the same models on both: weights and batch-norm statistics in step
+    picked = [re.search(r"^student round 1/1: (\d+) pseudo-labels", output, re.M).group(1) for output in outputs]
+    assert picked[0] == picked[1] and int(picked[0]) > 0
 
     run_dirs = list((tmp_path / "runs" / "fisheries").iterdir())
     assert len(run_dirs) == 1 and (run_dirs[0] / "submission.csv").is_file()
@@ -155,6 +168,22 @@ def test_two_multiworker_processes_on_localhost_train_in_step_and_only_the_chief
     assert info["replicas"] == 2 and info["steps"] == 20
     teachers = list((tmp_path / "cache" / "fisheries" / "teachers").iterdir())
     assert len(teachers) == 1  # written by the chief, for later runs on one machine
+
+
+@pytest.mark.slow
+def test_multiworker_workers_with_different_data_stop_with_one_clear_error_before_training(tiny_fisheries, tmp_path):
+    copy = tmp_path / "copy"  # the second machine's copy of the data has one more training image
+    shutil.copytree(tiny_fisheries / "data", copy)
+    image = sorted((copy / "train" / "ALB").iterdir())[0]
+    shutil.copy(image, image.with_name("img_extra.jpg"))
+    commands = [["submit", *TINY_RUN, "--data", str(data), "--distribute", "multiworker", "--runs-dir",
+                 str(tmp_path / f"runs-{index}"), "--cache-dir", str(tmp_path / f"cache-{index}"), "--no-ledger"]
+                for index, data in enumerate([tiny_fisheries / "data", copy])]
+    for status, output in _run_two_workers(commands):
+        assert status == 2, output[-4000:]
+        assert re.search(r"^error: --distribute multiworker: the workers' training images, labels, test ids or teacher "
+                         r"options differ .* give every worker the same copy of the data", output, re.M), output[-4000:]
+        assert not re.search(r": step \d+/\d+, loss", output)  # stopped before the first fit
 
 
 def test_distribute_must_be_one_of_the_strategies():
