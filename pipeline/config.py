@@ -25,7 +25,7 @@ AUGMENT_LEVELS = ("none", "light", "standard", "strong")
 # --student-augment auto: above this many passes over each labeled item a student needs Noisy Student's strong noise
 # (real photos, 10 and 50 labels a class: 64-320 passes, and without augmentation it overfits its few labels: public
 # log loss 0.30 -> 0.65); at or below it the student is a short fine-tune of the teacher, which augmentation only
-# blurs (samples at the demo budget, 5-6 passes: no augmentation beat strong on every seed). README, "Benchmarks".
+# blurs (samples at the demo budget, 5-6 passes: no augmentation beat strong on every seed). benchmarks/RESULTS.md.
 STRONG_NOISE_PASSES = 16
 BALANCE_MODES = ("predicted", "train", "none")
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker")  # pipeline/distribute.py builds them

@@ -61,7 +61,7 @@ def small_cnn(image_size: int) -> keras.Model:
 def resnet(image_size: int, width: int = 32) -> keras.Model:
     """A compact residual net (stem + three stages of one basic block, width doubling per stage).
 
-    Measured on real photos with 10 labels per class (README, `make bench ARGS=real`): with augmentation it
+    Measured on real photos with 10 labels per class (benchmarks/RESULTS.md, `make bench ARGS=real`): with augmentation it
     beats the plain four-block CNN by a wide margin at about 60M multiply-adds per 64 px image.
     """
     inputs = keras.Input((image_size, image_size, 3))
