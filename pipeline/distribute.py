@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Iterator
@@ -121,6 +122,28 @@ def detach_for_multiworker(model: keras.Model) -> None:
     model.train_step = lambda data: {name: tf.reshape(value, [1]) for name, value in step(data).items()}
 
 
+@contextlib.contextmanager
+def peers_alive(what: str) -> Iterator[None]:
+    """Around collective work (a fit, a check): under --distribute multiworker, a worker that stopped (killed, out of
+    memory, its machine gone) makes the others' collective ops fail within seconds (measured: 2-7 s); say so in
+    one line instead of a traceback from deep in TensorFlow, which names nothing on this machine.
+
+    Other errors, and every error on one machine, pass through unchanged.
+    """
+    try:
+        yield
+    except tf.errors.OpError as error:
+        lost = isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)) or \
+            "Collective ops is aborted" in str(error)
+        if not (lost and is_multiworker()):
+            raise
+        reason = re.search(r"Collective ops is aborted by: ([^\n]+)", str(error))
+        detail = reason.group(1).strip() if reason else str(error).strip().splitlines()[0]
+        raise UserError(f"--distribute multiworker: another worker stopped during {what} ({type(error).__name__}: "
+                        f"{detail}); a multi-worker run needs every worker until the end: see that worker's output "
+                        f"for why it stopped, then start every worker again") from error
+
+
 def average_replica_statistics(model: keras.Model) -> None:
     """Give every replica the mean of their batch-norm moving statistics after a fit.
 
@@ -136,7 +159,8 @@ def average_replica_statistics(model: keras.Model) -> None:
         context = tf.distribute.get_replica_context()
         return [context.all_reduce("MEAN", tf.identity(v.value)) for v in variables]
 
-    means = strategy().run(tf.function(mean_over_replicas))
+    with peers_alive("the averaging of batch-norm statistics after a fit"):
+        means = strategy().run(tf.function(mean_over_replicas))
     for variable, mean in zip(variables, means):
         variable.assign(strategy().experimental_local_results(mean)[0])
 
@@ -156,7 +180,8 @@ def check_workers_agree(what: str, digest: str, fix: str) -> None:
     def gather():
         return tf.distribute.get_replica_context().all_gather(tf.constant(mine)[None], axis=0)
 
-    gathered = strategy().experimental_local_results(strategy().run(tf.function(gather)))[0].numpy()
+    with peers_alive(f"the check of their {what}"):
+        gathered = strategy().experimental_local_results(strategy().run(tf.function(gather)))[0].numpy()
     seen = [row.tobytes().hex() for row in gathered]  # one row per replica, in worker order
     if len(set(seen)) > 1:
         per_worker = ", ".join(f"{i}: {d[:8]}" for i, d in enumerate(seen))

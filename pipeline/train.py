@@ -207,7 +207,8 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
     started = time.perf_counter()
     with warnings.catch_warnings():  # Keras warns that a tf.data input ignores shuffle=True; ours is shuffled
         warnings.filterwarnings("ignore", message=".*shuffle=True.*")
-        with distribute.strategy().scope():  # a no-op on one device; where a multi-worker model finds its strategy
+        with distribute.strategy().scope(), distribute.peers_alive(f"the fit of the {name}"):
+            # the scope is a no-op on one device, and where a multi-worker model finds its strategy
             history = model.fit(batches, epochs=math.ceil(steps / chunk), steps_per_epoch=chunk, verbose=0,
                                 callbacks=[StepLog(name, steps)])
     distribute.average_replica_statistics(model)

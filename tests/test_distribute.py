@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,40 @@ def test_multiworker_workers_with_different_data_stop_with_one_clear_error_befor
         assert re.search(r"^error: --distribute multiworker: the workers' training images, labels, test ids or teacher "
                          r"options differ .* give every worker the same copy of the data", output, re.M), output[-4000:]
         assert not re.search(r": step \d+/\d+, loss", output)  # stopped before the first fit
+
+
+@pytest.mark.slow
+def test_a_multiworker_worker_whose_peer_dies_mid_fit_stops_by_itself_with_one_error_line(tiny_fisheries, tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    logs = [tmp_path / f"worker-{index}.log" for index in range(2)]
+    workers = []
+    try:
+        for index, log in enumerate(logs):
+            env = _environment(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            command = ["submit", *TINY_RUN, "--min-steps", "400", "--data", str(tiny_fisheries / "data"), "--distribute",
+                       "multiworker", "--runs-dir", str(tmp_path / f"runs-{index}"), "--cache-dir",
+                       str(tmp_path / f"cache-{index}"), "--no-ledger"]
+            with open(log, "w") as out:
+                workers.append(subprocess.Popen([sys.executable, "-m", "pipeline", *command], cwd=REPO, env=env,
+                                                stdout=out, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 300
+        while "teacher: step 40/400" not in logs[0].read_text():  # a tenth of the fit done: both are in it
+            assert time.monotonic() < deadline and workers[0].poll() is None, logs[0].read_text()[-3000:]
+            time.sleep(0.2)
+        workers[1].kill()  # as if its machine went down
+        status = workers[0].wait(timeout=120)  # the survivor stops by itself (measured: 2-7 s)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    output = logs[0].read_text()
+    assert status == 2, output[-4000:]
+    assert re.search(r"^error: --distribute multiworker: another worker stopped during the fit of the teacher "
+                     r"\(UnavailableError: .+\); a multi-worker run needs every worker until the end", output, re.M), \
+        output[-4000:]
+    assert "Traceback" not in output
+    assert "teacher: step 400/400" not in output
 
 
 def test_distribute_must_be_one_of_the_strategies():
