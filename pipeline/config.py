@@ -147,6 +147,9 @@ class RunConfig:
     distribute: str = option("auto", "tf.distribute strategy: auto (mirrored when more than one GPU is visible, else one "
                                      "device) | none | mirrored (every GPU of this machine) | multiworker (the machines "
                                      "in TF_CONFIG); --batch-size stays the global batch", check=one_of(*DISTRIBUTE_MODES))
+    worker_wait: float = option(600.0, "--distribute multiworker: seconds to wait for every worker of TF_CONFIG to "
+                                       "join before stopping with an error (TensorFlow itself waits without a limit)",
+                                check=between(1, 86400))
     on_shift: str = option("warn", "what a shift between train and a test group does: warn|fail|ignore", check=one_of("warn", "fail", "ignore"))
     runs_dir: str = option(str(SUBMISSIONS_DIR), "where run folders go")
     cache_dir: str = option(str(CACHE_DIR), "image, teacher and feature caches")

@@ -22,6 +22,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from typing import Iterator
 
@@ -53,7 +55,7 @@ def setup(cfg: RunConfig) -> RunConfig:
     if mode == "multiworker":
         _check_tf_config()
     if mode not in _strategies:
-        _strategies[mode] = _build(mode)
+        _strategies[mode] = _build(mode, cfg.worker_wait)
     strategy = _strategies[mode]
     if cfg.batch_size < strategy.num_replicas_in_sync:
         raise UserError(f"--batch-size {cfg.batch_size} is smaller than the {strategy.num_replicas_in_sync} replicas of "
@@ -203,18 +205,65 @@ def _resolve(mode: str) -> str:
     return mode
 
 
-def _build(mode: str) -> tf.distribute.Strategy:
+def _build(mode: str, worker_wait: float) -> tf.distribute.Strategy:
     if mode == "none":
         return tf.distribute.get_strategy()
     if mode == "mirrored":
         gpus = tf.config.list_physical_devices("GPU")
         devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
+    with _stop_after(worker_wait):
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as error:  # a bug in the caller's order, not the user's input: keep the traceback
+            raise RuntimeError("MultiWorkerMirroredStrategy must be created before TensorFlow runs any op in this "
+                               "process: call pipeline.distribute.setup(cfg) first") from error
+
+
+# The watchdog of _stop_after, run by a separate Python: MultiWorkerMirroredStrategy() waits for every worker of the
+# cluster inside TensorFlow's C++ without a time limit and holding the GIL, so no thread of this process can run meanwhile.
+# It returns as soon as its stdin closes (the strategy was built); otherwise, after the wait, it names the workers whose
+# address does not accept a connection and kills this process.
+_WATCHDOG = """
+import json, os, select, signal, socket, sys
+parent, wait, peers = int(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3])
+if select.select([sys.stdin], [], [], wait)[0]:
+    sys.exit(0)
+silent = []
+for name, address in peers:
+    host, _, port = address.rpartition(":")
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    except RuntimeError as error:  # a bug in the caller's order, not the user's input: keep the traceback
-        raise RuntimeError("MultiWorkerMirroredStrategy must be created before TensorFlow runs any op in this process: "
-                           "call pipeline.distribute.setup(cfg) first") from error
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except (OSError, ValueError):
+        silent.append(f"{name} at {address}")
+if silent:
+    who = ", ".join(silent) + " did not answer"
+    fix = "start the same command there, with its own task index in TF_CONFIG, or check the address and that the port is open"
+else:
+    who = "every address answered, but the cluster did not form"
+    fix = "check that every worker runs with the same TF_CONFIG cluster and its own task index"
+print(f"error: --distribute multiworker: the workers did not all join within --worker-wait {wait:g} s: {who}; {fix}",
+      file=sys.stderr, flush=True)
+os.kill(parent, signal.SIGKILL)
+"""
+
+
+@contextlib.contextmanager
+def _stop_after(seconds: float) -> Iterator[None]:
+    """Say what the process waits for, and kill it with one error line when the cluster has not formed in time."""
+    config = json.loads(os.environ["TF_CONFIG"])  # checked by _check_tf_config
+    me = (config["task"]["type"], config["task"]["index"])
+    peers = [(f"{job} {index}", address) for job, addresses in config["cluster"].items()
+             for index, address in enumerate(addresses) if (job, index) != me]
+    print(f"devices: waiting for the other workers of TF_CONFIG ({', '.join(f'{n} at {a}' for n, a in peers)}) to join, "
+          f"at most {seconds:g} s (--worker-wait)", flush=True)
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(seconds), json.dumps(peers)],
+                                stdin=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait()
 
 
 def _check_tf_config() -> None:

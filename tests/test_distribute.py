@@ -221,6 +221,23 @@ def test_a_multiworker_worker_whose_peer_dies_mid_fit_stops_by_itself_with_one_e
     assert "teacher: step 400/400" not in output
 
 
+@pytest.mark.slow
+def test_a_multiworker_worker_alone_says_what_it_waits_for_and_stops_after_worker_wait(tiny_fisheries, tmp_path):
+    silent = f"127.0.0.1:{_free_port()}"  # worker 1 never starts
+    env = _environment(TF_CONFIG=json.dumps({"cluster": {"worker": [f"127.0.0.1:{_free_port()}", silent]},
+                                             "task": {"type": "worker", "index": 0}}))
+    command = [sys.executable, "-m", "pipeline", "submit", *TINY_RUN, "--data", str(tiny_fisheries / "data"), "--distribute",
+               "multiworker", "--worker-wait", "5", "--runs-dir", str(tmp_path / "runs"), "--cache-dir",
+               str(tmp_path / "cache")]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == -9, output[-4000:]  # TensorFlow's wait cannot be interrupted: the watchdog kills it
+    assert f"devices: waiting for the other workers of TF_CONFIG (worker 1 at {silent}) to join, at most 5 s" in done.stdout
+    assert (f"error: --distribute multiworker: the workers did not all join within --worker-wait 5 s: worker 1 at "
+            f"{silent} did not answer; start the same command there") in done.stderr
+    assert not (tmp_path / "runs").exists()  # stopped before any run folder or ledger
+
+
 def test_distribute_must_be_one_of_the_strategies():
     with pytest.raises(UserError, match=r"--distribute must be one of auto, none, mirrored, multiworker, got 'gpu'"):
         RunConfig(distribute="gpu")
