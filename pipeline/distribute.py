@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -167,28 +168,27 @@ def average_replica_statistics(model: keras.Model) -> None:
         variable.assign(strategy().experimental_local_results(mean)[0])
 
 
-def check_workers_agree(what: str, digest: str, fix: str) -> None:
+def check_workers_agree(what: str, mine: str, fix: str) -> None:
     """Under --distribute multiworker, stop every worker with one clear error when they computed different `what`.
 
-    Workers train in step only while each runs the same fits on the same data: a worker with one more training
+    Workers train in step only while each runs the same fits for the same steps: a worker with one more training
     image takes more steps, and one that picks no pseudo-labels skips a student fit, and the others then wait in a
-    collective op for a partner that never comes. `digest` (hex) sums up what must agree; an all-gather of it
-    is this check's one collective, and every worker reaches it at the same point of the run.
+    collective op for a partner that never comes. `mine` is this worker's value (a digest, a count); an all-gather
+    of its hash is this check's one collective, and every worker reaches it at the same point of the run.
     """
     if not is_multiworker():
         return
-    mine = np.frombuffer(bytes.fromhex(digest[:32].ljust(32, "0")), dtype=np.int32)
+    digest = np.frombuffer(hashlib.sha256(mine.encode()).digest()[:16], dtype=np.int32)
 
     def gather():
-        return tf.distribute.get_replica_context().all_gather(tf.constant(mine)[None], axis=0)
+        return tf.distribute.get_replica_context().all_gather(tf.constant(digest)[None], axis=0)
 
     with peers_alive(f"the check of their {what}"):
         gathered = strategy().experimental_local_results(strategy().run(tf.function(gather)))[0].numpy()
-    seen = [row.tobytes().hex() for row in gathered]  # one row per replica, in worker order
-    if len(set(seen)) > 1:
-        per_worker = ", ".join(f"{i}: {d[:8]}" for i, d in enumerate(seen))
-        raise UserError(f"--distribute multiworker: the workers' {what} differ (digest per replica {per_worker}; this is "
-                        f"{_task()}, {digest[:8]}), so they cannot train in step; {fix}")
+    distinct = {row.tobytes() for row in gathered}  # one row per replica
+    if len(distinct) > 1:
+        raise UserError(f"--distribute multiworker: the workers' {what} differ ({len(distinct)} different values among "
+                        f"{len(gathered)} replicas; {_task()} has {mine[:20]}), so they cannot train in step; {fix}")
 
 
 def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:

@@ -78,10 +78,13 @@ def teacher_key(cfg: RunConfig, spec, items) -> str:
 
 def worker_data_key(cfg: RunConfig, spec, items) -> str:
     """What every worker of a multi-worker run must share, by content: teacher_key's file fingerprint holds paths
-    and modification times, which differ between machines' copies of the same data, and so does a --weights path."""
+    and modification times, which differ between machines' copies of the same data, and so does a --weights path.
+    The decoded pixels, not a frozen backbone's embeddings: those can differ in their last bits between devices."""
     settings = {**teacher_settings(cfg), "weights": _weights_identity(cfg)}
+    train_store = items.stores["train"]
+    pixels = items.train_x if items.train_x.dtype == np.uint8 else train_store.read(np.flatnonzero(train_store.readable))
     return _key({
-        "pixels": array_digest(items.train_x), "labels": array_digest(items.y), "split": array_digest(items.fold),
+        "pixels": array_digest(pixels), "labels": array_digest(items.y), "split": array_digest(items.fold),
         "test": _lines_digest(items.test["id"].astype(str)), "readable_test": array_digest(items.readable_test),
         "settings": settings, "n_classes": spec.n_classes, "multi_label": spec.multi_label, "flips": spec.flips,
     })

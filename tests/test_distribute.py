@@ -238,6 +238,38 @@ def test_a_multiworker_worker_alone_says_what_it_waits_for_and_stops_after_worke
     assert not (tmp_path / "runs").exists()  # stopped before any run folder or ledger
 
 
+def test_workers_compare_decoded_pixels_and_labels_not_a_frozen_backbones_embeddings(tiny_fisheries, tmp_path):
+    """Workers compare `worker_data_key`: embeddings may differ in their last bits between devices, pixels may not."""
+    import dataclasses
+
+    import numpy as np
+
+    from pipeline import train
+    from pipeline.items import load_items
+    from pipeline.teacher_cache import worker_data_key
+    from tests.conftest import tiny_config
+
+    data = tiny_fisheries / "data"
+    fisheries = get_competition("fisheries")
+    cfg = tiny_config(data, tmp_path)
+    items = load_items(cfg, fisheries, data, fisheries.train_items(data), fisheries.test_items(data))
+    spec = train.ModelSpec(cfg, len(items.classes), False)
+    key = worker_data_key(cfg, spec, items)
+    embeddings = np.random.default_rng(0).standard_normal((len(items.y), 16)).astype(np.float32)
+    on_one = dataclasses.replace(items, train_x=embeddings)
+    on_another = dataclasses.replace(items, train_x=np.nextafter(embeddings, np.inf))  # one ulp apart
+    assert worker_data_key(cfg, spec, on_one) == worker_data_key(cfg, spec, on_another) == key
+
+    pixels = items.train_x.copy()
+    pixels[0, 0, 0, 0] ^= 1
+    assert worker_data_key(cfg, spec, dataclasses.replace(items, train_x=pixels)) != key
+    relabeled = items.y.copy()
+    relabeled[0] = np.roll(relabeled[0], 1)
+    assert worker_data_key(cfg, spec, dataclasses.replace(items, y=relabeled)) != key
+    assert worker_data_key(cfg.replace(epochs=cfg.epochs + 1), spec, items) != key  # a teacher option
+    assert worker_data_key(cfg.replace(runs_dir="elsewhere", cache_dir="elsewhere/cache"), spec, items) == key
+
+
 def test_distribute_must_be_one_of_the_strategies():
     with pytest.raises(UserError, match=r"--distribute must be one of auto, none, mirrored, multiworker, got 'gpu'"):
         RunConfig(distribute="gpu")
