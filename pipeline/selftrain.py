@@ -121,8 +121,11 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
 
                 passes = train.labeled_passes(steps, cfg.batch_size, len(x_fit), len(selection), pooled=pooled)
                 noise = train.student_augment_level(cfg.student_augment, passes)
-                print(f"{label}: {steps} steps, {passes:.0f} passes over each labeled item, augmentation {noise}"
-                      + (" (auto)" if cfg.student_augment == "auto" else ""), flush=True)
+                why = " (auto)" if cfg.student_augment == "auto" else ""
+                if spec.feature_dim is not None:  # a frozen backbone's cached embeddings: there are no images to warp
+                    noise, why = "none", " (cached embeddings)"
+                print(f"{label}: {steps} steps, {passes:.0f} passes over each labeled item, augmentation {noise}{why}",
+                      flush=True)
 
                 def fit(label=label, selection=selection, steps=steps, seed=cfg.seed + 1000 * r + 100 * k + m, init=init,
                         noise=noise, pooled=pooled):

@@ -215,7 +215,7 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
     losses = history.history["loss"]
     n_pseudo = 0 if pseudo is None else int(len(pseudo[0]))
     return model, {"steps": int(math.ceil(steps / chunk) * chunk), "items": int(len(x)) + n_pseudo,
-                   "batch": cfg.batch_size + extra, "pseudo_per_batch": extra, "augment": augment_level,
+                   "batch": cfg.batch_size + extra, "pseudo_per_batch": extra, "augment": augment_level if noise is not None else "none",
                    "final_loss": float(losses[-1]), "seconds": round(time.perf_counter() - started, 2),
                    "strategy": type(distribute.strategy()).__name__, "replicas": distribute.replicas()}
 

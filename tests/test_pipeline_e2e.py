@@ -156,6 +156,10 @@ def test_frozen_pretrained_backbone_runs_in_feature_cache_mode_from_a_weights_fi
     cfg = tiny_config(tiny_fisheries / "data", tmp_path, backbone="MobileNetV2", weights=str(weights), epochs=2)
     first = run_pipeline(cfg)
     assert list((tmp_path / "cache" / "fisheries" / "features").iterdir())
+    # cached embeddings have no images to warp, and the record says so (it said the option's level)
+    fits = [*first.metrics["teacher_training"]["models"], *first.metrics["student_training"],
+            *first.metrics["control_training"]]
+    assert len(fits) >= 3 and {fit["augment"] for fit in fits} == {"none"}
     second = run_pipeline(cfg.replace(pseudo_ratio=0.1))
     assert second.metrics["teacher_cache"] == "hit" and first.metrics["teacher_cache"] == "miss"
 
