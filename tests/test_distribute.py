@@ -122,27 +122,39 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _start_workers(commands: list[list[str]], outputs: list | None = None) -> list[subprocess.Popen]:
+    """One `python -m pipeline` process per command, the workers of one cluster on 127.0.0.1, each writing to its
+    file in `outputs` (default: a pipe)."""
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in commands]}
+    workers = []
+    for index, command in enumerate(commands):
+        env = _environment(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        workers.append(subprocess.Popen([sys.executable, "-m", "pipeline", *command], cwd=REPO, env=env, text=True,
+                                        stdout=outputs[index] if outputs else subprocess.PIPE, stderr=subprocess.STDOUT))
+    return workers
+
+
+def _stop(workers: list[subprocess.Popen]) -> None:
+    for worker in workers:  # a worker left waiting on a crashed peer must not outlive the test
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
 def _run_two_workers(commands: list[list[str]]) -> list[tuple[int, str]]:
-    """Start one `pipeline` process per command as the two workers of a cluster on 127.0.0.1: (exit status, output)."""
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    """Run the commands as the two workers of a cluster on 127.0.0.1: (exit status, output) of each."""
     workers = []
     try:
-        for index, command in enumerate(commands):
-            env = _environment(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-            workers.append(subprocess.Popen([sys.executable, "-m", "pipeline", *command], cwd=REPO, env=env,
-                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        workers = _start_workers(commands)
         outputs = [worker.communicate(timeout=420)[0] for worker in workers]
     finally:
-        for worker in workers:  # a worker left waiting on a crashed peer must not outlive the test
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+        _stop(workers)
     return [(worker.returncode, output) for worker, output in zip(workers, outputs)]
 
 
 @pytest.mark.slow
 def test_two_multiworker_processes_on_localhost_train_in_step_and_only_the_chief_writes(tiny_fisheries, tmp_path):
-    # one self-training round too: the workers must pick the same pseudo-labels (a check all-gathers them)
+    # one self-training round too: the workers must pick as many pseudo-labels (a check all-gathers the count)
     command = ["submit", *TINY_RUN, "--min-steps", "20", "--pseudo-ratio", "0.25", "--pseudo-rounds", "1",
                "--student-epochs", "1", "--data", str(tiny_fisheries / "data"), "--distribute", "multiworker",
                "--runs-dir", str(tmp_path / "runs"),
@@ -189,18 +201,14 @@ def test_multiworker_workers_with_different_data_stop_with_one_clear_error_befor
 
 @pytest.mark.slow
 def test_a_multiworker_worker_whose_peer_dies_mid_fit_stops_by_itself_with_one_error_line(tiny_fisheries, tmp_path):
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
     logs = [tmp_path / f"worker-{index}.log" for index in range(2)]
+    commands = [["submit", *TINY_RUN, "--min-steps", "400", "--data", str(tiny_fisheries / "data"), "--distribute",
+                 "multiworker", "--runs-dir", str(tmp_path / f"runs-{index}"), "--cache-dir", str(tmp_path / f"cache-{index}"),
+                 "--no-ledger"] for index in range(2)]
     workers = []
     try:
-        for index, log in enumerate(logs):
-            env = _environment(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-            command = ["submit", *TINY_RUN, "--min-steps", "400", "--data", str(tiny_fisheries / "data"), "--distribute",
-                       "multiworker", "--runs-dir", str(tmp_path / f"runs-{index}"), "--cache-dir",
-                       str(tmp_path / f"cache-{index}"), "--no-ledger"]
-            with open(log, "w") as out:
-                workers.append(subprocess.Popen([sys.executable, "-m", "pipeline", *command], cwd=REPO, env=env,
-                                                stdout=out, stderr=subprocess.STDOUT))
+        with open(logs[0], "w") as first, open(logs[1], "w") as second:
+            workers = _start_workers(commands, [first, second])
         deadline = time.monotonic() + 300
         while "teacher: step 40/400" not in logs[0].read_text():  # a tenth of the fit done: both are in it
             assert time.monotonic() < deadline and workers[0].poll() is None, logs[0].read_text()[-3000:]
@@ -208,10 +216,7 @@ def test_a_multiworker_worker_whose_peer_dies_mid_fit_stops_by_itself_with_one_e
         workers[1].kill()  # as if its machine went down
         status = workers[0].wait(timeout=120)  # the survivor stops by itself (measured: 2-7 s)
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+        _stop(workers)
     output = logs[0].read_text()
     assert status == 2, output[-4000:]
     assert re.search(r"^error: --distribute multiworker: another worker stopped during the fit of the teacher "
