@@ -141,7 +141,7 @@ def peers_alive(what: str) -> Iterator[None]:
         if not (lost and is_multiworker()):
             raise
         reason = re.search(r"Collective ops is aborted by: ([^\n]+)", str(error))
-        detail = reason.group(1).strip() if reason else str(error).strip().splitlines()[0]
+        detail = (reason.group(1) if reason else str(error).strip().splitlines()[0]).strip().rstrip(":")
         raise UserError(f"--distribute multiworker: another worker stopped during {what} ({type(error).__name__}: "
                         f"{detail}); a multi-worker run needs every worker until the end: see that worker's output "
                         f"for why it stopped, then start every worker again") from error
