@@ -53,10 +53,9 @@ def setup(cfg: RunConfig) -> RunConfig:
         raise UserError("--mixed-precision needs a GPU, and TensorFlow sees none (tf.config.list_physical_devices('GPU') "
                         "is empty); drop --mixed-precision, or on a GPU machine install the CUDA wheels: make install GPU=1")
     mode = _resolve(cfg.distribute)
-    if mode == "multiworker":
-        _check_tf_config()
+    peers = _check_tf_config() if mode == "multiworker" else []
     if mode not in _strategies:
-        _strategies[mode] = _build(mode, cfg.worker_wait)
+        _strategies[mode] = _build(mode, cfg.worker_wait, peers)
     strategy = _strategies[mode]
     if cfg.batch_size < strategy.num_replicas_in_sync:
         raise UserError(f"--batch-size {cfg.batch_size} is smaller than the {strategy.num_replicas_in_sync} replicas of "
@@ -205,14 +204,14 @@ def _resolve(mode: str) -> str:
     return mode
 
 
-def _build(mode: str, worker_wait: float) -> tf.distribute.Strategy:
+def _build(mode: str, worker_wait: float, peers: list[tuple[str, str]]) -> tf.distribute.Strategy:
     if mode == "none":
         return tf.distribute.get_strategy()
     if mode == "mirrored":
         gpus = tf.config.list_physical_devices("GPU")
         devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
-    with _stop_after(worker_wait):
+    with _stop_after(worker_wait, peers):
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
         except RuntimeError as error:  # a bug in the caller's order, not the user's input: keep the traceback
@@ -249,12 +248,9 @@ os.kill(parent, signal.SIGKILL)
 
 
 @contextlib.contextmanager
-def _stop_after(seconds: float) -> Iterator[None]:
-    """Say what the process waits for, and kill it with one error line when the cluster has not formed in time."""
-    config = json.loads(os.environ["TF_CONFIG"])  # checked by _check_tf_config
-    me = (config["task"]["type"], config["task"]["index"])
-    peers = [(f"{job} {index}", address) for job, addresses in config["cluster"].items()
-             for index, address in enumerate(addresses) if (job, index) != me]
+def _stop_after(seconds: float, peers: list[tuple[str, str]]) -> Iterator[None]:
+    """Say what the process waits for, and kill it with one error line when `peers` ((name, address) of the other
+    members of the cluster) have not all joined in time."""
     print(f"devices: waiting for the other workers of TF_CONFIG ({', '.join(f'{n} at {a}' for n, a in peers)}) to join, "
           f"at most {seconds:g} s (--worker-wait)", flush=True)
     watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(seconds), json.dumps(peers)],
@@ -266,8 +262,11 @@ def _stop_after(seconds: float) -> Iterator[None]:
         watchdog.wait()
 
 
-def _check_tf_config() -> None:
-    """TF_CONFIG names the cluster and this process's place in it; a bad one would otherwise hang or fail deep in TF."""
+def _check_tf_config() -> list[tuple[str, str]]:
+    """TF_CONFIG names the cluster and this process's place in it; a bad one would otherwise hang or fail deep in TF.
+
+    Returns the other members of the cluster, (name, address), e.g. ("worker 1", "10.0.0.2:12345").
+    """
     text = os.environ.get("TF_CONFIG")
     example = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
                '"index": 0}}\' (index 1 on the second machine)')
@@ -285,6 +284,8 @@ def _check_tf_config() -> None:
     if not ok:
         raise UserError(f"TF_CONFIG task {task!r} is not one of the cluster's {task['type']} entries {members!r}; "
                         f"expected e.g. {example}")
+    return [(f"{job} {i}", address) for job, addresses in cluster.items() for i, address in enumerate(addresses)
+            if (job, i) != (task["type"], index)]
 
 
 def _task() -> str:
