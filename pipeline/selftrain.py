@@ -120,10 +120,9 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                     selection.index, selection.targets), starts_from, steps)
 
                 passes = train.labeled_passes(steps, cfg.batch_size, len(x_fit), len(selection), pooled=pooled)
-                noise = train.student_augment_level(cfg.student_augment, passes)
-                why = " (auto)" if cfg.student_augment == "auto" else ""
-                if spec.feature_dim is not None:  # a frozen backbone's cached embeddings: there are no images to warp
-                    noise, why = "none", " (cached embeddings)"
+                noise = train.applied_augmentation(spec, train.student_augment_level(cfg.student_augment, passes))
+                why = " (cached embeddings)" if spec.feature_dim is not None else (
+                    " (auto)" if cfg.student_augment == "auto" else "")
                 print(f"{label}: {steps} steps, {passes:.0f} passes over each labeled item, augmentation {noise}{why}",
                       flush=True)
 

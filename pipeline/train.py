@@ -148,6 +148,12 @@ def labeled_passes(steps: int, batch_size: int, n_train: int, n_pseudo: int, poo
     return steps * per_step / max(n_train, 1)
 
 
+def applied_augmentation(spec: ModelSpec, level: str) -> str:
+    """The augmentation a fit of `spec` applies at `level`: none on a frozen backbone's cached embeddings, which
+    have no images to warp."""
+    return "none" if spec.feature_dim is not None else level
+
+
 def student_augment_level(level: str, passes: float) -> str:
     """--student-augment, with `auto` resolved by the labeled passes: strong above STRONG_NOISE_PASSES, else none."""
     if level != "auto":
@@ -198,7 +204,8 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
         if distribute.is_multiworker():
             distribute.detach_for_multiworker(model)
     batches, extra = training_batches(x, y, cfg.batch_size, seed, pseudo)
-    noise = augment.augmenter(augment_level, spec.flips) if spec.feature_dim is None else None
+    augment_level = applied_augmentation(spec, augment_level)
+    noise = augment.augmenter(augment_level, spec.flips)
     if noise is not None:
         batches = batches.map(lambda images, targets: (noise(tf.cast(images, tf.float32), training=True), targets),
                               num_parallel_calls=tf.data.AUTOTUNE)
@@ -215,7 +222,7 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
     losses = history.history["loss"]
     n_pseudo = 0 if pseudo is None else int(len(pseudo[0]))
     return model, {"steps": int(math.ceil(steps / chunk) * chunk), "items": int(len(x)) + n_pseudo,
-                   "batch": cfg.batch_size + extra, "pseudo_per_batch": extra, "augment": augment_level if noise is not None else "none",
+                   "batch": cfg.batch_size + extra, "pseudo_per_batch": extra, "augment": augment_level,
                    "final_loss": float(losses[-1]), "seconds": round(time.perf_counter() - started, 2),
                    "strategy": type(distribute.strategy()).__name__, "replicas": distribute.replicas()}
 
