@@ -29,8 +29,9 @@ from pipeline.config import RunConfig
 from pipeline.files import hdf5_problem, json_plain
 
 # bump when training or prediction code changes what a cached student or control would contain
-# (2: the learning-rate schedule without a graph branch, float-level changes; 3: augmentation as one warp)
-CACHE_VERSION = 3
+# (2: the learning-rate schedule without a graph branch, float-level changes; 3: augmentation as one warp;
+# 4: the resnet shortcut subsamples before its 1x1 convolution, float-level changes)
+CACHE_VERSION = 4
 WEIGHTS = "model.weights.h5"
 MODEL_FILES = (WEIGHTS, "test_probs.npy", "scored_probs.npy", "info.json")
 # Options that never change a trained student or control (where files go, what is done with the predictions).

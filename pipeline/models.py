@@ -21,6 +21,40 @@ def _batch_norm() -> layers.BatchNormalization:
     return layers.BatchNormalization(momentum=BN_MOMENTUM)
 
 
+class Subsample(layers.Layer):
+    """Every `stride`-th pixel of each row and column, starting at the first: what a 1x1 convolution with that stride
+    and "valid" padding reads.
+
+    Why: the residual shortcut is a strided 1x1 convolution, and TensorFlow 2.21's oneDNN kernel for its filter
+    gradient (Conv2DBackpropFilter) corrupts the heap when the input has few channels (<= 8) and the batch is odd:
+    `double free or corruption` or SIGSEGV in the first train step (a student's 32 + 7 batch at --width 8, with 4 of 4
+    odd sizes measured). Subsampling, then a unit-stride 1x1 convolution, is the same function with the same weights,
+    and its gradient takes the unit-stride kernel (tests/test_models.py).
+    """
+
+    def __init__(self, stride: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.stride = int(stride)
+
+    def call(self, images):
+        return images[:, ::self.stride, ::self.stride, :]
+
+    def compute_output_shape(self, input_shape):
+        def sampled(n):
+            return None if n is None else -(-n // self.stride)
+        return (input_shape[0], sampled(input_shape[1]), sampled(input_shape[2]), input_shape[3])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "stride": self.stride}
+
+
+def pointwise(x, filters: int, stride: int):
+    """A 1x1 convolution with `stride`, as Subsample + a unit-stride 1x1 convolution (see Subsample for why)."""
+    if stride != 1:
+        x = Subsample(stride)(x)
+    return layers.Conv2D(filters, 1, use_bias=False)(x)
+
+
 def application_names() -> list[str]:
     return sorted(name for name in dir(keras.applications) if name[:1].isupper() and callable(getattr(keras.applications, name)))
 
@@ -75,7 +109,7 @@ def resnet(image_size: int, width: int = 32) -> keras.Model:
         y = layers.Activation("relu")(_batch_norm()(y))
         y = _batch_norm()(layers.Conv2D(filters, 3, padding="same", use_bias=False)(y))
         if stride != 1 or shortcut.shape[-1] != filters:
-            shortcut = _batch_norm()(layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut))
+            shortcut = _batch_norm()(pointwise(shortcut, filters, stride))
         x = layers.Activation("relu")(layers.Add()([y, shortcut]))
     return keras.Model(inputs, layers.GlobalAveragePooling2D()(x), name="resnet")
 

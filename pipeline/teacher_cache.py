@@ -22,8 +22,9 @@ from pipeline.config import RunConfig, teacher_settings
 from pipeline.files import hdf5_problem, json_plain, sha256_of, write_bytes_atomic
 
 # bump when training or prediction code changes what a cached teacher would contain
-# (6: the learning-rate schedule without a graph branch, float-level changes; 7: augmentation as one warp)
-CACHE_VERSION = 7
+# (6: the learning-rate schedule without a graph branch, float-level changes; 7: augmentation as one warp;
+# 8: the resnet shortcut subsamples before its 1x1 convolution, float-level changes)
+CACHE_VERSION = 8
 TEACHER_FILES = ("scored_probs.npy", "test_probs.npy", "info.json")
 FEATURE_FILES = ("features.npy",)
 SHIFT_FILES = ("report.json", "tables.npz")
