@@ -1,0 +1,222 @@
+"""The quality suite: real sets and shifted private variants, teacher / control / student / submitted side by side.
+
+`make bench ARGS="suite [--sets sign-language digits] [--variants none dark cast blur night] [--k 10] [--seeds 0 1 2]
+                        [--sign-language DIR] [--work DIR] [-- RUN OPTIONS]"`
+
+Sets (real images, never copied into the repository):
+- `sign-language`: 2,062 photos of hands showing 10 digits (`--sign-language`, default
+  ../shared/data/sign-language-digits/Dataset);
+- `digits`: scikit-learn's 1,797 scans of handwritten digits (8x8, shipped with scikit-learn), upscaled to 32 px.
+
+For each set, variant and seed, K labeled images per class are the train set and the rest the unlabeled test
+set, halved into public and private (benchmarks/real.py's split). A variant changes the private half only, as
+a new camera or season would: `dark` (x0.55 brightness), `cast` (a warm colour cast), `blur` (Gaussian, radius
+1.5 px at 64 px), `night` (a green night-vision look: grey, brightened, green, with sensor noise). The pipeline
+runs as `submit` would (an imagefolder competition) and is scored on the hidden labels.
+
+Printed per set and variant: private accuracy and log loss of teacher, control, student and the submitted
+model for each seed, the class prior's log loss, a scikit-learn LogisticRegression on 32x32 grey pixels, what
+the shift took away (the teacher's private accuracy on the unshifted variant minus on this one) and how much
+of it the submitted model recovered. At the end: the guard's hit rate, how often the submitted model was the
+best of the three on private log loss (ties within 0.005 count as hits).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFilter
+
+from benchmarks.real import list_photos, scores, split
+
+NEEDS = "--sign-language DIR"
+SETS = ("sign-language", "digits")
+MODELS = ("teacher", "control", "student")
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SIGN_LANGUAGE = ROOT.parent / "shared" / "data" / "sign-language-digits" / "Dataset"
+
+
+def darken(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return Image.fromarray((np.asarray(image, dtype=np.float32) * 0.55).astype(np.uint8))
+
+
+def colour_cast(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    pixels = np.asarray(image, dtype=np.float32) * np.array([1.15, 0.95, 0.7]) + np.array([18.0, 6.0, 0.0])
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def blur(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return image.filter(ImageFilter.GaussianBlur(radius=1.5 * image.width / 64))
+
+
+def night_vision(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
+    grey = np.clip(grey * 1.3 + 20 + rng.normal(0, 12, grey.shape), 0, 255)
+    return Image.fromarray(np.stack([grey * 0.25, grey, grey * 0.3], axis=-1).astype(np.uint8))
+
+
+VARIANTS = {"none": None, "dark": darken, "cast": colour_cast, "blur": blur, "night": night_vision}
+
+
+def digits_dataset(folder: Path) -> Path:
+    """scikit-learn's digits as 32 px PNGs in class folders (made once in `folder`)."""
+    from sklearn.datasets import load_digits
+
+    out = folder / "sklearn-digits"
+    if (out / ".complete").exists():
+        return out
+    digits = load_digits()
+    for row, (image, label) in enumerate(zip(digits.images, digits.target)):
+        pixels = (255 - image * (255 / 16)).astype(np.uint8)  # dark ink on white paper, like a scan
+        target = out / str(label) / f"{row:04d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).resize((32, 32), Image.Resampling.BICUBIC).convert("RGB").save(target)
+    (out / ".complete").touch()
+    return out
+
+
+def write_variant(folder: Path, paths: list[str], labels: np.ndarray, classes: list[str], labeled, public, private,
+                  variant: str, seed: int) -> None:
+    """An imagefolder layout with the private half transformed by `variant`, and its solution.csv (all as PNG)."""
+    change = VARIANTS[variant]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for group, index in (("train", labeled), ("public", public), ("private", private)):
+        for i in index:
+            with Image.open(paths[i]) as opened:
+                image = opened.convert("RGB")
+            if group == "private" and change is not None:
+                image = change(image, rng)
+            name = f"{i:05d}.png"
+            target = (folder / "data" / "train" / classes[labels[i]] / name if group == "train"
+                      else folder / "data" / "test" / group / name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image.save(target)
+            if group != "train":
+                rows.append({"id": f"{group}/{name}", **{c: float(labels[i] == j) for j, c in enumerate(classes)},
+                             "Usage": group.capitalize()})
+    pd.DataFrame(rows).to_csv(folder / "solution.csv", index=False)
+    (folder / ".complete").touch()
+
+
+def grey_features(folder: Path, ids: list[str], size: int = 32) -> np.ndarray:
+    out = np.zeros((len(ids), size * size), dtype=np.float32)
+    for row, path in enumerate(ids):
+        with Image.open(folder / path) as image:
+            out[row] = np.asarray(image.convert("L").resize((size, size), Image.Resampling.BILINEAR), np.float32).ravel() / 255
+    return out
+
+
+def logistic_baseline(folder: Path, train_items: list[tuple[str, int]], test_ids: list[str], n_classes: int) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+
+    x_train = grey_features(folder / "data" / "train", [p for p, _ in train_items])
+    model = LogisticRegression(max_iter=2000).fit(x_train, [c for _, c in train_items])
+    probs = np.zeros((len(test_ids), n_classes))
+    probs[:, model.classes_] = model.predict_proba(grey_features(folder / "data" / "test", test_ids))
+    return probs
+
+
+def run_one(folder: Path, work: Path, set_name: str, variant: str, seed: int, labels: np.ndarray, classes: list[str],
+            labeled: np.ndarray, extra: list[str]) -> list[dict]:
+    from benchmarks import submit_config
+    from pipeline.run import run_pipeline
+
+    cfg = submit_config(["--competition", "imagefolder", "--data", str(folder / "data"), "--solution",
+                         str(folder / "solution.csv"), "--seed", str(seed), "--runs-dir", str(work / "runs"),
+                         "--cache-dir", str(work / "cache"), "--no-ledger",
+                         "--run-name", f"{set_name}-{variant}-s{seed}-{time.strftime('%H%M%S')}", *extra])
+    started = time.perf_counter()
+    result = run_pipeline(cfg)
+    wall = time.perf_counter() - started
+    saved = np.load(result.run_dir / "probabilities.npz")
+    ids, groups = [str(i) for i in saved["test_ids"]], saved["test_groups"]
+    y = np.array([labels[int(Path(i).stem)] for i in ids])
+    probs = {m: saved[f"test_{m}"] for m in MODELS if f"test_{m}" in saved.files}
+    submitted = result.metrics["submission"]["model"]
+    probs["submitted"] = probs[submitted]
+    prior = np.bincount(labels[labeled], minlength=len(classes)) / len(labeled)
+    probs["class prior"] = np.tile(prior, (len(ids), 1))
+    train_items = [(f"{classes[labels[i]]}/{i:05d}.png", int(labels[i])) for i in labeled]
+    probs["LogReg"] = logistic_baseline(folder, train_items, ids, len(classes))
+    rows = []
+    for model, p in probs.items():
+        for g in ("public", "private"):
+            acc, ll = scores(y[groups == g], p[groups == g], len(classes))
+            rows.append({"set": set_name, "variant": variant, "seed": seed, "model": model, "group": g, "acc": acc,
+                         "logloss": ll, "submitted": submitted, "wall": wall})
+    print(f"\n{set_name} / {variant} / seed {seed}: submitted {submitted}; wall {wall:.0f}s", flush=True)
+    return rows
+
+
+def print_tables(table: pd.DataFrame) -> None:
+    private = table[table["group"] == "private"]
+    print("\n## Private accuracy / log loss per seed")
+    print("| set | variant | teacher | control | student | submitted (which) | class prior ll | LogReg | shift cost | recovered |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (set_name, variant), part in private.groupby(["set", "variant"], sort=False):
+        def cell(model):
+            rows = part[part["model"] == model].sort_values("seed")
+            return " / ".join(f"{a:.3f}" for a in rows["acc"]) + ", " + " / ".join(f"{v:.3f}" for v in rows["logloss"])
+        which = part[part["model"] == "submitted"].sort_values("seed")["submitted"].str[0].str.cat(sep="")
+        prior = part[part["model"] == "class prior"]["logloss"].mean()
+        clean = private[(private["set"] == set_name) & (private["variant"] == "none") & (private["model"] == "teacher")]
+        cost = recovered = ""
+        if variant != "none" and len(clean):
+            shifted = part[part["model"] == "teacher"]["acc"].mean()
+            lost = clean["acc"].mean() - shifted
+            got = part[part["model"] == "submitted"]["acc"].mean() - shifted
+            cost = f"{lost:+.3f}"
+            recovered = f"{got / lost:.0%}" if lost > 0 else "-"
+        print(f"| {set_name} | {variant} | {cell('teacher')} | {cell('control')} | {cell('student')} | "
+              f"{cell('submitted')} ({which}) | {prior:.3f} | {cell('LogReg')} | {cost} | {recovered} |")
+    hits, runs = 0, 0
+    for _, part in private.groupby(["set", "variant", "seed"]):
+        losses = part.set_index("model")["logloss"]
+        best = min(losses[m] for m in MODELS if m in losses)
+        hits += int(losses["submitted"] <= best + 0.005)
+        runs += 1
+    print(f"\nguard hit rate (submitted model best on private log loss, within 0.005): {hits}/{runs}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks suite", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--k", type=int, default=10, help="labeled images per class")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--sign-language", type=Path, default=DEFAULT_SIGN_LANGUAGE)
+    parser.add_argument("--work", type=Path, help="keep the competitions, caches and runs here (default: temporary)")
+    parser.add_argument("--out", type=Path, help="also write the raw scores as CSV here")
+    parser.add_argument("run_options", nargs=argparse.REMAINDER, help="after --: options of `python -m pipeline submit`")
+    args = parser.parse_args()
+    extra = [o for o in args.run_options if o != "--"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        for set_name in args.sets:
+            source = args.sign_language if set_name == "sign-language" else digits_dataset(work)
+            if not source.is_dir():
+                raise SystemExit(f"{set_name}: {source} is not a folder of class sub-folders (give --sign-language DIR)")
+            paths, labels, classes = list_photos(source)
+            print(f"{set_name}: {len(paths)} images, {len(classes)} classes; K {args.k}; seeds {args.seeds}; "
+                  f"variants {args.variants}; run options {extra or 'defaults'}", flush=True)
+            for seed in args.seeds:
+                labeled, public, private = split(labels, args.k, seed)
+                for variant in args.variants:
+                    folder = work / f"{set_name}-k{args.k}-s{seed}-{variant}"
+                    if not (folder / ".complete").exists():
+                        write_variant(folder, paths, labels, classes, labeled, public, private, variant, seed)
+                    rows += run_one(folder, work, set_name, variant, seed, labels, classes, labeled, extra)
+                    if args.out:
+                        pd.DataFrame(rows).to_csv(args.out, index=False)
+    print_tables(pd.DataFrame(rows))
+
+
+if __name__ == "__main__":
+    main()
