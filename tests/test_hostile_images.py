@@ -1,11 +1,14 @@
-"""Hostile image files, case by case: each decodes to the picture it shows or is refused with a reason naming the
-file; never a silently wrong picture.
+"""Hostile image files and caches, case by case: each decodes correctly, is refused with a reason naming the file,
+or makes the store rebuild with a warning; never a silently wrong picture and never a stale cache entry.
 
 Every case writes its own files to tmp_path: 16- and 32-bit greys and floats that Pillow's convert() clips (white
-or black images), and JPEGs stored sideways with an EXIF orientation.
+or black images), JPEGs stored sideways with an EXIF orientation, cache files rewritten at the same size, and
+source images replaced by others of the same size with their modification time put back.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -14,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageOps
 
-from pipeline.image_store import build_store, decode_image
+from pipeline.image_store import StaleCacheWarning, build_store, decode_image
 
 SIZE = 32
 
@@ -220,3 +223,90 @@ def test_a_damaged_exif_block_leaves_the_jpeg_readable_as_stored(tmp_path, case)
     picture.save(plain, quality=95)
     store = store_of(tmp_path, [path, plain])
     assert store.problems == {} and np.array_equal(store.pixels[0], store.pixels[1])
+
+
+# ---- cache entries checked by content -----------------------------------------------------------------------
+
+def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """BMPs: uncompressed, so every picture of one width and height has the same byte size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"img_{i}.bmp" for i in range(n)]
+    for i, path in enumerate(paths):
+        smooth_image(24, 36, seed + i).save(path)
+    return paths
+
+
+def rewrite_pixels_npy(folder: Path) -> None:
+    """Other pixels, same shape, same byte size: the rows in reverse order."""
+    pixels = np.load(folder / "pixels.npy")
+    np.save(folder / "pixels.npy", np.ascontiguousarray(pixels[::-1]))
+
+
+def rewrite_properties_npz(folder: Path) -> None:
+    """Other numbers, same arrays, same byte size (np.savez stores them uncompressed)."""
+    with np.load(folder / "properties.npz") as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    arrays["numbers"] = arrays["numbers"] + 1.0
+    np.savez(folder / "properties.npz", **arrays)
+
+
+@pytest.mark.parametrize("name, rewrite", [("pixels.npy", rewrite_pixels_npy),
+                                           ("properties.npz", rewrite_properties_npz)])
+def test_a_cache_file_rewritten_with_other_bytes_of_the_same_size_is_detected_and_rebuilt(tmp_path, name, rewrite):
+    paths = make_images(tmp_path / "images", 4)
+    first = store_of(tmp_path, paths)
+    folder, pixels, properties = first.folder, np.array(first.pixels), first.properties.copy()
+    del first
+    size = (folder / name).stat().st_size
+    rewrite(folder)
+    assert (folder / name).stat().st_size == size  # the case is what it says
+    with pytest.warns(StaleCacheWarning, match=rf"{name} does not match its sha256.*rebuilding"):
+        rebuilt = store_of(tmp_path, paths)
+    assert rebuilt.cache_status == "miss" and rebuilt.folder == folder
+    assert np.array_equal(np.asarray(rebuilt.pixels), pixels) and rebuilt.properties.equals(properties)
+    assert store_of(tmp_path, paths).cache_status == "hit"
+
+
+def replace_in_place(path: Path, new: Path) -> None:
+    path.write_bytes(new.read_bytes())  # same inode, like `cp -p` over an existing file
+
+
+def replace_by_rename(path: Path, new: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    shutil.copyfile(new, temporary)
+    os.replace(temporary, path)  # a new inode, like `rsync -t` or re-extracting an archive
+
+
+@pytest.mark.parametrize("replace", [replace_in_place, replace_by_rename])
+def test_a_source_image_replaced_by_one_of_the_same_size_with_its_mtime_restored_makes_a_new_entry(tmp_path, replace):
+    from pipeline import data
+
+    paths = make_images(tmp_path / "images", 3)
+    other = make_images(tmp_path / "other", 1, seed=50)[0]
+    first = store_of(tmp_path, paths)
+    fingerprint = data.fingerprint([str(p) for p in paths])
+    before = os.stat(paths[1])
+    replace(paths[1], other)
+    os.utime(paths[1], ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(paths[1])
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)  # the case is what it says
+    changed = store_of(tmp_path, paths)
+    assert changed.cache_status == "miss" and changed.folder != first.folder
+    assert np.array_equal(changed.pixels[1], resized(opened(other)))
+    assert not np.array_equal(changed.pixels[1], first.pixels[1])
+    assert np.array_equal(changed.pixels[[0, 2]], first.pixels[[0, 2]])
+    assert data.fingerprint([str(p) for p in paths]) != fingerprint  # so the teacher cache follows
+
+
+def test_a_file_touched_or_chmodded_with_the_same_bytes_keeps_its_entry_and_fingerprint(tmp_path):
+    """The other side of keying by content: metadata alone rebuilds nothing and retrains nothing."""
+    from pipeline import data
+
+    paths = make_images(tmp_path / "images", 3)
+    first = store_of(tmp_path, paths)
+    fingerprint = data.fingerprint([str(p) for p in paths])
+    os.utime(paths[0], ns=(1_000_000_000, 1_000_000_000))
+    paths[2].chmod(0o600)
+    again = store_of(tmp_path, paths)
+    assert again.cache_status == "hit" and again.folder == first.folder
+    assert data.fingerprint([str(p) for p in paths]) == fingerprint
