@@ -2,8 +2,11 @@
 
 One pass over the files (threads: Pillow's decoders release the GIL) writes, per data set and image size,
 one `pixels.npy` of shape [N, S, S, 3] that teacher, control, students, folds, sweeps and reruns read
-through a memory map instead of decoding again. A JPEG is decoded at the largest DCT scale (1/2, 1/4,
-1/8) that still gives at least S pixels a side (`Image.draft`), then resized with an antialiasing filter.
+through a memory map instead of decoding again. An entry is keyed by a sha256 of every file's bytes, and its
+own files are checked against the sha256s in its manifest when read (file_digests says what that costs).
+
+A JPEG is decoded at the largest DCT scale (1/2, 1/4, 1/8) that still gives at least S pixels a side
+(`Image.draft`), turned upright by its EXIF orientation, then resized with an antialiasing filter.
 DCT scaling skips the inverse DCT, upsampling and colour conversion of the full image, not the Huffman
 decoding of every coefficient, which grows with the file's size: on noisy 240 KiB 1280x720 frames that is
 most of the cost (`python -m benchmarks loader --profile` prints each stage).
@@ -15,10 +18,12 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
+import stat
 import struct
 import tempfile
 import time
@@ -31,12 +36,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import ExifTags, Image
 
-from pipeline.files import write_text_atomic
+from pipeline.files import sha256_of, write_text_atomic
 from pipeline.image_properties import MAX_SIDE, NUMERIC_PROPERTIES, PropertyRows, PropertyTable, describe, property_frame
 
-FORMAT_VERSION = 2  # bump when decoding, resizing or the properties change what a cached store would hold
+# bump when decoding, resizing or the properties change what a cached store would hold
+# (3: 16-bit and float greys scaled, EXIF orientation applied, keyed by the files' sha256, entries verified)
+FORMAT_VERSION = 3
 # What Pillow raises for a missing, truncated, corrupt, unsupported or oversized file (struct.error: a header
 # shorter than its fields; the bomb warning when warnings are errors). Anything else is a bug: its traceback shows.
 UNREADABLE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError,
@@ -48,11 +55,26 @@ class StaleCacheWarning(UserWarning):
     """A cached image store was incomplete or corrupt and is being rebuilt."""
 
 
+class UnmappableImageError(ValueError):
+    """An image whose pixel values have no fixed mapping to 8 bits (negative, above 16 bits, or float outside 0..1)."""
+
+
+# PIL.ImageOps.exif_transpose's table: EXIF orientation -> the transposition that makes the image upright.
+# Applied here by hand because exif_transpose also rewrites the EXIF bytes, which the store does not keep and
+# which could fail on a damaged EXIF block after the pixels had decoded fine.
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+_SIDEWAYS = (5, 6, 7, 8)  # orientations that swap width and height
+_UNSIGNED_16 = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
 def decode_image(path: str, image_size: int, max_side: int = MAX_SIDE) -> tuple[np.ndarray, dict]:
     """The one decode of an image file: (S x S x 3 uint8 pixels, shift properties) from a single read.
 
-    Raises one of UNREADABLE_ERRORS when the pipeline cannot use the file. The image is squashed to a
-    square (no crop), like `tf.image.resize` to (S, S); the properties are measured on the same decoded copy.
+    Raises one of UNREADABLE_ERRORS when the pipeline cannot use the file. The image is turned upright by its
+    EXIF orientation, then squashed to a square (no crop), like `tf.image.resize` to (S, S); the properties
+    (width and height those of the upright image) are measured on the same decoded copy.
     """
     file_size = os.stat(path).st_size
     with Image.open(path) as image:
@@ -65,11 +87,75 @@ def decode_image(path: str, image_size: int, max_side: int = MAX_SIDE) -> tuple[
                 "(PIL.Image.MAX_IMAGE_PIXELS): a decompression bomb or a huge scan; shrink the file")
         image.draft("RGB", (image_size, image_size))  # JPEG only: smallest DCT scale >= image_size a side
         image.load()  # reads every byte: truncated files fail here
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        # Orientation after the decode: the drafted (DCT-scaled) copy is turned, never a full-size one. The
+        # draft asked for at least S x S, which holds either way round.
+        orientation = _exif_orientation(image)
+        upright = image.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else image
+        if orientation in _SIDEWAYS:
+            width, height = height, width
+        rgb = _eight_bit_rgb(upright, path)
         props = describe(rgb, width=width, height=height, file_size=file_size, fmt=fmt, mode=mode, max_side=max_side)
         # BILINEAR in Pillow widens its support when shrinking: antialiased, like tf.image.resize(antialias=True)
         pixels = np.asarray(rgb.resize((image_size, image_size), Image.Resampling.BILINEAR), dtype=np.uint8)
     return pixels, props
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    """The EXIF (or XMP) orientation, 1 (as stored) when there is none or it cannot be read.
+
+    A damaged EXIF block leaves the pixels readable: they are used as stored, as before orientation was read,
+    rather than refusing an image whose only fault is its metadata.
+    """
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except (*UNREADABLE_ERRORS, KeyError, IndexError, TypeError):
+        return 1
+    return value if isinstance(value, int) and value in _UPRIGHT else 1
+
+
+def _eight_bit_rgb(image: Image.Image, path: str) -> Image.Image:
+    """The decoded image as 8-bit RGB.
+
+    Pillow's convert() clips deeper greys to 0..255 instead of scaling them: a 16-bit greyscale PNG came out
+    white nearly everywhere, a float image in 0..1 black. Those modes are scaled here by a fixed range, never by
+    each image's own minimum and maximum, so one grey level means the same in every image of a data set
+    (stretching each image would make a dark scan as bright as a light one):
+    - 16-bit (I;16, I;16B, ...): 0..65535 onto 0..255 by the high byte, as image viewers show it, as Pillow
+      reduces 16-bit RGB PNGs and as tf.image.convert_image_dtype(uint16 -> uint8) does. Data of 12 bits or
+      fewer stored in 16 (raw scanner values) therefore decodes dark, with up to 16 grey levels.
+    - 32-bit int (I): Pillow's mode for 16-bit PGMs (already scaled by it to 0..65535) and integer TIFFs: the
+      same 16-bit scale; values below 0 or above 65535 (signed data such as CT Hounsfield units) have no fixed
+      mapping and are refused, naming the range.
+    - 32-bit float (F): 0..1 onto 0..255 (the convention of tf.image.convert_image_dtype and scikit-image);
+      values outside 0..1, NaN or infinite are refused.
+    Every other mode (1, L, P, LA, PA, RGBA, CMYK, YCbCr, ...) is converted by Pillow, which maps it correctly.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode not in (*_UNSIGNED_16, "I", "F"):
+        return image.convert("RGB")
+    values = np.asarray(image)
+    if values.size == 0:
+        raise ValueError("image has no pixels")
+    if mode == "F":
+        finite = values[np.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        if finite.size < values.size or low < 0 or high > 1:
+            found = (f"values from {low:g} to {high:g}" if finite.size else "no finite values") + (
+                " and NaN or infinity" if 0 < finite.size < values.size else "")
+            raise UnmappableImageError(
+                f"{path} is a 32-bit float image (mode F) with {found}; only floats from 0 to 1 have a fixed 8-bit "
+                "scale: save it as an 8- or 16-bit image, or as floats scaled to 0..1")
+        grey = np.rint(values * 255).astype(np.uint8)
+    else:
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:  # only mode I can hold these
+            raise UnmappableImageError(
+                f"{path} is a 32-bit integer image (mode {mode}) with values from {low} to {high}; only 0..65535 "
+                "has a fixed 8-bit scale (16-bit): window or rescale it into an 8- or 16-bit image first")
+        grey = (values.astype(np.uint16) >> 8).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
 
 
 def image_problem(path: str, image_size: int = 64) -> str | None:
@@ -216,9 +302,10 @@ def build_store(paths: Sequence[str], image_size: int, cache_dir: Path, what: st
                 workers: int | None = None) -> ImageStore:
     """Decode each file once into `cache_dir/images/`, or reuse the entry for the same files and size.
 
-    The key covers every path in order with its size and modification time, the image size and the format
-    version: changing, adding, removing or reordering a file makes a new entry. An incomplete or corrupt
-    entry is discarded with a StaleCacheWarning and rebuilt.
+    The key covers every path in order with a sha256 of its bytes (file_digests), the image size and the
+    format version: changing a file's bytes (whatever its size and modification time), adding, removing or
+    reordering one makes a new entry. An entry whose files do not match the sha256s in its manifest, or that
+    is otherwise incomplete or corrupt, is discarded with a StaleCacheWarning and rebuilt.
     """
     paths = [str(p) for p in paths]
     if isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1:
@@ -232,7 +319,7 @@ def build_store(paths: Sequence[str], image_size: int, cache_dir: Path, what: st
             raise ValueError(f"{path} is listed twice in the {what} images; each file must appear once "
                              "(its row in the store is its position in the list)")
         seen.add(path)
-    files = [_file_stat(p) for p in paths]
+    files = file_digests(paths, workers)
     key = hashlib.sha256(json.dumps({"version": FORMAT_VERSION, "image_size": image_size, "max_side": MAX_SIDE,
                                      "paths": paths, "files": files}).encode()).hexdigest()[:20]
     folder = Path(cache_dir) / "images" / f"{what}-{image_size}px-{key}"
@@ -248,15 +335,44 @@ def build_store(paths: Sequence[str], image_size: int, cache_dir: Path, what: st
                   flush=True)
             return store
     _write(folder, paths, files, image_size, what, workers)
-    return _load(folder, paths, files, image_size, what, "miss")
+    return _load(folder, paths, files, image_size, what, "miss", verify=False)  # just hashed while writing
 
 
-def _file_stat(path: str) -> list[int] | None:
+def file_digests(paths: Sequence[str], workers: int | None = None) -> list[str]:
+    """A sha256 of each file's bytes, in order (threads), or why it has none ("unreadable: FileNotFoundError",
+    "not a regular file"): what identifies a file in the store's key and in data.fingerprint.
+
+    Why the bytes and not stat fields: a file replaced by another of the same size whose modification time was
+    put back (`cp -p`, `rsync -t`, re-extracting an archive) keeps its size and mtime. st_ctime_ns and st_ino
+    would catch that for the cost of a stat, but they also change when the bytes do not (chmod, a new hard link,
+    re-extracting the same archive, a remounted network or FUSE file system), and each such change would
+    rebuild the store and retrain the teacher (data.fingerprint keys it the same way).
+    The cost, measured on a 2-core machine shared with other jobs (ranges over runs; files in the page cache):
+    3,000 Amazon-like 256x256 JPEGs (85 MB) hash in 0.15-0.46 s and decode for the store in 1.1-4.9 s; 400
+    1280x720 frames (136 MB) hash in 0.06-0.36 s and decode in 0.8-4.1 s; a whole build_store hit on either
+    took 0.12-0.33 s, where the stats of the old key took 4-10 ms. So a hit now reads every file, about a tenth
+    of a rebuild's time (some 10 s for Amazon's 101,670 JPEGs), bound by the disk when they are not cached.
+    """
+    workers = min(32, (os.cpu_count() or 1) + 4) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # hashlib and reads release the GIL
+        return list(pool.map(_file_digest, paths, chunksize=64))
+
+
+def _file_digest(path: str) -> str:
     try:
-        stat = os.stat(path)
-    except OSError:
-        return None  # missing: unreadable now, and the key changes when it appears
-    return [stat.st_size, stat.st_mtime_ns]
+        # O_NONBLOCK: a FIFO among the files opens at once (and is refused below) instead of waiting for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        return f"unreadable: {type(error).__name__}"
+    with open(fd, "rb") as handle:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return "not a regular file"
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as error:
+            return f"unreadable: {type(error).__name__}"
 
 
 def _write(folder: Path, paths: list[str], files: list, image_size: int, what: str, workers: int | None) -> None:
@@ -270,18 +386,23 @@ def _write(folder: Path, paths: list[str], files: list, image_size: int, what: s
         rows = PropertyRows(total)
         problems: dict[str, str] = {}
         blank = bytes(image_size * image_size * 3)
+        pixels_digest = hashlib.sha256()  # of every byte written, so a hit can check the file without a rebuild
         step = next(s for s in (5000, 2000, 1000, 500) if total >= 10 * s or s == 500)  # about ten lines
         # Rows are written in order through a file, not a writable memory map: the page cache holds them,
         # not this process, so memory stays flat however many images there are.
         with open(staging / "pixels.npy", "wb", buffering=1 << 20) as handle:
-            np.lib.format.write_array_header_1_0(handle, {"descr": "|u1", "fortran_order": False, "shape": shape})
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+            handle.write(header.getvalue())
+            pixels_digest.update(header.getvalue())
             for index, (pixels, props, problem) in enumerate(decode_all(paths, image_size, MAX_SIDE, workers)):
+                row = pixels.tobytes() if problem is None else blank
+                handle.write(row)
+                pixels_digest.update(row)
                 if problem is None:
-                    handle.write(pixels.tobytes())
                     readable[index] = True
                     rows.add(index, props)
                 else:
-                    handle.write(blank)
                     problems[paths[index]] = problem
                 done = index + 1
                 if done % step == 0 or done == total:
@@ -293,8 +414,10 @@ def _write(folder: Path, paths: list[str], files: list, image_size: int, what: s
         np.savez(staging / "properties.npz", rows=np.asarray(rows.rows, dtype=np.int64),
                  numbers=frame[list(NUMERIC_PROPERTIES)].to_numpy(dtype=np.float64),
                  format=np.asarray(frame["format"].tolist(), dtype=str), mode=np.asarray(frame["mode"].tolist(), dtype=str))
+        digests = {"pixels.npy": pixels_digest.hexdigest(), "readable.npy": sha256_of(staging / "readable.npy"),
+                   "properties.npz": sha256_of(staging / "properties.npz")}
         manifest = {"version": FORMAT_VERSION, "what": what, "image_size": image_size, "max_side": MAX_SIDE,
-                    "paths": paths, "files": files, "problems": problems}
+                    "paths": paths, "files": files, "problems": problems, "sha256": digests}
         write_text_atomic(staging / "manifest.json", json.dumps(manifest) + "\n")  # last: marks the entry complete
         try:
             staging.rename(folder)
@@ -312,13 +435,23 @@ class _BadEntry(ValueError):
 _BAD_ENTRY = (_BadEntry, ValueError, OSError, KeyError, TypeError)  # json.JSONDecodeError is a ValueError
 
 
-def _load(folder: Path, paths: list[str], files: list, image_size: int, what: str, status: str) -> ImageStore:
-    """Open an entry and check that every part matches; anything off raises one of _BAD_ENTRY."""
+def _load(folder: Path, paths: list[str], files: list, image_size: int, what: str, status: str, *,
+          verify: bool = True) -> ImageStore:
+    """Open an entry and check that every part matches; anything off raises one of _BAD_ENTRY.
+
+    verify: check each file against the sha256 in the manifest (reads the whole entry: 0.8 s per 512 MiB of
+    pixels on one core; the same size on disk can hold other bytes, which nothing else here would notice).
+    """
     manifest = json.loads((folder / "manifest.json").read_text())
     expected = {"version": FORMAT_VERSION, "image_size": image_size, "max_side": MAX_SIDE, "paths": paths, "files": files}
     for name, value in expected.items():
         if manifest.get(name) != value:
             raise _BadEntry(f"manifest field {name!r} does not match")
+    if verify:
+        recorded = manifest.get("sha256")
+        for name in ("readable.npy", "properties.npz", "pixels.npy"):
+            if not isinstance(recorded, dict) or sha256_of(folder / name) != recorded.get(name):
+                raise _BadEntry(f"{name} does not match its sha256 in manifest.json (changed since it was cached)")
     total = len(paths)
     shape = (total, image_size, image_size, 3)
     # np.load refuses pickled objects by default (allow_pickle=False); a short file fails to map

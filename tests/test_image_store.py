@@ -61,19 +61,17 @@ def expected_pixels(path: str, size: int = SIZE) -> np.ndarray:
 
 # ---- caching -------------------------------------------------------------------------------------------
 
-def test_a_second_build_reads_the_cache_without_decoding_any_file(tmp_path, capsys):
+def test_a_second_build_reads_the_cache_without_decoding_any_file(tmp_path, capsys, monkeypatch):
+    from pipeline import image_store
+
     paths = write_images(tmp_path / "images", 6)
     first = build_store(paths, SIZE, tmp_path / "cache", "train")
     assert first.cache_status == "miss" and first.pixels.shape == (6, SIZE, SIZE, 3) and first.readable.all()
     assert "cached 6/6 train images, 0 unreadable" in capsys.readouterr().out
     for i, path in enumerate(paths):
         assert np.array_equal(first.pixels[i], expected_pixels(path))
-    # Overwrite every file with garbage of the same size and put its mtime back: the key cannot see this,
-    # so a store that decoded anything again would now call every image unreadable.
-    for path in paths:
-        stat = os.stat(path)
-        Path(path).write_bytes(b"\0" * stat.st_size)
-        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # the key holds each file's sha256 (any other bytes are a new entry), so the decoder itself is taken away
+    monkeypatch.setattr(image_store, "decode_image", lambda *args: pytest.fail(f"decoded {args[0]} on a cache hit"))
     again = build_store(paths, SIZE, tmp_path / "cache", "train")
     assert again.cache_status == "hit" and again.readable.all() and again.problems == {}
     assert isinstance(again.pixels, np.memmap) and not again.pixels.flags.writeable
