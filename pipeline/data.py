@@ -47,17 +47,21 @@ def scan_images(paths: Sequence[str], what: str) -> dict[str, str]:
     return problems
 
 
-def fingerprint(paths: Sequence[str]) -> str:
+def fingerprint(paths: Sequence[str], digests: Sequence[str] | None = None) -> str:
     """Changes when any file is added, removed or its bytes change, whatever its size and modification time.
 
     Each file counts by the sha256 of its bytes, as in the image store's key (image_store.file_digests says why
     not stat fields): the teacher cache follows exactly the changes that make a new image store, and a missing
-    or unreadable file counts by its reason instead of failing here. The files are read again for this after the
-    stores hashed them (from the page cache: a few seconds per 100,000 small JPEGs).
+    or unreadable file counts by its reason instead of failing here. `digests`, one per path, are the ones the
+    image stores already computed (ImageStore.file_digests), so a run reads each file's bytes once; without them
+    the files are hashed here.
     """
-    ordered = sorted(paths)
+    paths = [str(p) for p in paths]
+    digests = image_store.file_digests(paths) if digests is None else list(digests)
+    if len(digests) != len(paths):
+        raise ValueError(f"fingerprint got {len(paths)} paths but {len(digests)} digests; they must be aligned")
     digest = hashlib.sha256()
-    for path, content in zip(ordered, image_store.file_digests(ordered)):
+    for path, content in sorted(zip(paths, digests)):
         digest.update(f"{path}\0{content}\n".encode())
     return digest.hexdigest()[:16]
 

@@ -265,6 +265,7 @@ class ImageStore:
     cache_status: str  # "hit" | "miss"
     folder: Path
     what: str = "images"
+    file_digests: list[str] = field(default_factory=list)  # per path: the sha256 of its bytes that keyed the store
     image_size: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -470,4 +471,4 @@ def _load(folder: Path, paths: list[str], files: list, image_size: int, what: st
     if not np.array_equal(rows, np.flatnonzero(readable)) or numbers.shape != (len(rows), len(NUMERIC_PROPERTIES)):
         raise _BadEntry("properties.npz does not match readable.npy")
     properties = property_frame([paths[i] for i in rows], numbers, categories)
-    return ImageStore(paths, pixels, readable, problems, properties, status, folder, what)
+    return ImageStore(paths, pixels, readable, problems, properties, status, folder, what, list(files))

@@ -74,7 +74,8 @@ def load_items(cfg: RunConfig, competition: Competition, data_dir: Path, train: 
     readable_test = stores["test"].readable.copy()
     y = target_matrix(train["labels"], classes, source=lambda row: f"train image {train['path'][row]}")
     fold = split.assign_folds(y, cfg.folds, cfg.val_fraction, cfg.seed)
-    fingerprint = data.fingerprint(stores["train"].paths + stores["test"].paths)
+    fingerprint = data.fingerprint(stores["train"].paths + stores["test"].paths,
+                                   stores["train"].file_digests + stores["test"].file_digests)
     train_rows = np.flatnonzero(readable_train)
     test_rows = np.flatnonzero(readable_test)
     train_x = stores["train"].read(train_rows)

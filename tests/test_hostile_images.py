@@ -310,3 +310,18 @@ def test_a_file_touched_or_chmodded_with_the_same_bytes_keeps_its_entry_and_fing
     again = store_of(tmp_path, paths)
     assert again.cache_status == "hit" and again.folder == first.folder
     assert data.fingerprint([str(p) for p in paths]) == fingerprint
+
+
+def test_the_run_fingerprint_from_the_stores_digests_equals_hashing_the_files(tmp_path):
+    """items.py passes the digests the stores computed, so a run reads each file once; the result must not differ."""
+    from pipeline import data
+    from pipeline.image_store import build_store
+
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(path)
+        paths.append(str(path))
+    paths.append(str(tmp_path / "missing.png"))
+    store = build_store(paths, 16, tmp_path / "cache", "train")
+    assert data.fingerprint(store.paths, store.file_digests) == data.fingerprint(paths)
