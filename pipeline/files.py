@@ -33,6 +33,25 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def printable(name: Path | str) -> str:
+    """A file name as text that can be printed and written anywhere: bytes that are not UTF-8 (Linux file names
+    are bytes; Python keeps such bytes as lone surrogates) are shown as \\xNN escapes."""
+    text = str(name)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name produced
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def is_utf8(name: Path | str) -> bool:
+    """Whether `name` is valid UTF-8 text (a CSV, JSON or the ledger can hold it as it is)."""
+    try:
+        str(name).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -1,0 +1,122 @@
+"""Hostile input around a run's outputs, case by case: each ends in one `error:` line (UserError: exit 2, no
+traceback), or a correct result with a warning, and nothing finished is lost.
+
+- names a CSV, JSON or the ledger cannot hold (not UTF-8) and a class named like the submission's id column:
+  refused before training, per plugin where they apply.
+
+Every case here is decided before training: nothing is trained.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.registry import get_competition, list_competitions
+from tests.test_hostile import assert_user_error, copy_data, decide, edit_csv
+
+def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS` in this process (cheaper than `cli` once TensorFlow is imported here)."""
+    from pipeline.__main__ import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+# ---- names a submission, JSON or the ledger cannot hold, refused before training ------------------------------
+
+NOT_UTF8 = os.fsdecode(b"img_\xff\xfe.jpg")  # a Linux file name of bytes that are not UTF-8, as Python lists it
+SHOWN = "img_\\xff\\xfe.jpg"  # how a message shows it
+
+
+def not_utf8_cases() -> list[tuple[str, str]]:
+    """(plugin, where): every place of each plugin's layout where a file or folder name becomes data."""
+    places = {"fisheries": ["train image", "test image", "class folder"], "imagefolder": ["train image", "test image", "class folder"],
+              "amazon": ["test image", "extra train image"]}
+    return [(name, where) for name in list_competitions() for where in places[name] + ["data folder"]]
+
+
+def add_not_utf8(name: str, data: Path, where: str) -> None:
+    """Copy an image of the sample under a name that is not valid UTF-8, in the place `where`."""
+    image = next(p for p in sorted(data.rglob("*.jpg")) + sorted(data.rglob("*.png")))
+    layout = {"fisheries": {"train image": "train/ALB", "test image": "test_stg1", "class folder": f"train/{NOT_UTF8}"},
+              "imagefolder": {"train image": "train/*", "test image": "test/public", "class folder": f"train/{NOT_UTF8}"},
+              "amazon": {"test image": "test-jpg", "extra train image": "train-jpg"}}[name]
+    folder = sorted(data.glob(layout[where]))[0] if "*" in layout[where] else data / layout[where]
+    folder.mkdir(exist_ok=True)
+    shutil.copy(image, folder / (NOT_UTF8 if not where == "class folder" else image.name))
+
+
+@pytest.mark.parametrize("name, where", not_utf8_cases(), ids=[f"{n}-{w.replace(' ', '_')}" for n, w in not_utf8_cases()])
+def test_a_name_that_is_not_utf8_is_refused_before_training_and_shown_with_its_bytes(name, where, plugin_sample, tmp_path):
+    if where == "data folder":
+        data = copy_data(plugin_sample(name, small=True) / "data", tmp_path / os.fsdecode(b"caf\xe9") / "data")
+    else:
+        data = copy_data(plugin_sample(name, small=True) / "data", tmp_path / "data")
+        add_not_utf8(name, data, where)
+    if where == "extra train image":  # amazon lists train images from train_v2.csv: an unlisted file is no item
+        train, _ = decide(name, data, tmp_path)
+        assert not any(NOT_UTF8 in p for p in train["path"])
+        return
+    with pytest.raises(UserError) as error:
+        decide(name, data, tmp_path)
+    message = str(error.value)
+    message.encode("utf-8")  # printable and writable as it is
+    shown = "caf\\xe9" if where == "data folder" else SHOWN.split(".")[0] if where == "class folder" else SHOWN
+    assert shown in message and ("rename" in message or "not classes of this competition" in message), message
+
+
+def test_a_test_file_name_that_is_not_utf8_is_one_error_line_before_any_run_folder(plugin_sample, tmp_path, capsys):
+    data = copy_data(plugin_sample("imagefolder", small=True) / "data", tmp_path / "data")
+    add_not_utf8("imagefolder", data, "test image")
+    proc = in_process(capsys, "submit", "--competition", "imagefolder", "--data", str(data), "--runs-dir", str(tmp_path / "runs"),
+               "--no-ledger")
+    assert_user_error(proc, f"path '{data.resolve() / 'test' / 'public' / SHOWN}'", "is not valid UTF-8", "rename the file")
+    assert not (tmp_path / "runs").exists()
+
+
+# ---- a class named like the submission's id column ----------------------------------------------------------
+
+def add_id_class(name: str, data: Path) -> None:
+    """A class called `id`: a class folder where classes are folders, a tag where they are tags."""
+    if name == "amazon":
+        edit_csv(data / "train_v2.csv", lambda t: t.assign(tags=t["tags"].where(t.index != 0, t["tags"] + " id")))
+        return
+    image = next(p for p in sorted((data / "train").rglob("*")) if p.is_file())
+    (data / "train" / "id").mkdir()
+    for k in range(3):
+        shutil.copy(image, data / "train" / "id" / f"copy{k}{image.suffix}")
+
+
+ID_CLASS_ERRORS = {"fisheries": "class folders ['id'] that are not classes of this competition",
+                   "imagefolder": "has the name of the submission's id column",
+                   "amazon": "tag 'id' is not one of the 17 Amazon tags"}
+
+
+@pytest.mark.parametrize("name", list_competitions())
+def test_a_class_named_id_is_refused_before_training(name, plugin_sample, tmp_path):
+    data = copy_data(plugin_sample(name, small=True) / "data", tmp_path / "data")
+    add_id_class(name, data)
+    with pytest.raises(UserError, match=re.escape(ID_CLASS_ERRORS[name])):
+        decide(name, data, tmp_path)
+
+
+def test_the_contract_refuses_class_names_a_submission_cannot_hold():
+    """Checked for every plugin whose classes come from the data, before training (preflight calls the contract)."""
+    from pipeline.contract import check_class_names
+
+    imagefolder = get_competition("imagefolder")
+    check_class_names(imagefolder, ["cat", "dog", "café"])
+    for classes, message in ((["cat", "id"], "class 'id' has the name of the submission's id column"),
+                             (["cat", NOT_UTF8], f"class '{SHOWN}' is not valid UTF-8"),
+                             (["cat", "cat"], "repeats a class name")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            check_class_names(imagefolder, classes)
