@@ -169,7 +169,8 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
         provenance, pseudo_summary = training.provenance, training.summary
     else:
         provenance, pseudo_summary = _teacher_only_selection(cfg, items, teacher)
-    outputs.write_recomputables(run_dir, items, scored, test, provenance)
+    outputs.write_recomputables(run_dir, items, scored, test, provenance,
+                                competition.from_submission(tables[outcome.submitted], items.classes)[0])
     submission_path = run_dir / "submission.csv"
     metrics = {
         "run_id": run_id,

@@ -3,8 +3,10 @@ traceback), or a correct result with a warning, and nothing finished is lost.
 
 - names a CSV, JSON or the ledger cannot hold (not UTF-8) and a class named like the submission's id column:
   refused before training, per plugin where they apply.
+- `runs rescore` after submission.csv was edited: the ids come from probabilities.npz, an edited copy is refused.
 
-Every case here is decided before training: nothing is trained.
+The cases after training reuse the shared tiny run (tests/conftest.py `tiny_plugin_run`); the cases
+before training train nothing.
 """
 
 from __future__ import annotations
@@ -16,11 +18,28 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.errors import UserError
 from pipeline.registry import get_competition, list_competitions
-from tests.test_hostile import assert_user_error, copy_data, decide, edit_csv
+from tests.test_hostile import assert_user_error, cli, copy_data, decide, edit_csv
+
+RUN = "tiny-fisheries"
+
+
+def trained(test):
+    """Tests that read the shared tiny fisheries run: it trains once per session (tests/test_rescore.py too)."""
+    return pytest.mark.slow(pytest.mark.xdist_group("plugin-runs")(test))
+
+
+@pytest.fixture
+def run_copy(tiny_plugin_run, tmp_path) -> Path:
+    """A writable copy of the shared tiny fisheries run folder."""
+    target = tmp_path / "runs" / "fisheries" / RUN
+    shutil.copytree(tiny_plugin_run("fisheries").run_dir, target)
+    return target
+
 
 def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
     """`python -m pipeline ARGS` in this process (cheaper than `cli` once TensorFlow is imported here)."""
@@ -120,3 +139,46 @@ def test_the_contract_refuses_class_names_a_submission_cannot_hold():
                              (["cat", "cat"], "repeats a class name")):
         with pytest.raises(UserError, match=re.escape(message)):
             check_class_names(imagefolder, classes)
+
+
+# ---- runs rescore after submission.csv was edited (issue: rescore validated against the edited file's ids) ----
+
+@trained
+def test_rescore_refuses_a_submission_csv_that_lost_rows_naming_it_and_the_counts(run_copy, capsys):
+    table = pd.read_csv(run_copy / "submission.csv", dtype=str, keep_default_na=False)
+    table.drop(index=range(3, 9)).to_csv(run_copy / "submission.csv", index=False)  # six rows deleted by hand
+    proc = cli("runs", "rescore", str(run_copy), "--write", "control")
+    assert_user_error(proc, f"{run_copy / 'submission.csv'} does not hold the run's submission ids",
+                      f"6 of its {len(table)} ids are missing", "0 are not the run's", "_submission.csv")
+    assert not (run_copy / "rescored_control_submission.csv").exists()
+
+    table.assign(image=table["image"].where(table.index != 0, "stray.jpg")).to_csv(run_copy / "submission.csv", index=False)
+    proc = in_process(capsys, "runs", "rescore", str(run_copy), "--write", "control")
+    assert_user_error(proc, f"1 of its {len(table)} ids are missing", "1 are not the run's (e.g. ['stray.jpg'])")
+
+
+@trained
+def test_rescore_writes_every_id_of_the_run_from_probabilities_npz_even_without_submission_csv(run_copy):
+    from pipeline.rescore import rescore
+
+    expected = pd.read_csv(run_copy / "control_submission.csv", dtype=str)["image"].tolist()
+    with np.load(run_copy / "probabilities.npz") as npz:
+        assert npz["submission_ids"].tolist() == expected  # the run keeps its submission's ids, in order
+    (run_copy / "submission.csv").rename(run_copy.parent / "my-edited-submission.csv")  # moved out, as the error says
+    result = rescore(run_copy, write="control")
+    assert result.written.read_bytes() == (run_copy / "control_submission.csv").read_bytes()
+
+
+@trained
+def test_a_run_older_than_the_kept_ids_is_rescored_only_with_the_submission_csv_it_wrote(run_copy):
+    from pipeline.rescore import rescore
+
+    with np.load(run_copy / "probabilities.npz") as npz:
+        arrays = {key: npz[key] for key in npz.files if key != "submission_ids"}
+    np.savez_compressed(run_copy / "probabilities.npz", **arrays)  # as runs wrote it before the ids were kept
+    assert rescore(run_copy, write="teacher").written.read_bytes() == (run_copy / "teacher_submission.csv").read_bytes()
+    lines = (run_copy / "submission.csv").read_text().splitlines()
+    (run_copy / "submission.csv").write_text("\n".join(lines[:-5]) + "\n")
+    with pytest.raises(UserError, match=r"submission.csv cannot be trusted .*its sha256 differs.*predates the ids"):
+        rescore(run_copy, write="student")
+    assert not (run_copy / "rescored_student_submission.csv").exists()
