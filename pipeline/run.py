@@ -6,6 +6,7 @@ sequences them and records the run.
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -18,6 +19,7 @@ import numpy as np
 from pipeline import outputs, preflight
 from pipeline.config import RunConfig
 from pipeline.errors import UserError
+from pipeline.files import no_space_error
 from pipeline.items import Items, load_items
 from pipeline.ledger_provenance import library_versions
 from pipeline.registry import GROUPS, Competition, get_competition
@@ -51,7 +53,11 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     preflight.check_before_training(cfg, competition, data_dir, train, test)
     ledger = _open_ledger(cfg)  # a corrupt ledger stops the run before it leaves a folder behind
     run_dir.mkdir(parents=True)
-    cfg.save(run_dir / "config.json")
+    try:
+        cfg.save(run_dir / "config.json")
+    except BaseException:  # e.g. a full disk: no folder is left behind to block the same --run-name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     print(f"run {run_id}: {cfg.competition} from {data_dir}", flush=True)
     if ledger:  # recorded before anything can fail, so every failure is in the ledger too
         ledger.start_run(run_id, cfg.competition, cfg.to_dict(), None, cfg.seed)
@@ -104,13 +110,33 @@ def _run_stages(cfg: RunConfig, competition: Competition, data_dir: Path, train,
         if ledger and shift is not None:
             ledger.record_shift(run_id, shift.summary())
         metrics = train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started, shift, resumed)
-    except BaseException:
+    except BaseException as error:
         if ledger:
             ledger.fail_run(run_id, traceback.format_exc())
+        full = no_space_error(error)
+        if full is not None:  # the user's to fix: one line, not a traceback
+            raise UserError(_no_space_line(cfg, run_id, full)) from error
         raise
     if ledger:
         ledger.finish_run(run_id, metrics, Path(metrics["submission"]["path"]), metrics["timings"]["total_s"])
     return RunResult(run_id, run_dir, metrics)
+
+
+def _no_space_line(cfg: RunConfig, run_id: str, full: BaseException) -> str:
+    """The one line of a run stopped by a full disk: where, how much is free, and how to finish the run."""
+    from pipeline.files import NoSpaceLeft, free_bytes, no_space_message
+
+    if isinstance(full, NoSpaceLeft):
+        where = no_space_message(full.path, full.__cause__)
+    elif isinstance(full, OSError) and full.filename:
+        where = no_space_message(full.filename, full)
+    else:  # h5py, SQLite and plain writes on an open file name no file: the fullest of the run's folders
+        folders = [("--runs-dir", cfg.runs_dir), ("--cache-dir", cfg.cache_dir)]
+        option, folder = min(folders, key=lambda f: free_bytes(f[1]) if free_bytes(f[1]) is not None else float("inf"))
+        where = f"{no_space_message(folder, full, under=True)} ({option})"
+    return (f"run {run_id} stopped: {where}; free some space there (or use a folder on a larger disk), then "
+            f"`python -m pipeline submit --resume {run_id} --competition {cfg.competition} --runs-dir {cfg.runs_dir}` "
+            "finishes it, reusing every model it cached")
 
 
 def check_shift(cfg: RunConfig, items: Items, run_dir: Path) -> ShiftReport | None:

@@ -4,17 +4,23 @@ traceback), or a correct result with a warning, and nothing finished is lost.
 - names a CSV, JSON or the ledger cannot hold (not UTF-8) and a class named like the submission's id column:
   refused before training, per plugin where they apply.
 - `runs rescore` after submission.csv was edited: the ids come from probabilities.npz, an edited copy is refused.
+- a full disk under the run folder or the cache: one error line naming where, no partial file, earlier files kept.
 
-The cases after training reuse the shared tiny run (tests/conftest.py `tiny_plugin_run`); the cases
-before training train nothing.
+The full-disk cases write to a real tiny tmpfs (mounted for the test, unmounted after; skipped where mounting
+is not allowed). The cases after training reuse the shared tiny run (tests/conftest.py `tiny_plugin_run`) and
+replay its outputs into a new run, in place of training; the cases before training train nothing.
 """
-
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +28,10 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import UserError
+from pipeline.files import NoSpaceLeft, sha256_of, write_bytes_atomic, write_text_atomic
+from pipeline.ledger import Ledger
 from pipeline.registry import get_competition, list_competitions
-from tests.test_hostile import assert_user_error, cli, copy_data, decide, edit_csv
+from tests.test_hostile import REPO, assert_user_error, cli, copy_data, decide, edit_csv
 
 RUN = "tiny-fisheries"
 
@@ -41,6 +49,14 @@ def run_copy(tiny_plugin_run, tmp_path) -> Path:
     return target
 
 
+def contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def temporaries(folder: Path) -> list[str]:
+    return sorted(str(p) for p in Path(folder).rglob(".*") if p.name.endswith(".tmp"))
+
+
 def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
     """`python -m pipeline ARGS` in this process (cheaper than `cli` once TensorFlow is imported here)."""
     from pipeline.__main__ import main
@@ -48,6 +64,38 @@ def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
     code = main(list(args))
     out = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def one_line(stderr: str, prefix: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+def submit_args(data: Path, tmp: Path, *more: str) -> list[str]:
+    """A run of the tiny fisheries sample; its training is replaced by `replay_training` in these tests."""
+    return ["submit", "--competition", "fisheries", "--data", str(data), "--run-name", RUN, "--image-size", "32",
+            "--on-shift", "ignore", "--runs-dir", str(tmp / "runs"), "--cache-dir", str(tmp / "cache"),
+            "--ledger", str(tmp / "ledger.sqlite"), *more]
+
+
+def replay_training(monkeypatch, finished: Path, after_outputs=None) -> None:
+    """Make `train_and_submit` write the shared tiny run's finished outputs into the new run folder (what training
+    would write), call `after_outputs(run_dir)`, then write metrics.json as outputs.write_metrics does."""
+    import pipeline.run
+
+    def train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, *args, **kwargs):
+        for path in finished.iterdir():
+            if path.name not in ("config.json", "metrics.json"):
+                shutil.copy2(path, run_dir / path.name)
+        metrics = json.loads((finished / "metrics.json").read_text())
+        metrics["submission"]["path"] = str(run_dir / "submission.csv")
+        if after_outputs:
+            after_outputs(run_dir)
+        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        return metrics
+
+    monkeypatch.setattr(pipeline.run, "train_and_submit", train_and_submit)
 
 
 # ---- names a submission, JSON or the ledger cannot hold, refused before training ------------------------------
@@ -182,3 +230,102 @@ def test_a_run_older_than_the_kept_ids_is_rescored_only_with_the_submission_csv_
     with pytest.raises(UserError, match=r"submission.csv cannot be trusted .*its sha256 differs.*predates the ids"):
         rescore(run_copy, write="student")
     assert not (run_copy / "rescored_student_submission.csv").exists()
+
+
+# ---- a full disk under --runs-dir or --cache-dir ------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """`small_disk(kib)`: a real tmpfs of that size (a full disk on demand), unmounted after the test."""
+    mounted = []
+
+    def mount(kib: int) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(folder)], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path) -> None:
+    """Fill the file system of `folder` until no byte is left."""
+    with open(folder / "filler", "wb", buffering=0) as handle:
+        for size in (1 << 16, 4096, 512, 1):
+            try:
+                while True:
+                    handle.write(b"\0" * size)
+            except OSError:
+                continue
+
+
+def test_an_atomic_write_on_a_full_disk_is_named_and_leaves_the_earlier_file_as_it_was(small_disk):
+    disk = small_disk(64)
+    target = disk / "submission.csv"
+    write_text_atomic(target, "image,ALB\na.jpg,0.5\n")
+    fill(disk)
+    with pytest.raises(NoSpaceLeft) as error:
+        write_bytes_atomic(target, b"image,ALB\n" + b"b.jpg,0.25\n" * 5000)
+    assert f"no space left on device writing {target}" in str(error.value) and "\n" not in str(error.value)
+    assert target.read_text() == "image,ALB\na.jpg,0.5\n" and temporaries(disk) == []
+
+
+@trained
+def test_a_full_disk_under_the_run_folder_is_one_error_line_and_keeps_every_earlier_output(run_copy, small_disk):
+    disk = small_disk(sum(p.stat().st_size for p in run_copy.iterdir()) // 1024 + 64)
+    run_dir = disk / "runs" / "fisheries" / RUN
+    shutil.copytree(run_copy, run_dir)
+    before = contents(run_dir)
+    fill(disk)
+    proc = cli("runs", "rescore", str(run_dir), "--write", "teacher")
+    assert_user_error(proc, f"no space left on device writing {run_dir / 'rescored_teacher_submission.csv'}",
+                      "the write was undone")
+    assert contents(run_dir) == before and temporaries(disk) == []
+
+
+@trained
+def test_a_run_that_fills_the_disk_after_training_is_one_error_line_and_keeps_its_submissions(
+        tiny_plugin_run, plugin_sample, tmp_path, small_disk, monkeypatch, capsys):
+    from pipeline.__main__ import main
+
+    finished = tiny_plugin_run("fisheries").run_dir
+    disk = small_disk(sum(p.stat().st_size for p in finished.iterdir()) // 1024 + 64)
+    replay_training(monkeypatch, finished, after_outputs=lambda run_dir: fill(disk))
+    args = submit_args(plugin_sample("fisheries", small=True) / "data", tmp_path)
+    args[args.index("--runs-dir") + 1] = str(disk)
+    assert main(args) == 2
+    line = one_line(capsys.readouterr().err, "error: ")
+    run_dir = disk / "fisheries" / RUN
+    for fragment in (f"run {RUN} stopped: no space left on device writing {run_dir / 'metrics.json'}",
+                     f"submit --resume {RUN} --competition fisheries --runs-dir {disk}"):
+        assert fragment in line, (fragment, line)
+    kept = contents(run_dir)
+    assert "metrics.json" not in kept and temporaries(disk) == []
+    for name in ("submission.csv", "control_submission.csv", "probabilities.npz"):
+        assert kept[name] == (finished / name).read_bytes()
+    record = Ledger(tmp_path / "ledger.sqlite").run(RUN)
+    assert record["status"] == "failed" and "NoSpaceLeft" in record["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("plugin-runs")
+def test_a_full_cache_folder_stops_the_run_with_one_error_line_and_no_half_written_entry(plugin_sample, tmp_path,
+                                                                                         small_disk, capsys):
+    from pipeline.__main__ import main
+
+    disk = small_disk(64)
+    fill(disk)
+    args = submit_args(plugin_sample("fisheries", small=True) / "data", tmp_path)
+    args[args.index("--cache-dir") + 1] = str(disk)
+    assert main(args) == 2
+    line = one_line(capsys.readouterr().err, "error: ")
+    assert f"run {RUN} stopped: no space left on device writing" in line and str(disk) in line, line
+    assert f"submit --resume {RUN}" in line
+    assert [p.name for p in disk.rglob("*") if p.name != "filler" and p.is_file()] == []  # no partial cache entry
+    assert Ledger(tmp_path / "ledger.sqlite").run(RUN)["status"] == "failed"
