@@ -112,14 +112,42 @@ def _run_stages(cfg: RunConfig, competition: Competition, data_dir: Path, train,
         metrics = train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started, shift, resumed)
     except BaseException as error:
         if ledger:
-            ledger.fail_run(run_id, traceback.format_exc())
+            _record_failure(ledger, run_id)
         full = no_space_error(error)
         if full is not None:  # the user's to fix: one line, not a traceback
             raise UserError(_no_space_line(cfg, run_id, full)) from error
         raise
     if ledger:
-        ledger.finish_run(run_id, metrics, Path(metrics["submission"]["path"]), metrics["timings"]["total_s"])
+        _record_finish(ledger, run_id, run_dir, metrics)
     return RunResult(run_id, run_dir, metrics)
+
+
+def _record_finish(ledger, run_id: str, run_dir: Path, metrics: dict) -> None:
+    """Mark the run done. A ledger that cannot be written now (locked past the busy timeout, a full disk) is a
+    warning, not a failure: the run wrote every output, its submission is valid and usable, and one command
+    records it later. So the run ends with status 0, as its submission is what a Kaggle user ran it for (an
+    `--upload` or a `&&` chain goes on with it), and the warning says what is missing and how to add it."""
+    from pipeline.ledger import LedgerUnavailable
+    from pipeline.ledger_record import record_command
+
+    try:
+        ledger.finish_run(run_id, metrics, Path(metrics["submission"]["path"]), metrics["timings"]["total_s"])
+    except LedgerUnavailable as error:
+        print(f"WARNING: run {run_id} finished and wrote every output to {run_dir} (its submission.csv is valid), but "
+              f"it is not recorded as done: {error.why}; once the ledger is free, record it with "
+              f"`{record_command(run_dir, ledger.path)}`", file=sys.stderr, flush=True)
+
+
+def _record_failure(ledger, run_id: str) -> None:
+    """Mark the run failed with the traceback being handled; a ledger that cannot be written now is a warning
+    (the failure itself is what the run reports)."""
+    from pipeline.ledger import LedgerUnavailable
+
+    try:
+        ledger.fail_run(run_id, traceback.format_exc())
+    except LedgerUnavailable as error:
+        print(f"WARNING: run {run_id} failed and could not be recorded as failed: {error.why}; the ledger marks it "
+              "interrupted once this process has ended", file=sys.stderr, flush=True)
 
 
 def _no_space_line(cfg: RunConfig, run_id: str, full: BaseException) -> str:

@@ -5,6 +5,7 @@ traceback), or a correct result with a warning, and nothing finished is lost.
   refused before training, per plugin where they apply.
 - `runs rescore` after submission.csv was edited: the ids come from probabilities.npz, an edited copy is refused.
 - a full disk under the run folder or the cache: one error line naming where, no partial file, earlier files kept.
+- a ledger locked when a run finishes: the outputs stay, one warning line, `runs record` records the run later.
 
 The full-disk cases write to a real tiny tmpfs (mounted for the test, unmounted after; skipped where mounting
 is not allowed). The cases after training reuse the shared tiny run (tests/conftest.py `tiny_plugin_run`) and
@@ -29,7 +30,7 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.files import NoSpaceLeft, sha256_of, write_bytes_atomic, write_text_atomic
-from pipeline.ledger import Ledger
+from pipeline.ledger import BUSY_TIMEOUT_ENV, Ledger
 from pipeline.registry import get_competition, list_competitions
 from tests.test_hostile import REPO, assert_user_error, cli, copy_data, decide, edit_csv
 
@@ -329,3 +330,106 @@ def test_a_full_cache_folder_stops_the_run_with_one_error_line_and_no_half_writt
     assert f"submit --resume {RUN}" in line
     assert [p.name for p in disk.rglob("*") if p.name != "filler" and p.is_file()] == []  # no partial cache entry
     assert Ledger(tmp_path / "ledger.sqlite").run(RUN)["status"] == "failed"
+
+
+# ---- a ledger locked when the run finishes ------------------------------------------------------------------
+
+HOLD_LOCK = """
+    import sqlite3, sys
+    db = sqlite3.connect(sys.argv[1], isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    print("locked", flush=True)
+    sys.stdin.readline()
+    db.execute("COMMIT")
+"""
+
+
+def hold_lock(ledger: Path) -> subprocess.Popen:
+    """A second process holding the ledger's write lock (BEGIN EXCLUSIVE) until a line is written to its stdin."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLD_LOCK), str(ledger)], cwd=REPO, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
+    return holder
+
+
+def release(holder: subprocess.Popen) -> None:
+    holder.communicate("\n", timeout=30)
+    assert holder.returncode == 0
+
+
+@trained
+def test_a_ledger_locked_when_the_run_finishes_keeps_every_output_and_runs_record_records_it_later(
+        tiny_plugin_run, plugin_sample, tmp_path, monkeypatch, capsys):
+    from pipeline.__main__ import main
+
+    finished = tiny_plugin_run("fisheries").run_dir
+    ledger = tmp_path / "ledger.sqlite"
+    holders = []
+    monkeypatch.setenv(BUSY_TIMEOUT_ENV, "1")  # a second, not the minute a real run waits
+    replay_training(monkeypatch, finished, after_outputs=lambda run_dir: holders.append(hold_lock(ledger)))
+    try:
+        code = main(submit_args(plugin_sample("fisheries", small=True) / "data", tmp_path))
+    finally:
+        for holder in holders:
+            release(holder)
+    assert code == 0  # the submission is valid and written: the run succeeded, only its ledger row waits
+    warning = one_line(capsys.readouterr().err, "WARNING: run tiny-fisheries finished")
+    run_dir = tmp_path / "runs" / "fisheries" / RUN
+    for fragment in (f"wrote every output to {run_dir}", f"ledger {ledger} was locked by another process for more than 1 s",
+                     f"`python -m pipeline runs record {run_dir} --ledger {ledger}`"):
+        assert fragment in warning, (fragment, warning)
+    kept = contents(run_dir)
+    assert {name: data for name, data in kept.items() if name not in ("config.json", "metrics.json")} == {
+        name: data for name, data in contents(finished).items() if name not in ("config.json", "metrics.json")}
+    assert Ledger(ledger).run(RUN)["status"] == "running"
+
+    # once the run's process has ended, the next open marks the row interrupted, pointing at `runs record`, not at
+    # a rerun (here the row is handed to a process that has ended: this test's process is the run's)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    with contextlib.closing(sqlite3.connect(ledger)) as db, db:
+        db.execute("UPDATE runs SET pid = ? WHERE run_id = ?", (ended.pid, RUN))
+    record = Ledger(ledger).run(RUN)
+    assert record["status"] == "interrupted" and f"runs record {run_dir} --ledger {ledger}" in record["error"]
+
+    proc = cli("runs", "record", str(run_dir), "--ledger", str(ledger))
+    assert proc.returncode == 0 and f"recorded run {RUN} as done in {ledger}" in proc.stdout, proc.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    record = Ledger(ledger).run(RUN)
+    assert record["status"] == "done" and record["error"] is None
+    assert (record["holdout_teacher"], record["holdout_student"], record["holdout_control"]) == (
+        metrics["holdout"]["teacher"], metrics["holdout"]["student"], metrics["holdout"]["control"])
+    assert record["submission_sha256"] == metrics["submission"]["sha256"] == sha256_of(run_dir / "submission.csv")
+    assert record["submitted_model"] == metrics["submission"]["model"]
+    assert record["lb_student_public"] == metrics["leaderboard"]["student"]["public"]
+    assert contents(run_dir) == kept
+    again = in_process(capsys, "runs", "record", str(run_dir), "--ledger", str(ledger))
+    assert again.returncode == 0 and "already recorded" in again.stdout
+
+
+@trained
+def test_runs_record_refuses_a_folder_whose_submission_changed_and_adds_a_run_the_ledger_never_saw(run_copy, tmp_path,
+                                                                                                   capsys):
+    ledger = tmp_path / "other.sqlite"
+    proc = in_process(capsys, "runs", "record", RUN, "--runs-dir", str(run_copy.parent.parent), "--ledger", str(ledger))
+    assert proc.returncode == 0 and "it had no row there" in proc.stdout, proc.stderr  # a --no-ledger run
+    assert Ledger(ledger).run(RUN)["status"] == "done"
+    with open(run_copy / "submission.csv", "a") as handle:
+        handle.write("extra.jpg,1,0,0,0,0,0,0,0\n")
+    assert_user_error(in_process(capsys, "runs", "record", str(run_copy), "--ledger", str(tmp_path / "third.sqlite")),
+                      "submission.csv is not the file the run wrote", "cp ")
+    (run_copy / "metrics.json").unlink()
+    assert_user_error(in_process(capsys, "runs", "record", str(run_copy), "--ledger", str(ledger)),
+                      "has no metrics.json", "submit --resume tiny-fisheries")
+
+
+def test_a_ledger_locked_past_the_busy_timeout_is_one_error_line(tmp_path):
+    ledger = tmp_path / "ledger.sqlite"
+    Ledger(ledger)
+    holder = hold_lock(ledger)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pipeline", "runs", "list", "--ledger", str(ledger)], cwd=REPO,
+                              capture_output=True, text=True, timeout=60, env={**os.environ, BUSY_TIMEOUT_ENV: "0.5"})
+    finally:
+        release(holder)
+    assert_user_error(proc, f"ledger {ledger} was locked by another process for more than 0.5 s", BUSY_TIMEOUT_ENV)
