@@ -22,6 +22,7 @@ import pandas as pd
 from sklearn.metrics import fbeta_score
 
 from pipeline.errors import UserError
+from pipeline.files import is_utf8, printable
 from pipeline.registry import Competition, Decision, Metric, register
 
 TAGS: tuple[str, ...] = tuple(sorted((
@@ -310,6 +311,10 @@ def _jpg_stems(folder: Path, strict: bool = False) -> set[str]:
     stems = set()
     with os.scandir(folder) as entries:
         for entry in entries:
+            if strict and not is_utf8(entry.name):  # its id could not be written to the submission CSV
+                raise UserError(f"{printable(Path(folder) / entry.name)} has a file name that is not valid UTF-8 (shown "
+                                "with its bytes as \\xNN), so its id cannot be written to the submission; rename it "
+                                "(test files are <id>.jpg, with the id as in sample_submission_v2.csv)")
             if entry.name.endswith(".jpg") and entry.is_file():
                 stems.add(entry.name[: -len(".jpg")])
             elif strict and not entry.name.startswith("."):

@@ -42,8 +42,15 @@ class ImageFolder(ProbabilityTableCompetition):
                 raise UserError(f"{data_dir} has no {name}/ folder; {HINT}")
 
     def class_names(self, data_dir: Path) -> list[str]:
+        """The class folders' names, sorted; a folder named like the submission's id column is refused (the
+        submission `id,<classes>` would have two id columns)."""
         train = Path(data_dir) / "train"
-        return sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+        names = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if self.id_column in names:
+            raise UserError(f"class folder {train / self.id_column} has the name of the submission's id column "
+                            f"({self.id_column},<classes>...), so the submission would have two {self.id_column!r} "
+                            f"columns; rename the folder (e.g. mv {train / self.id_column} {train / (self.id_column + '_')})")
+        return names
 
     def train_items(self, data_dir: Path) -> pd.DataFrame:
         return list_class_folder_items(Path(data_dir) / "train", known_classes=None)

@@ -7,6 +7,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 from pipeline.errors import UserError
+from pipeline.files import printable
 from pipeline.registry import Competition, Metric
 
 KAGGLE_LOGLOSS_EPS = 1e-15
@@ -49,6 +50,9 @@ class ProbabilityTableCompetition(Competition):
         return kaggle_log_loss_rows(y_true, y_submitted)
 
     def to_submission(self, ids: list[str], y_submitted: np.ndarray, classes: list[str]) -> pd.DataFrame:
+        if self.id_column in classes:  # the contract check (pipeline/contract.py) calls this before training
+            raise UserError(f"class {self.id_column!r} has the name of the submission's id column ({self.id_column}), "
+                            "so the submission's header would name it twice; rename that class (its class folder)")
         table = pd.DataFrame(np.asarray(y_submitted, dtype=np.float64), columns=classes)
         table.insert(0, self.id_column, ids)
         return table
@@ -80,10 +84,10 @@ def list_class_folder_items(train_dir: Path, known_classes: list[str] | None) ->
         raise UserError(f"{train_dir} holds {_few(files)} directly, outside any class folder, so they have no "
                         f"label; move each into {train_dir}/<class name>/ or remove it")
     if known_classes is not None:
-        unknown = [p.name for p in folders if p.name not in known_classes]
+        unknown = [f"'{printable(p.name)}'" for p in folders if p.name not in known_classes]
         if unknown:
             raise UserError(
-                f"{train_dir} has class folders {unknown} that are not classes of this competition; "
+                f"{train_dir} has class folders [{', '.join(unknown)}] that are not classes of this competition; "
                 f"the classes are {known_classes}: rename or remove those folders"
             )
     rows = []
@@ -124,5 +128,5 @@ def folder_entries(folder: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _few(paths: list[Path], suffix: str = "", limit: int = 5) -> str:
-    names = ", ".join(f"{p.name}{suffix}" for p in paths[:limit])
+    names = ", ".join(f"{printable(p.name)}{suffix}" for p in paths[:limit])
     return names + (f" and {len(paths) - limit} more" if len(paths) > limit else "")

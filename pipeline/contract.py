@@ -2,7 +2,8 @@
 
 A plugin is checked twice: its class when it registers (name, metrics with their direction, flips, no
 abstract method left), and its item tables when a run lists them (required columns, `group` public or
-private, unique non-empty ids and paths, labels that are tuples of known classes). Every failure is a
+private, unique non-empty ids and paths, labels that are tuples of known classes; names that are valid UTF-8
+and class names that a submission can hold beside its id). Every failure is a
 UserError naming the plugin, the column or value, and the fix, so a broken plugin fails at once instead
 of after training. The two value types the engine reads from a plugin live here too: `Metric` (a metric's
 name and direction) and `Decision` (what turns probabilities into a submission, fit on the scored rows).
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import UserError
+from pipeline.files import is_utf8, printable
 
 if TYPE_CHECKING:
     from pipeline.registry import Competition
@@ -30,6 +32,9 @@ GROUPS = ("public", "private")
 FLIPS = ("none", "horizontal", "horizontal_and_vertical")
 PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 SHOW = 3  # values quoted in a message
+# why a name must be valid UTF-8: what a message about one says
+NOT_UTF8 = ("shown with its bytes as \\xNN; Linux file names are bytes, and this one cannot be written to the submission "
+            "CSV, the run's JSON files or the ledger")
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,9 @@ def check_flips(flips: object, where: str) -> None:
 
 def check_items(competition: "Competition", data_dir: Path, train: pd.DataFrame, test: pd.DataFrame) -> None:
     """Both item tables of a run, once, right after the plugin lists them (preflight calls it)."""
+    if not is_utf8(data_dir):
+        raise UserError(f"the data folder {printable(data_dir)} has a name that is not valid UTF-8 ({NOT_UTF8}); "
+                        "rename the folder (or a folder above it) to a UTF-8 name and pass that as --data")
     check_train_items(competition, competition.class_names(data_dir), train)
     check_test_items(competition, test)
 
@@ -134,15 +142,35 @@ def check_train_items(competition: "Competition", classes: list[str], table: pd.
     (exactly one for a single-label competition, at least one for a multi-label one)."""
     where = _where(competition, "train_items")
     _check_table(table, TRAIN_COLUMNS, where)
+    check_class_names(competition, classes)
     _check_names(table["path"], "path", where, "an image file path")
-    if len(set(classes)) != len(classes):
-        raise UserError(f"{_where(competition, 'class_names')} repeats a class name in {classes}; each class once")
     known = set(classes)
     for row, labels in enumerate(table["labels"]):
         problem = _label_problem(labels, known, competition.multi_label)
         if problem:
             raise UserError(f"{where} row {row} (path {table['path'].iloc[row]!r}): labels {labels!r} {problem}; the "
                             f"classes are {classes}")
+
+
+def check_class_names(competition: "Competition", classes: list[str]) -> None:
+    """`class_names`: each class once, a non-empty UTF-8 string (it is a column or a tag of the submission CSV),
+    and none named like a column the submission already has (a class folder `id` beside the id column)."""
+    where = _where(competition, "class_names")
+    if len(set(classes)) != len(classes):
+        raise UserError(f"{where} repeats a class name in {classes}; each class once")
+    for name in classes:
+        if not isinstance(name, str) or not name:
+            raise UserError(f"{where}: class {name!r} is not a non-empty string; every class needs a name")
+        if not is_utf8(name):
+            raise UserError(f"{where}: class '{printable(name)}' is not valid UTF-8 ({NOT_UTF8}); rename it (a class "
+                            "folder: rename the folder) to a UTF-8 name")
+    probe = competition.to_submission(["probe"], np.zeros((1, len(classes)), dtype=np.float32), classes)
+    columns = [str(c) for c in probe.columns]
+    taken = [c for c in columns if columns.count(c) > 1]
+    if taken:
+        raise UserError(f"{where}: class {taken[0]!r} has the name of a column the submission already has "
+                        f"({', '.join(dict.fromkeys(taken))}: the submission's header would name it twice); rename that "
+                        "class (a class folder: rename the folder)")
 
 
 def check_test_items(competition: "Competition", table: pd.DataFrame) -> None:
@@ -169,11 +197,16 @@ def _check_table(table: object, columns: tuple[str, ...], where: str) -> None:
 
 
 def _check_names(values: pd.Series, column: str, where: str, what: str) -> None:
-    """Non-empty strings, each once (a repeated id or path would be predicted twice and submitted once)."""
+    """Non-empty UTF-8 strings, each once (a repeated id or path would be predicted twice and submitted once)."""
     empty = values[~values.map(lambda v: isinstance(v, str) and v != "")]
     if len(empty):
         raise UserError(f"{where}: {column} {empty.iloc[0]!r} at row {empty.index[0]} is not a non-empty string; "
                         f"each row needs {what}")
+    bad = values[~values.map(is_utf8)]
+    if len(bad):
+        more = f" ({len(bad) - 1} more like it)" if len(bad) > 1 else ""
+        raise UserError(f"{where}: {column} '{printable(bad.iloc[0])}' at row {bad.index[0]}{more} is not valid UTF-8 "
+                        f"({NOT_UTF8}); rename the file (or its folder) to a UTF-8 name")
     repeated = values[values.duplicated()]
     if len(repeated):
         raise UserError(f"{where}: {column} {repeated.iloc[0]!r} appears {int((values == repeated.iloc[0]).sum())} times "

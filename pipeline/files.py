@@ -2,9 +2,14 @@
 
 Temporaries carry the writer's pid in their name (`.NAME.pid1234.XXXX.tmp`), so what a killed writer left
 behind can be told from what a live one is still writing (`remove_stale_temporaries`).
+
+A full disk (ENOSPC) or a spent quota (EDQUOT) is the user's to fix, not a bug: a write that hits it removes its
+temporary, leaves the file it would have replaced as it was, and raises `NoSpaceLeft` (a UserError) naming the
+file and the free space left there.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -15,22 +20,110 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.errors import UserError
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class NoSpaceLeft(UserError):
+    """A write failed because its file system is full (ENOSPC) or the user's disk quota is spent (EDQUOT)."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = Path(path)
+
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    """Write to a temporary file in the same folder, fsync, then rename over `path`.
+
+    On any failure the temporary is removed and an existing `path` is left as it was; a full disk is a
+    NoSpaceLeft naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+            raise NoSpaceLeft(f"{no_space_message(path, error)}; the write was undone ({printable(path.name)} is as it "
+                              "was before, if it existed): free some space there, or use a folder on a larger disk, "
+                              "and run it again", path) from error
         raise
+
+
+def no_space_error(error: BaseException | None) -> BaseException | None:
+    """The full-disk error behind `error` (itself, or what it was raised from), or None.
+
+    An OSError with errno ENOSPC or EDQUOT, or an error whose text says so (h5py and SQLite report a full disk
+    in their message, without an errno)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, NoSpaceLeft):
+            return error
+        if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+            return error
+        text = str(error)
+        if any(words in text for words in ("No space left on device", "Disk quota exceeded", "database or disk is full")):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def no_space_message(path: Path | str, error: BaseException | None = None, under: bool = False) -> str:
+    """`no space left on device writing PATH (N bytes free there)`: what a UserError about a full disk starts with
+    (`under`: PATH is the folder written in, not the file)."""
+    why = "disk quota exceeded" if isinstance(error, OSError) and error.errno == errno.EDQUOT else "no space left on device"
+    free = free_bytes(path)
+    where = "" if free is None else f" ({_size(free)} free there)"
+    return f"{why} writing {'under ' if under else ''}{printable(path)}{where}"
+
+
+def free_bytes(path: Path | str) -> int | None:
+    """Bytes an unprivileged writer may still use on the file system of `path` (or of its nearest existing folder)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
+def printable(name: Path | str) -> str:
+    """A file name as text that can be printed and written anywhere: bytes that are not UTF-8 (Linux file names
+    are bytes; Python keeps such bytes as lone surrogates) are shown as \\xNN escapes."""
+    text = str(name)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name produced
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def is_utf8(name: Path | str) -> bool:
+    """Whether `name` is valid UTF-8 text (a CSV, JSON or the ledger can hold it as it is)."""
+    try:
+        str(name).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _umask() -> int:

@@ -10,6 +10,11 @@ a machine that lost power) cannot mark its own row, so every open marks `running
 from this host as `interrupted` (rows of other hosts are left alone: their processes cannot be seen from
 here). An interrupted run's id may be started again.
 
+A ledger that another process keeps locked for longer than the busy timeout (60 s; the environment variable
+PIPELINE_LEDGER_BUSY_TIMEOUT_S changes it), or that cannot be written (a full disk, a read-only file), is a
+`LedgerUnavailable` (a UserError): one line naming the file and what to do. A run whose outputs are all written
+when that happens keeps them and says how to record it later (`runs record RUN_FOLDER`, `record_finished_run`).
+
 A ledger opened with `read_only=True` (what `compare` does without `--record`) is opened through SQLite's
 `mode=ro`: nothing is created, migrated or marked, and a write is refused, so the file is left byte for byte.
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import sqlite3
 from datetime import datetime, timezone
@@ -31,12 +37,13 @@ import pandas as pd
 
 from pipeline.config import REPO_ROOT
 from pipeline.errors import UserError
-from pipeline.files import json_plain, sha256_of
+from pipeline.files import free_bytes, json_plain, sha256_of
 from pipeline.ledger_provenance import git_state, library_versions, process_gone, redact, this_process
 from pipeline.ledger_schema import MIGRATIONS, SCHEMA_VERSION
 from pipeline.ledger_tables import LEADERBOARD_COLUMNS, run_record, runs_frame
 
 BUSY_TIMEOUT_S = 60.0
+BUSY_TIMEOUT_ENV = "PIPELINE_LEDGER_BUSY_TIMEOUT_S"  # overrides BUSY_TIMEOUT_S (tests wait a second, not a minute)
 SQLITE_HEADER = b"SQLite format 3\x00"
 STATUSES = ("running", "done", "failed", "interrupted")
 
@@ -44,6 +51,30 @@ STATUSES = ("running", "done", "failed", "interrupted")
 def default_ledger_path(runs_dir: Path | str) -> Path:
     """The ledger that belongs to a runs folder: `<runs-dir>/ledger.sqlite` (what every command defaults to)."""
     return Path(runs_dir) / "ledger.sqlite"
+
+
+class LedgerUnavailable(UserError):
+    """The ledger could not be written now: locked by another process past the busy timeout, a full disk, a
+    read-only file. `why` is the short reason (the message adds what to do)."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
+def busy_timeout_s() -> float:
+    """How long a write waits for another process's lock: BUSY_TIMEOUT_S, or PIPELINE_LEDGER_BUSY_TIMEOUT_S."""
+    text = os.environ.get(BUSY_TIMEOUT_ENV)
+    if text is None or not text.strip():
+        return BUSY_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e6:  # also NaN
+        raise UserError(f"{BUSY_TIMEOUT_ENV}={text!r} must be a number of seconds >= 0 (how long a ledger write waits "
+                        f"for another process's lock; default {BUSY_TIMEOUT_S:g})")
+    return value
 
 
 def open_ledger(path: Path | str | None, read_only: bool = False) -> "Ledger | None":
@@ -115,27 +146,42 @@ class Ledger:
         if not submission_path.is_file():
             raise UserError(f"run {run_id}: submission {submission_path} does not exist; finish_run needs the written CSV")
         sha256 = sha256_of(submission_path)
-        board = metrics.get("leaderboard") or {}
-        scores = {column: _float((board.get(who) or {}).get(group)) for (who, group), column in LEADERBOARD_COLUMNS.items()}
-        holdout = metrics.get("holdout") or {}
         with self._transaction() as db:
             row = self._require_run(db, run_id)
-            if metrics.get("competition") not in (None, row["competition"]):
-                raise UserError(f"run {run_id}: metrics are for {metrics['competition']!r} but the run was "
-                                 f"started for {row['competition']!r}")
-            versions = {**(json.loads(row["versions_json"]) if row["versions_json"] else {}),
-                        **(metrics.get("versions") or {})}
-            _update(db, run_id, {
-                "status": "done", "finished_at": _now(), "metric": metrics.get("metric"),
-                "data_fingerprint": metrics.get("data_fingerprint") or row["data_fingerprint"],
-                "greater_is_better": _bool(metrics.get("greater_is_better")),
-                "holdout_teacher": _float(holdout.get("teacher")), "holdout_student": _float(holdout.get("student")),
-                "holdout_control": _float(holdout.get("control")),
-                "submitted_model": (metrics.get("submission") or {}).get("model"), "verdict_json": _json(metrics.get("verdict")),
-                "pseudo_json": _json(metrics.get("pseudo")), "submission_path": str(submission_path.resolve()),
-                "submission_sha256": sha256, "wall_time_s": float(wall_time_s), "metrics_json": _json(redact(metrics)),
-                "versions_json": _json(versions), "error": None, **scores,
-            })
+            _update(db, run_id, _done_values(row, run_id, metrics, submission_path, sha256, wall_time_s))
+
+    def record_finished_run(self, run_id: str, competition: str, config: dict, metrics: dict, submission_path: Path,
+                            wall_time_s: float, finished_at: datetime) -> str:
+        """Record, after the fact, a run that wrote all its outputs but not its ledger row (`runs record`).
+
+        Its row (left `running`, `interrupted` or `failed`) becomes `done` as finish_run would have made it; a
+        run with no row (the ledger was another file, or it ran with --no-ledger) gets one, with no git commit
+        or process (they are not known now). A row already `done` with this submission is left alone; one `done`
+        with another submission is refused. Returns "recorded", "added" or "already recorded"."""
+        submission_path = Path(submission_path)
+        sha256 = sha256_of(submission_path)
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is not None and row["status"] == "done":
+                if row["submission_sha256"] == sha256:
+                    return "already recorded"
+                raise UserError(f"ledger {self.path}: run {run_id!r} is already recorded as done with another "
+                                f"submission (sha256 {row['submission_sha256']}, not {sha256} of {submission_path}); "
+                                "a run id is recorded once")
+            outcome = "recorded"
+            if row is None:
+                started = finished_at.timestamp() - float(wall_time_s)
+                db.execute(
+                    "INSERT INTO runs (run_id, competition, status, started_at, config_json, seed)"
+                    " VALUES (?, ?, 'running', ?, ?, ?)",
+                    (run_id, competition, datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+                     _json(redact(config)), config.get("seed")))
+                row = self._require_run(db, run_id)
+                outcome = "added"
+            values = _done_values(row, run_id, metrics, submission_path, sha256, wall_time_s)
+            values["finished_at"] = finished_at.astimezone(timezone.utc).isoformat(timespec="seconds")
+            _update(db, run_id, values)
+        return outcome
 
     def fail_run(self, run_id: str, error: str) -> None:
         """Mark a run `failed` with its error text (e.g. the traceback); the wall time is measured from the start."""
@@ -163,6 +209,11 @@ class Ledger:
             for row in stale:
                 reason = (f"interrupted: process {row['pid']} on {host} ended without finishing the run (killed, "
                           "crashed hard or the machine restarted); start it again with the same run id")
+                folder = _finished_folder(row)
+                if folder is not None:
+                    reason = (f"interrupted: process {row['pid']} on {host} ended after writing every output of the run "
+                              f"({folder / 'metrics.json'}) but not its ledger row (was the ledger locked?); record it "
+                              f"with `python -m pipeline runs record {folder} --ledger {self.path}`")
                 seconds = (finished - datetime.fromisoformat(row["started_at"])).total_seconds()
                 db.execute("UPDATE runs SET status = 'interrupted', finished_at = ?, error = ?, wall_time_s = ?"
                            " WHERE run_id = ? AND status = 'running'",
@@ -276,10 +327,10 @@ class Ledger:
     def _connect(self) -> sqlite3.Connection:
         try:
             if self.read_only:  # SQLite itself refuses every write, and creates no file
-                db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout_s(),
                                      isolation_level=None)
             else:
-                db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                db = sqlite3.connect(self.path, timeout=busy_timeout_s(), isolation_level=None)
         except sqlite3.OperationalError as error:
             need = "readable" if self.read_only else "writable"
             raise UserError(f"cannot open ledger {self.path}: {error}; check the folder exists and is {need}") from error
@@ -320,7 +371,29 @@ class Ledger:
             message = str(error)
             if "not a database" in message or "malformed" in message:
                 raise self._corrupt(f"SQLite says: {message}") from error
+            if isinstance(error, sqlite3.OperationalError):
+                unavailable = self._unavailable(message)
+                if unavailable is not None:
+                    raise unavailable from error
             raise
+
+    def _unavailable(self, message: str) -> LedgerUnavailable | None:
+        """The LedgerUnavailable for SQLite's `message`, or None when it is not one of those states."""
+        if "database is locked" in message or "database table is locked" in message:
+            why = (f"ledger {self.path} was locked by another process for more than {busy_timeout_s():g} s (SQLite: "
+                   f"{message})")
+            return LedgerUnavailable(f"{why}; another process (a sweep, a submit, a score sync, an open sqlite3 shell) "
+                                     f"holds its write lock: let it finish and run this again, or wait longer with "
+                                     f"{BUSY_TIMEOUT_ENV}=SECONDS", why)
+        if "database or disk is full" in message:
+            free = free_bytes(self.path)
+            why = (f"ledger {self.path} could not be written: no space left on device (SQLite: {message}"
+                   + ("" if free is None else f"; {free} bytes free there") + ")")
+            return LedgerUnavailable(f"{why}; free some space on its disk, or pass another --ledger", why)
+        if "readonly database" in message:
+            why = f"ledger {self.path} is read-only (SQLite: {message})"
+            return LedgerUnavailable(f"{why}; make the file and its folder writable, or pass another --ledger", why)
+        return None
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         current = self._checked_version(db)
@@ -358,6 +431,39 @@ _KEEP_SCORED = ", ".join(
     f"{column} = CASE WHEN excluded.public_score IS NULL AND excluded.private_score IS NULL"
     f" AND (public_score IS NOT NULL OR private_score IS NOT NULL) THEN {column} ELSE excluded.{column} END"
     for column in ("status", "public_score", "private_score"))
+
+
+def _done_values(row: sqlite3.Row, run_id: str, metrics: dict, submission_path: Path, sha256: str,
+                 wall_time_s: float) -> dict:
+    """The columns of a `done` run from its metrics.json content (finish_run, record_finished_run)."""
+    if metrics.get("competition") not in (None, row["competition"]):
+        raise UserError(f"run {run_id}: metrics are for {metrics['competition']!r} but the run was "
+                        f"started for {row['competition']!r}")
+    board = metrics.get("leaderboard") or {}
+    scores = {column: _float((board.get(who) or {}).get(group)) for (who, group), column in LEADERBOARD_COLUMNS.items()}
+    holdout = metrics.get("holdout") or {}
+    versions = {**(json.loads(row["versions_json"]) if row["versions_json"] else {}), **(metrics.get("versions") or {})}
+    return {
+        "status": "done", "finished_at": _now(), "metric": metrics.get("metric"),
+        "data_fingerprint": metrics.get("data_fingerprint") or row["data_fingerprint"],
+        "greater_is_better": _bool(metrics.get("greater_is_better")),
+        "holdout_teacher": _float(holdout.get("teacher")), "holdout_student": _float(holdout.get("student")),
+        "holdout_control": _float(holdout.get("control")),
+        "submitted_model": (metrics.get("submission") or {}).get("model"), "verdict_json": _json(metrics.get("verdict")),
+        "pseudo_json": _json(metrics.get("pseudo")), "submission_path": str(submission_path.resolve()),
+        "submission_sha256": sha256, "wall_time_s": float(wall_time_s), "metrics_json": _json(redact(metrics)),
+        "versions_json": _json(versions), "error": None, **scores,
+    }
+
+
+def _finished_folder(row: sqlite3.Row) -> Path | None:
+    """The run folder of a row when it holds the run's metrics.json (the run wrote every output), else None."""
+    try:
+        runs_dir = json.loads(row["config_json"]).get("runs_dir")
+        folder = Path(runs_dir) / row["competition"] / row["run_id"]
+        return folder if runs_dir and (folder / "metrics.json").is_file() else None
+    except (TypeError, ValueError, AttributeError, OSError):
+        return None
 
 
 def _update(db: sqlite3.Connection, run_id: str, values: dict) -> None:

@@ -2,8 +2,8 @@
 
 Everything needed to recompute without retraining is kept in the run folder (kaggle-imet-2019 style):
 split.csv (each labeled image's fold), probabilities.npz (teacher, control and student probabilities of
-every scored train row and readable test item, with ids) and pseudo_labels.csv (one row per test item and
-selection: what happened to it and why).
+every scored train row and readable test item, with ids, and the ids of the validated submission in its
+order) and pseudo_labels.csv (one row per test item and selection: what happened to it and why).
 """
 from __future__ import annotations
 
@@ -47,11 +47,15 @@ def submission_table(competition: Competition, data_dir: Path, items: Items, sub
 
 
 def write_recomputables(run_dir: Path, items: Items, scored: dict[str, np.ndarray], test: dict[str, np.ndarray],
-                        provenance: pd.DataFrame) -> None:
+                        provenance: pd.DataFrame, submission_ids: list[str]) -> None:
+    """split.csv, probabilities.npz and pseudo_labels.csv. `submission_ids` (the validated submission's ids, in its
+    order: the sample submission's, or every test item's) are kept in probabilities.npz, where `runs rescore` reads
+    them: a file nobody opens in a spreadsheet, unlike submission.csv, and inside the run folder, unlike the data."""
     write_csv_atomic(run_dir / "split.csv", split.split_table(items.train["path"].tolist(), items.fold))
     buffer = io.BytesIO()
     np.savez_compressed(buffer, classes=np.array(items.classes), train_paths=items.train["path"].to_numpy(dtype=str),
                         y=items.y, fold=items.fold, test_ids=items.test_ids, test_groups=items.test_groups,
+                        submission_ids=np.array(submission_ids, dtype=str),
                         **{f"scored_{k}": v for k, v in scored.items()}, **{f"test_{k}": v for k, v in test.items()})
     write_bytes_atomic(run_dir / "probabilities.npz", buffer.getvalue())
     write_csv_atomic(run_dir / "pseudo_labels.csv", provenance)

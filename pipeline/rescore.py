@@ -1,8 +1,8 @@
 """Recompute a run's scores from its folder alone: no training, no images (`runs rescore RUN`).
 
 A run keeps what its scores are made of (kaggle-imet-2019 style): split.csv, probabilities.npz (every
-model's probabilities of the scored train rows and of the readable test items, with ids), config.json and
-its submissions. From those this refits each model's decision on the scored rows, rescores every model,
+model's probabilities of the scored train rows and of the readable test items, with ids, and the ids of its
+validated submission), config.json and its submissions. From those this refits each model's decision on the scored rows, rescores every model,
 reruns the verdict and its guard, scores a weighted blend of models, scores public/private against a
 solution and writes a new validated submission, so thresholds, blends and bootstraps can be revisited
 without retraining. A recomputation of an unchanged run reproduces its recorded scores exactly.
@@ -20,7 +20,7 @@ import pandas as pd
 from pipeline import verdict as verdicts
 from pipeline.contract import Decision
 from pipeline.errors import UserError
-from pipeline.files import write_csv_atomic
+from pipeline.files import sha256_of, write_csv_atomic
 from pipeline.registry import Competition, get_competition
 from pipeline.submission import read_solution, score_against_solution, validate_submission
 
@@ -41,7 +41,7 @@ class RunFolder:
     test_ids: np.ndarray  # readable test items, in the run's order
     scored: dict[str, np.ndarray]  # model -> probabilities of the scored rows (fold >= 0)
     test: dict[str, np.ndarray]  # model -> probabilities of the readable test items
-    submission_ids: list[str]  # every id submission.csv holds, in its order
+    submission_ids: list[str]  # every id a submission of the run holds, in its order (expected_submission_ids)
 
     @property
     def y_scored(self) -> np.ndarray:
@@ -108,15 +108,16 @@ def find_run(run: str, runs_dir: Path, competition: str | None = None) -> Path:
 
 
 def load_run_folder(path: Path, competition: Competition) -> RunFolder:
-    """Read config.json, metrics.json, split.csv, probabilities.npz and submission.csv's ids; check they agree."""
+    """Read config.json, metrics.json, split.csv and probabilities.npz, and the ids a submission of the run must
+    hold (`expected_submission_ids`); check they agree."""
     path = Path(path)
-    needed = ("config.json", "split.csv", "probabilities.npz", "submission.csv")
+    needed = ("config.json", "split.csv", "probabilities.npz")
     missing = [name for name in needed if not (path / name).is_file()]
     if missing:
         raise UserError(f"run folder {path} lacks {', '.join(missing)}; rescoring needs {', '.join(needed)} "
                         "(written by every finished run)")
-    config = _read_json(path / "config.json")
-    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
+    config = read_json(path / "config.json")
+    metrics = read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
     try:
         with np.load(path / "probabilities.npz", allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
@@ -131,11 +132,73 @@ def load_run_folder(path: Path, competition: Competition) -> RunFolder:
         raise UserError(f"{path / 'split.csv'} and probabilities.npz disagree on the train rows or their folds; "
                         "the folder was edited or mixes two runs")
     classes = [str(c) for c in arrays["classes"]]
-    submission = pd.read_csv(path / "submission.csv", dtype=str, keep_default_na=False)
-    ids, _ = competition.from_submission(submission, classes)
+    ids = expected_submission_ids(path, arrays, metrics, competition, classes)
     models = [m for m in MODELS if f"scored_{m}" in arrays and f"test_{m}" in arrays]
     return RunFolder(path, config, metrics, classes, arrays["y"], arrays["fold"], arrays["test_ids"].astype(str),
                      {m: arrays[f"scored_{m}"] for m in models}, {m: arrays[f"test_{m}"] for m in models}, ids)
+
+
+def expected_submission_ids(path: Path, arrays: dict[str, np.ndarray], metrics: dict, competition: Competition,
+                            classes: list[str]) -> list[str]:
+    """The ids, in order, that every submission of the run must hold: those of the submission the run validated.
+
+    The run keeps them in probabilities.npz. Not submission.csv: it is the file people open, edit and re-save,
+    and ids read from an edited copy once gave a rescored submission with ids missing that still "validated"
+    (against itself). Not the data folder: it lies outside the run, and may be gone, moved or re-downloaded
+    since (a later stage's sample submission). A submission.csv that no longer holds those ids is refused: the
+    folder was edited. A run written before the ids were kept falls back on its submission.csv only while that is
+    the very file it wrote (the sha256 in metrics.json)."""
+    submission = path / "submission.csv"
+    record = metrics.get("submission") or {}
+    chosen = path / f"{record.get('model')}_submission.csv"
+    restore = (f"restore it (cp {chosen} {submission}: the same file as the run wrote it)" if record.get("model")
+               else "restore the file the run wrote")
+    if "submission_ids" in arrays:
+        expected = [str(i) for i in arrays["submission_ids"]]
+        if submission.is_file():
+            _check_submission_ids(submission, competition, classes, expected, restore)
+        return expected
+    if not submission.is_file():
+        raise UserError(f"run folder {path} lacks submission.csv, and its probabilities.npz predates the submission "
+                        "ids kept there: a run of this age is rescored with the submission.csv it wrote")
+    if not record.get("sha256") or sha256_of(submission) != record["sha256"]:
+        why = ("it is not the file the run wrote (its sha256 differs from the one in metrics.json)" if record.get("sha256")
+               else "metrics.json records no sha256 of it to check it against")
+        raise UserError(f"{submission} cannot be trusted for the ids a submission of the run must hold: {why}, and "
+                        f"this run's probabilities.npz predates the ids kept there; {restore} and run this again")
+    ids, _ = competition.from_submission(_read_submission(submission), classes)
+    return ids
+
+
+def _check_submission_ids(submission: Path, competition: Competition, classes: list[str], expected: list[str],
+                          restore: str) -> None:
+    """Refuse a submission.csv whose ids are not the run's (missing, foreign or repeated ids): it was edited."""
+    try:
+        ids, _ = competition.from_submission(_read_submission(submission), classes)
+    except UserError as error:
+        raise UserError(f"{submission} is no longer a submission of this run ({error}); it was edited after the run: "
+                        f"{restore}, or move your copy out of the run folder") from error
+    have, want = set(ids), set(expected)
+    missing = [i for i in expected if i not in have]
+    extra = [i for i in ids if i not in want]
+    repeated = pd.Series(ids)[pd.Series(ids).duplicated()].tolist()
+    if missing or extra or repeated:
+        counts = [_some(missing, f"of its {len(expected)} ids are missing"), _some(extra, "are not the run's")]
+        counts += [_some(repeated, "are repeated")] if repeated else []
+        raise UserError(f"{submission} does not hold the run's submission ids: {', '.join(counts)}; it was edited after "
+                        f"the run (the run's ids are kept in probabilities.npz): {restore}, or move your copy out of "
+                        "the run folder, then run this again")
+
+
+def _some(ids: list[str], what: str) -> str:
+    return f"{len(ids)} {what}" + (f" (e.g. {ids[:3]})" if ids else "")
+
+
+def _read_submission(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not a readable CSV ({error}); it was edited after the run") from error
 
 
 def parse_blend(text: str, models: list[str]) -> dict[str, float]:
@@ -160,7 +223,7 @@ def rescore(path: Path, metric: str | None = None, solution: Path | None = None,
             write: str | None = None) -> Rescore:
     """Refit decisions, rescore every model (and a blend), rerun the verdict; optionally score against a solution
     and write `rescored_<model>_submission.csv` into the run folder (never over an existing file)."""
-    config = _read_json(Path(path) / "config.json") if (Path(path) / "config.json").is_file() else {}
+    config = read_json(Path(path) / "config.json") if (Path(path) / "config.json").is_file() else {}
     if "competition" not in config:
         raise UserError(f"{Path(path) / 'config.json'} is missing or names no competition; is {path} a run folder?")
     competition = get_competition(config["competition"], metric or config.get("metric"), config.get("plugin_options") or {})
@@ -199,8 +262,8 @@ def rescore(path: Path, metric: str | None = None, solution: Path | None = None,
 
 
 def submission_table(competition: Competition, run: RunFolder, test_probs: np.ndarray, decision: Decision) -> pd.DataFrame:
-    """The submission for these test probabilities, with submission.csv's ids and order: an id with no readable
-    image gets the class prior of the train labels, as in the run."""
+    """The submission for these test probabilities, with the run's submission ids and order, validated against
+    them: an id with no readable image gets the class prior of the train labels, as in the run."""
     full = np.tile(run.y.mean(axis=0), (len(run.submission_ids), 1)).astype(np.float32)
     position = {item_id: row for row, item_id in enumerate(run.test_ids)}
     rows = [(k, position[i]) for k, i in enumerate(run.submission_ids) if i in position]
@@ -212,7 +275,7 @@ def submission_table(competition: Competition, run: RunFolder, test_probs: np.nd
     return table
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

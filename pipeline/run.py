@@ -6,6 +6,7 @@ sequences them and records the run.
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -18,6 +19,7 @@ import numpy as np
 from pipeline import outputs, preflight
 from pipeline.config import RunConfig
 from pipeline.errors import UserError
+from pipeline.files import no_space_error
 from pipeline.items import Items, load_items
 from pipeline.ledger_provenance import library_versions
 from pipeline.registry import GROUPS, Competition, get_competition
@@ -51,7 +53,11 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     preflight.check_before_training(cfg, competition, data_dir, train, test)
     ledger = _open_ledger(cfg)  # a corrupt ledger stops the run before it leaves a folder behind
     run_dir.mkdir(parents=True)
-    cfg.save(run_dir / "config.json")
+    try:
+        cfg.save(run_dir / "config.json")
+    except BaseException:  # e.g. a full disk: no folder is left behind to block the same --run-name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     print(f"run {run_id}: {cfg.competition} from {data_dir}", flush=True)
     if ledger:  # recorded before anything can fail, so every failure is in the ledger too
         ledger.start_run(run_id, cfg.competition, cfg.to_dict(), None, cfg.seed)
@@ -104,13 +110,61 @@ def _run_stages(cfg: RunConfig, competition: Competition, data_dir: Path, train,
         if ledger and shift is not None:
             ledger.record_shift(run_id, shift.summary())
         metrics = train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started, shift, resumed)
-    except BaseException:
+    except BaseException as error:
         if ledger:
-            ledger.fail_run(run_id, traceback.format_exc())
+            _record_failure(ledger, run_id)
+        full = no_space_error(error)
+        if full is not None:  # the user's to fix: one line, not a traceback
+            raise UserError(_no_space_line(cfg, run_id, full)) from error
         raise
     if ledger:
-        ledger.finish_run(run_id, metrics, Path(metrics["submission"]["path"]), metrics["timings"]["total_s"])
+        _record_finish(ledger, run_id, run_dir, metrics)
     return RunResult(run_id, run_dir, metrics)
+
+
+def _record_finish(ledger, run_id: str, run_dir: Path, metrics: dict) -> None:
+    """Mark the run done. A ledger that cannot be written now (locked past the busy timeout, a full disk) is a
+    warning, not a failure: the run wrote every output, its submission is valid and usable, and one command
+    records it later. So the run ends with status 0, as its submission is what a Kaggle user ran it for (an
+    `--upload` or a `&&` chain goes on with it), and the warning says what is missing and how to add it."""
+    from pipeline.ledger import LedgerUnavailable
+    from pipeline.ledger_record import record_command
+
+    try:
+        ledger.finish_run(run_id, metrics, Path(metrics["submission"]["path"]), metrics["timings"]["total_s"])
+    except LedgerUnavailable as error:
+        print(f"WARNING: run {run_id} finished and wrote every output to {run_dir} (its submission.csv is valid), but "
+              f"it is not recorded as done: {error.why}; once the ledger is free, record it with "
+              f"`{record_command(run_dir, ledger.path)}`", file=sys.stderr, flush=True)
+
+
+def _record_failure(ledger, run_id: str) -> None:
+    """Mark the run failed with the traceback being handled; a ledger that cannot be written now is a warning
+    (the failure itself is what the run reports)."""
+    from pipeline.ledger import LedgerUnavailable
+
+    try:
+        ledger.fail_run(run_id, traceback.format_exc())
+    except LedgerUnavailable as error:
+        print(f"WARNING: run {run_id} failed and could not be recorded as failed: {error.why}; the ledger marks it "
+              "interrupted once this process has ended", file=sys.stderr, flush=True)
+
+
+def _no_space_line(cfg: RunConfig, run_id: str, full: BaseException) -> str:
+    """The one line of a run stopped by a full disk: where, how much is free, and how to finish the run."""
+    from pipeline.files import NoSpaceLeft, free_bytes, no_space_message
+
+    if isinstance(full, NoSpaceLeft):
+        where = no_space_message(full.path, full.__cause__)
+    elif isinstance(full, OSError) and full.filename:
+        where = no_space_message(full.filename, full)
+    else:  # h5py, SQLite and plain writes on an open file name no file: the fullest of the run's folders
+        folders = [("--runs-dir", cfg.runs_dir), ("--cache-dir", cfg.cache_dir)]
+        option, folder = min(folders, key=lambda f: free_bytes(f[1]) if free_bytes(f[1]) is not None else float("inf"))
+        where = f"{no_space_message(folder, full, under=True)} ({option})"
+    return (f"run {run_id} stopped: {where}; free some space there (or use a folder on a larger disk), then "
+            f"`python -m pipeline submit --resume {run_id} --competition {cfg.competition} --runs-dir {cfg.runs_dir}` "
+            "finishes it, reusing every model it cached")
 
 
 def check_shift(cfg: RunConfig, items: Items, run_dir: Path) -> ShiftReport | None:
@@ -169,7 +223,8 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
         provenance, pseudo_summary = training.provenance, training.summary
     else:
         provenance, pseudo_summary = _teacher_only_selection(cfg, items, teacher)
-    outputs.write_recomputables(run_dir, items, scored, test, provenance)
+    outputs.write_recomputables(run_dir, items, scored, test, provenance,
+                                competition.from_submission(tables[outcome.submitted], items.classes)[0])
     submission_path = run_dir / "submission.csv"
     metrics = {
         "run_id": run_id,

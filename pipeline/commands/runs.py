@@ -1,5 +1,6 @@
-"""`python -m pipeline runs list|show|score|rescore`: read the run ledger, record Kaggle scores typed by hand,
-and recompute a run's scores, verdict, blends and submissions from its folder alone (no training)."""
+"""`python -m pipeline runs list|show|score|rescore|record`: read the run ledger, record Kaggle scores typed by
+hand, recompute a run's scores, verdict, blends and submissions from its folder alone (no training), and record
+a finished run folder that could not record itself (its ledger was locked or its disk full when it ended)."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "(teacher, control, student, or blend); an existing file is never overwritten")
     again.set_defaults(func=rescore_run)
 
+    record = actions.add_parser("record", help="record a finished run folder in the ledger from its metrics.json "
+                                "(a run whose ledger was locked or full when it ended says to)")
+    record.add_argument("run_id", metavar="RUN", help="the run folder, or its run id under --runs-dir")
+    record.add_argument("--runs-dir", type=Path, default=SUBMISSIONS_DIR, help="where run folders are (default %(default)s)")
+    record.add_argument("--competition", help="look for RUN under RUNS_DIR/COMPETITION only")
+    record.add_argument("--ledger", type=Path, default=None,
+                        help="run ledger file (default: the run's own: its --ledger, else ledger.sqlite in its runs folder)")
+    record.set_defaults(func=record_run)
+
 
 def list_runs(args: argparse.Namespace) -> int:
     runs = Ledger(ledger_path(args)).runs(args.competition)
@@ -97,4 +107,15 @@ def rescore_run(args: argparse.Namespace) -> int:
     result = rescore(find_run(args.run_id, args.runs_dir, args.competition), args.metric, args.solution, args.blend,
                      args.write)
     print(result.table())
+    return 0
+
+
+def record_run(args: argparse.Namespace) -> int:
+    from pipeline.ledger_record import record_run_folder
+    from pipeline.rescore import find_run
+
+    run_id, outcome, ledger = record_run_folder(find_run(args.run_id, args.runs_dir, args.competition), args.ledger)
+    print({"recorded": f"recorded run {run_id} as done in {ledger}",
+           "added": f"recorded run {run_id} as done in {ledger} (it had no row there)",
+           "already recorded": f"run {run_id} is already recorded as done in {ledger}; nothing to do"}[outcome])
     return 0
