@@ -31,16 +31,60 @@ BALANCE_MODES = ("predicted", "train", "none")
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker")  # pipeline/distribute.py builds them
 
 
+# ---- upper bounds: past them a value crashes, hangs or fills the disk instead of making a better run ------------
+MAX_IMAGE_SIZE = 1024  # ImageNet backbones are trained at 224-600 px; 2048 px was 2.2 GB of image cache for 180 images
+MAX_BATCH_SIZE = 4096  # --batch-size 100000 ended in a SIGSEGV
+MAX_WIDTH = 256  # resnet stages of 256, 512 and 1024 channels: a ResNet-50's widths
+MAX_EPOCHS = 1000
+MAX_MIN_STEPS = 1_000_000
+MAX_FOLDS = 20  # every fold is a teacher, a control and a chain of students
+MAX_PSEUDO_ROUNDS = 10  # every round trains a student for every fold and pseudo-fold
+MAX_PSEUDO_FOLDS = 10  # the student of pseudo-fold k is seeded seed + ... + 100 k: distinct from round r + 1's while k < 10
+# One prediction batch (PREDICTION_BATCH x --batch-size images, train.predict) may hold at most this many float32
+# values in its largest tensor (the images; for the resnet and small-cnn the first stage's activations, which are
+# larger): 8 GiB in one tensor, more than a GPU holds beside its model, and the most a 32-bit element count addresses.
+MAX_BATCH_VALUES = 2 ** 31 - 1
+PREDICTION_BATCH = 4
+# numpy's seeds, and so keras.utils.set_random_seed's, must be below 2**32. A run derives the seed of each fit from
+# --seed: teacher model m: seed + m (teacher_cache); control m: seed + 7 + m; student of round r, pseudo-fold k and
+# model m: seed + 1000 r + 100 k + m (selftrain), and its stream of pseudo-labeled items that + 1 (train.training_batches).
+SEED_LIMIT = 2 ** 32
+
+
+def largest_derived_seed(seed: int, folds: int, pseudo_rounds: int, pseudo_folds: int) -> int:
+    """The largest seed a run with these options passes to numpy and TensorFlow (see SEED_LIMIT)."""
+    return seed + max(7 + folds - 1, 1000 * pseudo_rounds + 100 * (pseudo_folds - 1) + folds - 1 + 1)
+
+
+MAX_SEED_OFFSET = largest_derived_seed(0, MAX_FOLDS, MAX_PSEUDO_ROUNDS, MAX_PSEUDO_FOLDS)
+MAX_SEED = SEED_LIMIT - 1 - MAX_SEED_OFFSET
+
+
 # ---- constraints: each returns a problem sentence, or None ----------------------------------------------
-def integer(low: int) -> Callable[[Any], str | None]:
-    return lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= low else f"must be an integer >= {low}"
+@dataclass(frozen=True)
+class Bounds:
+    """A numeric option's range, low <= value <= high (whole numbers only when `integer`): its constraint, with the
+    bounds readable by tests and messages."""
+
+    low: float
+    high: float
+    integer: bool = False
+    hint: str = ""
+
+    def __call__(self, v) -> str | None:
+        number = isinstance(v, int) if self.integer else isinstance(v, (int, float))
+        if number and not isinstance(v, bool) and self.low <= v <= self.high:  # also rejects NaN
+            return None
+        what = f"an integer >= {self.low} and <= {self.high}" if self.integer else f"between {self.low} and {self.high}"
+        return f"must be {what}" + (f" ({self.hint})" if self.hint else "")
 
 
-def between(low: float, high: float, hint: str = "") -> Callable[[Any], str | None]:
-    def check(v):
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high  # also rejects NaN
-        return None if ok else f"must be between {low} and {high}" + (f" ({hint})" if hint else "")
-    return check
+def integer(low: int, high: int, hint: str = "") -> Bounds:
+    return Bounds(low, high, integer=True, hint=hint)
+
+
+def between(low: float, high: float, hint: str = "") -> Bounds:
+    return Bounds(low, high, hint=hint)
 
 
 def one_of(*choices: str) -> Callable[[Any], str | None]:
@@ -74,14 +118,18 @@ class RunConfig:
     # ---- the teacher: everything here keys its cache ----
     backbone: str = option("resnet", "resnet (a compact residual net trained from scratch), small-cnn, or a keras.applications "
                                      "name such as MobileNetV2", teacher=True)
-    width: int = option(16, "channels of the first stage of the resnet backbone (doubling per stage)", check=integer(4), teacher=True)
+    width: int = option(16, "channels of the first stage of the resnet backbone (doubling per stage)",
+                        check=integer(4, MAX_WIDTH), teacher=True)
     weights: str = option("none", "imagenet | none | PATH to a .weights.h5 file (keras.applications backbones only)", teacher=True)
     fine_tune: bool = option(False, "train a pretrained backbone too, instead of caching its features", teacher=True)
-    image_size: int = option(64, "square input size in pixels", check=integer(16), teacher=True)
-    epochs: int = option(30, "passes over its training items for each teacher model", check=integer(1), teacher=True)
+    image_size: int = option(64, "square input size in pixels (the image cache holds SIZE x SIZE x 3 bytes an image)",
+                             check=integer(16, MAX_IMAGE_SIZE), teacher=True)
+    epochs: int = option(30, "passes over its training items for each teacher model", check=integer(1, MAX_EPOCHS),
+                         teacher=True)
     min_steps: int = option(800, "at least this many optimizer steps per model fit (a few labels need many passes)",
-                            check=integer(1), teacher=True)
-    batch_size: int = option(32, "items per optimizer step", check=integer(1), teacher=True)
+                            check=integer(1, MAX_MIN_STEPS), teacher=True)
+    batch_size: int = option(32, f"items per optimizer step ({PREDICTION_BATCH} times as many per prediction batch)",
+                             check=integer(1, MAX_BATCH_SIZE), teacher=True)
     learning_rate: float = option(2e-3, "peak learning rate of AdamW (cosine decay to 0 over each fit)",
                                   check=between(1e-6, 1.0), teacher=True)
     weight_decay: float = option(5e-4, "AdamW decoupled weight decay", check=between(0.0, 1.0), teacher=True)
@@ -89,12 +137,14 @@ class RunConfig:
     augment: str = option("standard", "label-preserving augmentation of the teacher and control: " + "|".join(AUGMENT_LEVELS),
                           check=one_of(*AUGMENT_LEVELS), teacher=True)
     tta: bool = option(True, "average predictions over the image and its mirror (where the competition allows flips)", teacher=True)
-    seed: int = option(0, "same seed, same machine: same submission", check=integer(0), teacher=True)
+    seed: int = option(0, "same seed, same machine: same submission", teacher=True,
+                       check=integer(0, MAX_SEED, "numpy and TensorFlow seeds must be below 2**32, and a run derives "
+                                                  f"seeds up to --seed + {MAX_SEED_OFFSET} from it"))
     # float16 activations change every prediction well beyond float noise: a different teacher, so it keys the cache
     mixed_precision: bool = option(False, "GPU only: mixed_float16 layers (float32 variables, loss scaling and output "
                                           "layer): faster where the GPU has float16 tensor cores", teacher=True)
     folds: int = option(1, "1: one stratified holdout (--val-fraction); K > 1: K cross-validated teachers, out-of-fold "
-                           "predictions for the verdict, test predictions averaged", check=integer(1), teacher=True)
+                           "predictions for the verdict, test predictions averaged", check=integer(1, MAX_FOLDS), teacher=True)
     val_fraction: float = option(0.2, "with --folds 1: stratified holdout share, never trained on nor pseudo-labeled",
                                  check=between(0.05, 0.5), teacher=True)
     # ---- pseudo-labels and students ----
@@ -102,7 +152,7 @@ class RunConfig:
                                       "0.25-0.33 is the fast.ai rule of thumb, more pays when labels are few)",
                                  check=between(0.0, 0.99))
     pseudo_rounds: int = option(2, "self-training rounds: round r's student relabels the test set and r/R of the share is used",
-                                check=integer(1))
+                                check=integer(1, MAX_PSEUDO_ROUNDS))
     pseudo_threshold: float = option(0.0, "minimum confidence of a pseudo-label", check=between(0.0, 1.0))
     pseudo_precision: float = option(0.0, "raise each round's confidence threshold until the labeling model's predictions "
                                           "that confident are right this often on the holdout/out-of-fold rows (0 = off)",
@@ -119,10 +169,11 @@ class RunConfig:
                                             check=groups_subset, parse=_groups)
     pseudo_labels: str = option("hard", "0/1 targets or the teacher's probabilities: hard|soft", check=one_of("hard", "soft"))
     pseudo_folds: int = option(1, "K > 1: out-of-fold students (test fold k predicted by a student that never saw its pseudo-labels)",
-                               check=integer(1))
+                               check=integer(1, MAX_PSEUDO_FOLDS))
     student_init: str = option("teacher", "start each student from the previous model's weights, or from scratch: teacher|scratch",
                                check=one_of("teacher", "scratch"))
-    student_epochs: int = option(6, "passes over train + pseudo-labeled items per student round", check=integer(1))
+    student_epochs: int = option(6, "passes over train + pseudo-labeled items per student round",
+                                 check=integer(1, MAX_EPOCHS))
     student_batch: str = option("real+pseudo", "what a student's optimizer step sees: real+pseudo (--batch-size train items, "
                                                "the control's step, plus pseudo-labeled items on top: their share of the pool, "
                                                "at most as many) | pooled (--batch-size items from one shuffled pool of both)",
@@ -163,6 +214,14 @@ class RunConfig:
             problem = check(getattr(self, f.name)) if check else None
             if problem:
                 raise UserError(f"{flag_of(f)} {problem}, got {getattr(self, f.name)!r}")
+        largest = PREDICTION_BATCH * self.batch_size * values_per_image(self.backbone, self.image_size, self.width)
+        if largest > MAX_BATCH_VALUES:
+            most = MAX_BATCH_VALUES // (PREDICTION_BATCH * values_per_image(self.backbone, self.image_size, self.width))
+            sizes = f"--image-size {self.image_size}" + (f" and --width {self.width}" if self.backbone == "resnet" else "")
+            raise UserError(f"--batch-size {self.batch_size} is too large at {sizes}: a prediction batch of "
+                            f"{PREDICTION_BATCH * self.batch_size} images would hold {largest:,} float32 values "
+                            f"({largest * 4 / 2 ** 30:.1f} GiB) in one tensor, over the {MAX_BATCH_VALUES:,} a batch may "
+                            f"hold; at {sizes}, --batch-size must be between 1 and {most}")
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise UserError(f"--weights must be imagenet, none or an existing weights file; {self.weights!r} is none of these")
         if self.backbone in ("resnet", "small-cnn") and self.weights != "none":
@@ -186,6 +245,18 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
+def values_per_image(backbone: str, image_size: int, width: int) -> int:
+    """The float32 values an image takes in the largest tensor of a batch that we know of: the image itself, or the
+    first stage of the resnet (--width channels, at half resolution from 48 px) or of the small-cnn (16 channels)."""
+    values = 3 * image_size ** 2
+    if backbone == "resnet":
+        side = -(-image_size // 2) if image_size >= 48 else image_size  # models.resnet's stem
+        values = max(values, side * side * width)
+    elif backbone == "small-cnn":
+        values = 16 * image_size ** 2
+    return values
+
+
 def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
@@ -203,6 +274,8 @@ def add_run_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
             continue
         flag, default = flag_of(f), getattr(defaults, f.name)
         kwargs: dict = {"dest": f.name, "help": f.metadata["help"]}
+        if isinstance(f.metadata.get("check"), Bounds):
+            kwargs["help"] += f" [{f.metadata['check'].low} to {f.metadata['check'].high}]"
         if f.name in ("competition", "data"):
             kwargs["required"] = True
         elif f.name == "record":

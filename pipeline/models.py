@@ -68,10 +68,29 @@ def _application(name: str):
 
 def pretrained_backbone(name: str, image_size: int, weights: str) -> keras.Model:
     """uint8-range images -> pooled embedding, with the model's own preprocessing inside."""
+    import http.client
+    import os
+    import urllib.error
+
     constructor = _application(name)
     preprocess = importlib.import_module(constructor.__module__).preprocess_input
-    base = constructor(include_top=False, weights="imagenet" if weights == "imagenet" else None,
-                       input_shape=(image_size, image_size, 3), pooling="avg")
+    try:  # keras downloads the ImageNet weights on first use, into $KERAS_HOME/models (default ~/.keras/models)
+        base = constructor(include_top=False, weights="imagenet" if weights == "imagenet" else None,
+                           input_shape=(image_size, image_size, 3), pooling="avg")
+    except Exception as error:  # keras.utils.get_file wraps a failed URL fetch in a bare Exception
+        # a failed download: no network, a refused or dropped connection, an HTTP error, here or in what it came from
+        cause, chain = error, []
+        while cause is not None and len(chain) < 10:
+            chain.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        if weights != "imagenet" or not any(
+                isinstance(e, (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError))
+                or str(e).startswith("URL fetch failure") for e in chain):
+            raise
+        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+        raise UserError(f"--backbone {name} --weights imagenet: its ImageNet weights could not be downloaded ({error}); "
+                        f"run once with network access so that Keras caches them in {os.path.join(home, 'models')}, "
+                        "or download that file elsewhere and pass it with --weights PATH") from None
     if weights not in ("imagenet", "none"):
         base.load_weights(weights)
     inputs = keras.Input((image_size, image_size, 3))

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+import re
 from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.errors import UserError
-from pipeline.files import remove_stale_temporaries
+from pipeline.files import pid_is_alive, remove_stale_temporaries
 
 RESUMABLE = ("interrupted", "failed")
 NOT_RECORDED = "not recorded"  # a run with no ledger row (recorded with --no-ledger, or the ledger was replaced)
@@ -58,9 +58,15 @@ def load_run(runs_dir: Path, competition: str, run: str, cache_dir: str | None, 
     if ledger is not None:
         values["ledger"] = ledger
     try:
-        return RunConfig(**values), run_dir
+        cfg = RunConfig(**values)
     except UserError as error:
         raise UserError(f"--resume {run}: {path}: {error}") from None
+    from pipeline.preflight import data_folder_problems
+
+    inside = data_folder_problems(cfg)  # here, before the ledger is opened (and created) there
+    if inside:
+        raise UserError(f"--resume {run}: {inside[0]}")
+    return cfg, run_dir
 
 
 def check_unfinished(run: str, run_dir: Path, ledger) -> str:
@@ -88,22 +94,43 @@ def check_unfinished(run: str, run_dir: Path, ledger) -> str:
     return NOT_RECORDED
 
 
+def run_outputs() -> frozenset[str]:
+    """The names of the files a run writes into its folder besides config.json (pipeline/outputs.py, report.py and
+    the shift check's shift.json and plots): what --resume may remove."""
+    from pipeline.outputs import MODELS
+    from pipeline.shift_plots import PLOT_NAMES
+
+    return frozenset({"submission.csv", *(f"{model}_submission.csv" for model in MODELS), "split.csv",
+                      "probabilities.npz", "pseudo_labels.csv", "metrics.json", "report.html", "confidence.png",
+                      "shift.json", *PLOT_NAMES.values()})
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.pid(?P<pid>\d+)\..*\.tmp$")  # pipeline/files.py's atomic writes
+
+
 def clear_run_folder(cfg: RunConfig, run_dir: Path) -> list[str]:
-    """Remove everything the run wrote but its config.json, and temporaries of dead writers in its cache folder.
+    """Remove what the run wrote but its config.json (its known outputs, and what a killed writer of one left
+    half-written), and temporaries of dead writers in its cache folder; anything else is the user's and stays.
 
     The resumed run writes every output again: nothing stale survives beside a fresh file."""
-    removed = []
+    outputs = run_outputs()
+    removed, left = [], []
     for path in sorted(run_dir.iterdir()):
         if path.name == "config.json":
             continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
+        temporary = _TEMPORARY.match(path.name)
+        ours = path.name in outputs or (temporary is not None and temporary["name"] in outputs
+                                        and not pid_is_alive(int(temporary["pid"])))
+        if ours and (path.is_file() or path.is_symlink()):
             path.unlink()
-        removed.append(path.name)
+            removed.append(path.name)
+        else:
+            left.append(path.name + ("/" if path.is_dir() and not path.is_symlink() else ""))
     cache_folder = Path(cfg.cache_dir) / cfg.competition
     if cache_folder.is_dir():
         removed += [str(p) for p in remove_stale_temporaries(cache_folder)]
     if removed:
         print(f"resume: removed {len(removed)} partial outputs and temporaries: {', '.join(removed)}", flush=True)
+    if left:
+        print(f"resume: left {len(left)} file(s) in {run_dir} that the run does not write: {', '.join(left)}", flush=True)
     return removed

@@ -91,12 +91,15 @@ def resumed(reference, tiny_fisheries, tmp_path_factory):
 @pytest.mark.slow
 @tensorflow
 def test_a_killed_run_resumes_from_its_cached_models_to_the_uninterrupted_runs_bytes(reference, resumed):
+    from pipeline.resume import run_outputs
+
     _, whole = reference
     runs, cache, before, row, out = resumed
     run_dir = runs / "fisheries" / "cut"
     for name in ("submission.csv", "student_submission.csv", "control_submission.csv", "probabilities.npz"):
         assert (run_dir / name).read_bytes() == (whole.run_dir / name).read_bytes(), name
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(p.name for p in whole.run_dir.iterdir())
+    assert {p.name for p in whole.run_dir.iterdir()} - {"config.json"} <= run_outputs()  # what a resume may remove
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["teacher_cache"] == "hit" and metrics["resumed"]["from_status"] == "interrupted"
