@@ -57,7 +57,8 @@ demo: $(VENV)/.installed $(SAMPLE)/data ## the whole pipeline on the bundled sam
 PYTEST_OPTIONS := -q -n 2 --dist loadgroup --max-worker-restart=0 --durations=15
 # The whole run's wall clock, the last line of defence against a hang no per-test timeout ends (a test holding
 # the GIL in native code, xdist itself). The suite takes about 9 min on 2 idle cores. timeout exits 124 (137
-# when it had to kill); --foreground keeps Ctrl-C working (xdist's workers end when the run's process does).
+# when it had to kill); --foreground keeps Ctrl-C working (xdist's workers, even a stuck one, end by themselves
+# within about 15 s of the run's process: execnet's shutdown).
 TEST_BUDGET ?= 40m
 test: $(VENV)/.installed ## the test suite (what CI runs); stopped after TEST_BUDGET
 	timeout --foreground --kill-after=60 $(TEST_BUDGET) $(PY) -m pytest $(PYTEST_OPTIONS) || { status=$$?; \
