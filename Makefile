@@ -50,8 +50,19 @@ sample: $(SAMPLE)/data ## make the bundled sample data set for COMP under data/s
 demo: $(VENV)/.installed $(SAMPLE)/data ## the whole pipeline on the bundled sample (COMP=fisheries|amazon|imagefolder)
 	$(PY) -m pipeline submit --competition $(COMP) --data $(SAMPLE)/data --solution $(SAMPLE)/solution.csv $(QUICK) $(ARGS)
 
-test: $(VENV)/.installed ## the test suite (what CI runs)
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
+# pytest's options for `make test`; tests/test_suite_guard.py runs its small suites with exactly these (it reads
+# this line). --max-worker-restart=0: a lost worker (a crash in TensorFlow, or a test stopped by its timeout,
+# pyproject.toml) fails the run, naming the test. xdist 3.8 would start a new worker instead and, with tests
+# still queued, could then wait forever with every worker idle.
+PYTEST_OPTIONS := -q -n 2 --dist loadgroup --max-worker-restart=0 --durations=15
+# The whole run's wall clock, the last line of defence against a hang no per-test timeout ends (a test holding
+# the GIL in native code, xdist itself). The suite takes about 9 min on 2 idle cores. timeout exits 124 (137
+# when it had to kill); --foreground keeps Ctrl-C working (xdist's workers, even a stuck one, end by themselves
+# within about 15 s of the run's process: execnet's shutdown).
+TEST_BUDGET ?= 25m
+test: $(VENV)/.installed ## the test suite (what CI runs); stopped after TEST_BUDGET
+	timeout --foreground --kill-after=60 $(TEST_BUDGET) $(PY) -m pytest $(PYTEST_OPTIONS) || { status=$$?; \
+	  [[ $$status != 124 && $$status != 137 ]] || echo "make test: stopped after TEST_BUDGET=$(TEST_BUDGET)" >&2; exit $$status; }
 
 # QUICK goes to the benchmarks in the environment: the sweep benchmark times the demo's budget
 bench: $(VENV)/.installed ## benchmarks: printed figures and ratios, never timed assertions
