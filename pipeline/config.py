@@ -28,6 +28,7 @@ AUGMENT_LEVELS = ("none", "light", "standard", "strong")
 # blurs (samples at the demo budget, 5-6 passes: no augmentation beat strong on every seed). benchmarks/RESULTS.md.
 STRONG_NOISE_PASSES = 16
 BALANCE_MODES = ("predicted", "train", "none")
+ADAPT_BN_MODES = ("none", "shifted", "all")
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker")  # pipeline/distribute.py builds them
 
 
@@ -148,6 +149,9 @@ class RunConfig:
     val_fraction: float = option(0.2, "with --folds 1: stratified holdout share, never trained on nor pseudo-labeled",
                                  check=between(0.05, 0.5), teacher=True)
     # ---- pseudo-labels and students ----
+    adapt_bn: str = option("none", "re-estimate batch-norm statistics on a test group's own images before predicting it "
+                                   "(AdaBN): none | shifted (the groups the shift check flags) | all",
+                           check=one_of(*ADAPT_BN_MODES), teacher=True)
     pseudo_ratio: float = option(0.95, "pseudo-labeled share of the combined training set in the last round (0 = teacher only; "
                                       "0.25-0.33 is the fast.ai rule of thumb, more pays when labels are few)",
                                  check=between(0.0, 0.99))

@@ -31,6 +31,7 @@ class Items:
     unreadable: dict[str, dict[str, str]]  # "train"/"test" -> {path: why}
     fingerprint: str
     stores: dict  # "train"/"test" -> ImageStore (the shift check reads their properties)
+    adapted: tuple[str, ...] = ()  # test groups predicted with their own batch-norm statistics (--adapt-bn)
 
     @property
     def test_groups(self) -> np.ndarray:
@@ -39,6 +40,21 @@ class Items:
     @property
     def test_ids(self) -> np.ndarray:
         return self.test["id"].to_numpy(dtype=str)[self.readable_test]
+
+    def predict_test(self, model, spec, index: np.ndarray | None = None) -> np.ndarray:
+        """A model's probabilities of the readable test items (all, or these indices among them), each group
+        predicted with its own batch-norm statistics when it is in `adapted`."""
+        from pipeline import train
+
+        index = np.arange(len(self.test_rows)) if index is None else np.asarray(index, dtype=np.int64)
+        groups = self.test_groups[index]
+        probs = None
+        for group in np.unique(groups):
+            mine = groups == group
+            p = train.predict(model, self.test_source, self.test_rows[index[mine]], spec, adapt=group in self.adapted)
+            probs = np.zeros((len(index), p.shape[1]), np.float32) if probs is None else probs
+            probs[mine] = p
+        return probs if probs is not None else train.predict(model, self.test_source, self.test_rows[index], spec)
 
     def test_x(self, index: np.ndarray) -> np.ndarray:
         """In-memory images (or embeddings) of readable test items by their index among the readable ones."""

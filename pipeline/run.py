@@ -107,6 +107,7 @@ def _run_stages(cfg: RunConfig, competition: Competition, data_dir: Path, train,
     try:
         items = load_items(cfg, competition, data_dir, train, test)
         shift = check_shift(cfg, items, run_dir)
+        items.adapted = adapted_groups(cfg, items, shift)
         if ledger and shift is not None:
             ledger.record_shift(run_id, shift.summary())
         metrics = train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started, shift, resumed)
@@ -190,6 +191,23 @@ def check_shift(cfg: RunConfig, items: Items, run_dir: Path) -> ShiftReport | No
               "pseudo-labeling them is where the student can adapt, and where the public score says least",
               file=sys.stderr, flush=True)
     return shift
+
+
+def adapted_groups(cfg: RunConfig, items: Items, shift: ShiftReport | None) -> tuple[str, ...]:
+    """The test groups whose predictions use their own batch-norm statistics (--adapt-bn)."""
+    present = [g for g in GROUPS if g in set(items.test_groups)]
+    if cfg.adapt_bn == "none":
+        return ()
+    if cfg.adapt_bn == "all":
+        chosen = tuple(present)
+    elif shift is None:
+        print("--adapt-bn shifted: no shift check ran (--on-shift ignore), so no group is adapted", flush=True)
+        return ()
+    else:
+        chosen = tuple(g for g in present if g in shift.shifted_groups())
+    print(f"batch-norm statistics re-estimated on each test group's own images for: {', '.join(chosen) or 'none'} "
+          f"(--adapt-bn {cfg.adapt_bn})", flush=True)
+    return chosen
 
 
 def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, items: Items, run_id: str, run_dir: Path,

@@ -136,8 +136,8 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                     return train.fit(spec, label, x_fit, y_fit, steps, seed, noise, init=start,
                                      pseudo=(x_pseudo, selection.targets))
 
-                def predict(model, rows=items.test_rows[predict_rows]):
-                    return (train.predict(model, items.test_source, rows, spec),
+                def predict(model, index=np.flatnonzero(predict_rows)):
+                    return (items.predict_test(model, spec, index),
                             train.predict(model, items.train_x, scored_rows, spec))
 
                 n_predicted = int(predict_rows.sum())
@@ -190,7 +190,7 @@ def fit_controls(cfg: RunConfig, spec, items, teacher, key_of_teacher: str, budg
                              init=teacher.weights[m])
 
         def predict(model, scored_rows=scored_rows):
-            return (train.predict(model, items.test_source, items.test_rows, spec),
+            return (items.predict_test(model, spec),
                     train.predict(model, items.train_x, scored_rows, spec))
 
         n_classes = teacher.scored_probs.shape[1]

@@ -74,6 +74,7 @@ def teacher_key(cfg: RunConfig, spec, items) -> str:
         "version": CACHE_VERSION, "data": items.fingerprint, "labels": array_digest(items.y),
         "split": array_digest(items.fold), "settings": teacher_settings(cfg), "weights": _weights_identity(cfg),
         "n_classes": spec.n_classes, "multi_label": spec.multi_label, "flips": spec.flips,
+        "adapted": list(items.adapted),
     })
 
 
@@ -118,7 +119,7 @@ def get_or_train(cfg: RunConfig, spec, items) -> Teacher:
         model, info = train.fit(spec, name, items.train_x[fit_rows], items.y[fit_rows], spec.steps(len(fit_rows), cfg.epochs),
                                 cfg.seed + m, cfg.augment)
         scored[scored_rows] = train.predict(model, items.train_x, scored_rows, spec)
-        test_probs.append(train.predict(model, items.test_source, items.test_rows, spec))
+        test_probs.append(items.predict_test(model, spec))
         infos.append(info)
         models.append(model)
     test_probs = np.stack(test_probs)

@@ -227,8 +227,48 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
                    "strategy": type(distribute.strategy()).__name__, "replicas": distribute.replicas()}
 
 
-def predict(model: keras.Model, source: np.ndarray, rows: np.ndarray | None, spec: ModelSpec) -> np.ndarray:
+def adapted_batch_norm(model: keras.Model, source: np.ndarray, rows: np.ndarray, batch_size: int) -> list[tuple]:
+    """Set every batch-norm layer's moving statistics to those of its inputs over source[rows] (AdaBN, Li et al.
+    2016), and return what to restore: [(layer, moving mean, moving variance)].
+
+    Why: a test group filmed darker, in another colour or blurrier shifts every layer's activations, and the
+    statistics learned on train then normalise them wrongly; re-estimated on the group's own images (no label
+    needed), each layer sees inputs centred and scaled as in training. Each batch's mean and variance enter a running
+    average weighted by its size (the momentum of a cumulative mean), so the result does not depend on how many
+    batches there are; the within-batch variances miss the spread between batch means, negligible at these sizes.
+    """
+    layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [(layer, layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers]
+    if not layers or len(rows) == 0:
+        return saved
+    momenta = [layer.momentum for layer in layers]
+    seen = 0
+    try:
+        for batch in data.prediction_batches(source, rows, batch_size):
+            n = int(batch.shape[0])
+            for layer in layers:
+                layer.momentum = seen / (seen + n)  # moving = moving * seen/(seen+n) + batch * n/(seen+n)
+            model(tf.cast(batch, tf.float32), training=True)  # updates the moving statistics; no weight changes
+            seen += n
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return saved
+
+
+def restore_batch_norm(saved: list[tuple]) -> None:
+    for layer, mean, variance in saved:
+        layer.moving_mean.assign(mean)
+        layer.moving_variance.assign(variance)
+
+
+def predict(model: keras.Model, source: np.ndarray, rows: np.ndarray | None, spec: ModelSpec,
+            adapt: bool = False) -> np.ndarray:
     """Probabilities in row order, streamed batch by batch; averaged with the mirror image when --tta allows.
+
+    `adapt`: predict with batch-norm statistics re-estimated on these rows' own images (adapted_batch_norm), then
+    put the model's own back. Cached embeddings of a frozen backbone have no batch norm left to adapt.
 
     Mirrored replicas split each batch and Keras concatenates their outputs in order. Across machines each
     worker predicts every row on its own device (distribute.detach_for_multiworker; training keeps the weights
@@ -241,11 +281,15 @@ def predict(model: keras.Model, source: np.ndarray, rows: np.ndarray | None, spe
     rows = np.arange(len(source)) if rows is None else np.asarray(rows)
     if len(rows) == 0:
         return np.zeros((0, n_out), dtype=np.float32)
-    batches = data.prediction_batches(source, rows, spec.cfg.batch_size * 4)
-    probs = model.predict(batches, verbose=0).astype(np.float32)
-    if spec.cfg.tta and "horizontal" in spec.flips:
-        mirrored = batches.map(lambda images: tf.reverse(images, axis=[2]))
-        probs = (probs + model.predict(mirrored, verbose=0).astype(np.float32)) / 2
+    saved = adapted_batch_norm(model, source, rows, spec.cfg.batch_size * 4) if adapt else []
+    try:
+        batches = data.prediction_batches(source, rows, spec.cfg.batch_size * 4)
+        probs = model.predict(batches, verbose=0).astype(np.float32)
+        if spec.cfg.tta and "horizontal" in spec.flips:
+            mirrored = batches.map(lambda images: tf.reverse(images, axis=[2]))
+            probs = (probs + model.predict(mirrored, verbose=0).astype(np.float32)) / 2
+    finally:
+        restore_batch_norm(saved)
     return probs
 
 
