@@ -47,14 +47,27 @@ MAX_PSEUDO_FOLDS = 10  # the student of pseudo-fold k is seeded seed + ... + 100
 MAX_BATCH_VALUES = 2 ** 31 - 1
 PREDICTION_BATCH = 4
 # numpy's seeds, and so keras.utils.set_random_seed's, must be below 2**32. A run derives the seed of each fit from
-# --seed: teacher model m: seed + m (teacher_cache); control m: seed + 7 + m; student of round r, pseudo-fold k and
-# model m: seed + 1000 r + 100 k + m (selftrain), and its stream of pseudo-labeled items that + 1 (train.training_batches).
+# --seed with the functions below (the fit of a student seeds its stream of pseudo-labeled items with its seed + 1,
+# train.training_batches), and --seed's bound follows from the largest of them.
 SEED_LIMIT = 2 ** 32
+
+
+def teacher_seed(seed: int, model: int) -> int:
+    return seed + model
+
+
+def control_seed(seed: int, model: int) -> int:
+    return seed + 7 + model
+
+
+def student_seed(seed: int, round: int, pseudo_fold: int, model: int) -> int:
+    return seed + 1000 * round + 100 * pseudo_fold + model
 
 
 def largest_derived_seed(seed: int, folds: int, pseudo_rounds: int, pseudo_folds: int) -> int:
     """The largest seed a run with these options passes to numpy and TensorFlow (see SEED_LIMIT)."""
-    return seed + max(7 + folds - 1, 1000 * pseudo_rounds + 100 * (pseudo_folds - 1) + folds - 1 + 1)
+    return max(teacher_seed(seed, folds - 1), control_seed(seed, folds - 1),
+               student_seed(seed, pseudo_rounds, pseudo_folds - 1, folds - 1) + 1)
 
 
 MAX_SEED_OFFSET = largest_derived_seed(0, MAX_FOLDS, MAX_PSEUDO_ROUNDS, MAX_PSEUDO_FOLDS)

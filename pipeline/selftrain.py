@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import model_cache, pseudo, split
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, control_seed, student_seed
 
 WORKERS_DIFFER = ("their models, in step until now, predicted differently: run every worker on the same kind of device "
                   "with the same installation (`make install` from the same checkout)")
@@ -126,7 +126,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                 print(f"{label}: {steps} steps, {passes:.0f} passes over each labeled item, augmentation {noise}{why}",
                       flush=True)
 
-                def fit(label=label, selection=selection, steps=steps, seed=cfg.seed + 1000 * r + 100 * k + m, init=init,
+                def fit(label=label, selection=selection, steps=steps, seed=student_seed(cfg.seed, r, k, m), init=init,
                         noise=noise, pooled=pooled):
                     start = init if cfg.student_init == "teacher" else None
                     x_pseudo = items.test_x(selection.index)
@@ -186,7 +186,7 @@ def fit_controls(cfg: RunConfig, spec, items, teacher, key_of_teacher: str, budg
         label = "control" + (f" {m + 1}/{len(budgets)}" if len(budgets) > 1 else "")
 
         def fit(label=label, fit_rows=fit_rows, steps=steps, m=m):
-            return train.fit(spec, label, items.train_x[fit_rows], items.y[fit_rows], steps, cfg.seed + 7 + m, cfg.augment,
+            return train.fit(spec, label, items.train_x[fit_rows], items.y[fit_rows], steps, control_seed(cfg.seed, m), cfg.augment,
                              init=teacher.weights[m])
 
         def predict(model, scored_rows=scored_rows):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import cache
-from pipeline.config import RunConfig, teacher_settings
+from pipeline.config import RunConfig, teacher_seed, teacher_settings
 from pipeline.files import hdf5_problem, json_plain, sha256_of, write_bytes_atomic
 
 # bump when training or prediction code changes what a cached teacher would contain
@@ -117,7 +117,7 @@ def get_or_train(cfg: RunConfig, spec, items) -> Teacher:
         fit_rows, scored_rows = np.flatnonzero(items.fold != m), np.flatnonzero(items.fold == m)
         name = "teacher" if n_models == 1 else f"teacher {m + 1}/{n_models}"
         model, info = train.fit(spec, name, items.train_x[fit_rows], items.y[fit_rows], spec.steps(len(fit_rows), cfg.epochs),
-                                cfg.seed + m, cfg.augment)
+                                teacher_seed(cfg.seed, m), cfg.augment)
         scored[scored_rows] = train.predict(model, items.train_x, scored_rows, spec)
         test_probs.append(items.predict_test(model, spec))
         infos.append(info)

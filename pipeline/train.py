@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import augment, data, distribute, models
-from pipeline.config import STRONG_NOISE_PASSES, RunConfig
+from pipeline.config import PREDICTION_BATCH, STRONG_NOISE_PASSES, RunConfig
 
 
 class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
@@ -281,9 +281,9 @@ def predict(model: keras.Model, source: np.ndarray, rows: np.ndarray | None, spe
     rows = np.arange(len(source)) if rows is None else np.asarray(rows)
     if len(rows) == 0:
         return np.zeros((0, n_out), dtype=np.float32)
-    saved = adapted_batch_norm(model, source, rows, spec.cfg.batch_size * 4) if adapt else []
+    saved = adapted_batch_norm(model, source, rows, spec.cfg.batch_size * PREDICTION_BATCH) if adapt else []
     try:
-        batches = data.prediction_batches(source, rows, spec.cfg.batch_size * 4)
+        batches = data.prediction_batches(source, rows, spec.cfg.batch_size * PREDICTION_BATCH)
         probs = model.predict(batches, verbose=0).astype(np.float32)
         if spec.cfg.tta and "horizontal" in spec.flips:
             mirrored = batches.map(lambda images: tf.reverse(images, axis=[2]))
