@@ -18,16 +18,9 @@ import pytest
 from PIL import ExifTags, Image, ImageOps
 
 from pipeline.image_store import StaleCacheWarning, build_store, decode_image
+from tests.test_image_store import smooth_image
 
 SIZE = 32
-
-
-def smooth_image(height: int, width: int, seed: int) -> Image.Image:
-    """Photo-like: a few random colours blown up smoothly, plus mild noise."""
-    rng = np.random.default_rng(seed)
-    coarse = Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
-    pixels = np.asarray(coarse).astype(np.int16) + rng.integers(-8, 8, (height, width, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 def resized(image: Image.Image, size: int = SIZE) -> np.ndarray:
