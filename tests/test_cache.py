@@ -236,15 +236,17 @@ def test_the_teacher_key_changes_with_the_labels_the_split_and_every_teacher_opt
     cfg = RunConfig(competition="fisheries", data="d")
     spec = SimpleNamespace(n_classes=3, multi_label=False, flips="horizontal")
     y = np.eye(3, dtype=np.float32)[np.arange(30) % 3]
-    items = SimpleNamespace(fingerprint="f", y=y, fold=np.arange(30) % 5)
+    items = SimpleNamespace(fingerprint="f", y=y, fold=np.arange(30) % 5, adapted=())
     base = teacher_key(cfg, spec, items)
-    relabeled = SimpleNamespace(fingerprint="f", y=y[::-1].copy(), fold=items.fold)
-    resplit = SimpleNamespace(fingerprint="f", y=y, fold=(np.arange(30) + 1) % 5)
-    assert len({base, teacher_key(cfg, spec, relabeled), teacher_key(cfg, spec, resplit)}) == 3
+    relabeled = SimpleNamespace(fingerprint="f", y=y[::-1].copy(), fold=items.fold, adapted=())
+    resplit = SimpleNamespace(fingerprint="f", y=y, fold=(np.arange(30) + 1) % 5, adapted=())
+    adapted = SimpleNamespace(fingerprint="f", y=y, fold=items.fold, adapted=("private",))  # --adapt-bn's groups
+    keys = {teacher_key(cfg, spec, x) for x in (items, relabeled, resplit, adapted)}
+    assert len(keys) == 4
     for name in teacher_settings(cfg):  # every option marked `teacher` in the table keys the cache
         value = getattr(cfg, name)
         changed = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v / 2,
-                   str: lambda v: {"standard": "strong", "resnet": "small-cnn"}.get(v, v + "x")}[type(value)](value)
+                   str: lambda v: {"standard": "strong", "resnet": "small-cnn", "none": "all"}.get(v, v + "x")}[type(value)](value)
         if name == "weights":
             continue  # must name an existing file; a weights file's sha256 keys the cache (see _weights_identity)
         assert teacher_key(cfg.replace(**{name: changed}), spec, items) != base, name

@@ -317,11 +317,20 @@ def test_a_run_that_fills_the_disk_after_training_is_one_error_line_and_keeps_it
 @pytest.mark.slow
 @pytest.mark.xdist_group("plugin-runs")
 def test_a_full_cache_folder_stops_the_run_with_one_error_line_and_no_half_written_entry(plugin_sample, tmp_path,
-                                                                                         small_disk, capsys):
+                                                                                         small_disk, monkeypatch, capsys):
+    from pipeline import image_store
     from pipeline.__main__ import main
 
-    disk = small_disk(64)
-    fill(disk)
+    # Room for the image store when the run starts (a disk already too full is refused by the preflight's size
+    # estimate, tests/test_hostile_options.py), filled by something else while the store is written.
+    disk = small_disk(4096)
+    decode_all = image_store.decode_all
+
+    def filling_while_decoding(*args, **kwargs):
+        fill(disk)
+        yield from decode_all(*args, **kwargs)
+
+    monkeypatch.setattr(image_store, "decode_all", filling_while_decoding)
     args = submit_args(plugin_sample("fisheries", small=True) / "data", tmp_path)
     args[args.index("--cache-dir") + 1] = str(disk)
     assert main(args) == 2
