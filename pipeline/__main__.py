@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "trains", False):  # commands that train set this: TensorFlow loads now, without its log lines
+        from pipeline.quiet_tensorflow import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     try:
         return int(args.func(args) or 0)
     except UserError as error:  # bad user input: a clear message, no traceback; anything else is a bug and keeps it

@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("--message", default="", help="with --upload: the Kaggle description (run id and sha256 are added)")
     parser.add_argument("--poll-timeout", type=float, default=600,
                         help="with --upload: seconds to wait for the score (`make scores` fetches it later)")
-    parser.set_defaults(func=run, parser=parser)
+    parser.set_defaults(func=run, parser=parser, trains=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="leaderboard groups to pseudo-label, one comma-separated set per setting, e.g. "
                              "public private public,private; replaces --pseudo-groups")
     add_compare_options(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, trains=True)
 
 
 def run(args: argparse.Namespace) -> int:
