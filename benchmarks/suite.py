@@ -11,7 +11,8 @@ Sets (real images, never copied into the repository):
 For each set, variant and seed, K labeled images per class are the train set and the rest the unlabeled test
 set, halved into public and private (benchmarks/real.py's split). A variant changes the private half only, as
 a new camera or season would: `dark` (x0.55 brightness), `cast` (a warm colour cast), `blur` (Gaussian, radius
-1.5 px at 64 px), `night` (a green night-vision look: grey, brightened, green, with sensor noise). The pipeline
+1.5 px at 64 px), `night` (a green night-vision look: grey, brightened, green, with sensor noise), `half-night` (a
+group that mixes conditions: a random half of it night-vision, like a deck camera filming day and night). The pipeline
 runs as `submit` would (an imagefolder competition) and is scored on the hidden labels.
 
 Printed per set and variant: private accuracy and log loss of teacher, control, student and the submitted
@@ -59,7 +60,13 @@ def night_vision(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.stack([grey * 0.25, grey, grey * 0.3], axis=-1).astype(np.uint8))
 
 
-VARIANTS = {"none": None, "dark": darken, "cast": colour_cast, "blur": blur, "night": night_vision}
+def half_night(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A group that mixes conditions, like a camera filming day and night: half the images night-vision."""
+    return night_vision(image, rng) if rng.random() < 0.5 else image
+
+
+VARIANTS = {"none": None, "dark": darken, "cast": colour_cast, "blur": blur, "night": night_vision,
+            "half-night": half_night}
 
 
 def digits_dataset(folder: Path) -> Path:
