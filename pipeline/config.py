@@ -178,6 +178,9 @@ class RunConfig:
                                                "holdout/out-of-fold rows say it is right this often (isotonic calibration); "
                                                "the other tags stay unlabeled (0 = every tag, at its decision threshold)",
                                           check=between(0.0, 1.0))
+    pseudo_weight: str = option("none", "loss weight of a pseudo-labeled item: none (1, as a real label) | calibrated "
+                                        "(how often the labeling model is right at its confidence on the "
+                                        "holdout/out-of-fold rows)", check=one_of("none", "calibrated"))
     pseudo_balance: str = option("predicted", "class quotas follow the teacher's predicted class distribution on each test group, "
                                               "the train share, or none: " + "|".join(BALANCE_MODES), check=one_of(*BALANCE_MODES))
     pseudo_class_cap: float = option(1.0, "a class gets at most this multiple of its (--pseudo-balance) share of a group's quota",

@@ -66,8 +66,9 @@ def fingerprint(paths: Sequence[str], digests: Sequence[str] | None = None) -> s
     return digest.hexdigest()[:16]
 
 
-def training_stream(pixels: np.ndarray, y: np.ndarray, seed: int) -> tf.data.Dataset:
-    """Endless shuffled (item, target) stream from in-memory arrays (uint8 images or cached embeddings).
+def training_stream(pixels: np.ndarray, y: np.ndarray, seed: int, weights: np.ndarray | None = None) -> tf.data.Dataset:
+    """Endless shuffled (item, target, loss weight) stream from in-memory arrays (uint8 images or cached embeddings);
+    every weight is 1 unless `weights` gives one per item.
 
     Only row indices are shuffled and the rows gathered afterwards: a shuffle buffer of images would hold
     a second copy of the whole training set.
@@ -76,11 +77,15 @@ def training_stream(pixels: np.ndarray, y: np.ndarray, seed: int) -> tf.data.Dat
         raise ValueError(f"training_stream got {len(pixels)} items but {len(y)} targets; they must be aligned")
     if len(pixels) == 0:
         raise ValueError("training_stream got no items; a model needs at least one training image")
+    weights = np.ones(len(pixels), np.float32) if weights is None else np.asarray(weights, dtype=np.float32)
+    if weights.shape != (len(pixels),):
+        raise ValueError(f"training_stream got {weights.shape} weights for {len(pixels)} items; give one per item")
     items = tf.convert_to_tensor(np.asarray(pixels))
     targets = tf.convert_to_tensor(np.asarray(y, dtype=np.float32))
+    loss_weights = tf.convert_to_tensor(weights)
     order = tf.data.Dataset.range(len(pixels)).shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True).repeat()
-    return order.map(lambda i: (tf.gather(items, i), tf.gather(targets, i)), num_parallel_calls=AUTOTUNE,
-                     deterministic=True)
+    return order.map(lambda i: (tf.gather(items, i), tf.gather(targets, i), tf.gather(loss_weights, i)),
+                     num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def prediction_batches(pixels: np.ndarray, rows: np.ndarray, batch_size: int) -> tf.data.Dataset:

@@ -41,7 +41,7 @@ NOT_MODEL_SETTINGS = frozenset({"data", "output", "solution", "run_name", "guard
 # and how students learn from it cannot change it (its budget, the students' steps, is in its key). Without this a
 # sweep over pseudo-label settings retrained the same control for every setting.
 NOT_CONTROL_SETTINGS = NOT_MODEL_SETTINGS | frozenset({
-    "pseudo_ratio", "pseudo_rounds", "pseudo_threshold", "pseudo_precision", "pseudo_tag_confidence", "pseudo_balance", "pseudo_class_cap",
+    "pseudo_ratio", "pseudo_rounds", "pseudo_weight", "pseudo_threshold", "pseudo_precision", "pseudo_tag_confidence", "pseudo_balance", "pseudo_class_cap",
     "pseudo_groups", "pseudo_labels", "pseudo_folds", "student_init", "student_epochs", "student_batch", "student_augment", "control"})
 
 

@@ -114,6 +114,26 @@ def precision_threshold(probs: np.ndarray, y_true: np.ndarray, target: float, mu
     return float(confidence[order][reached[-1]]) if len(reached) else float("inf")
 
 
+def correctness_weights(probs: np.ndarray, y_true: np.ndarray, confidence: np.ndarray, multi_label: bool = False,
+                        thresholds: np.ndarray | None = None) -> np.ndarray:
+    """How often the labeling model is right at each of these confidences: a loss weight per pseudo-label.
+
+    Fit on labeled rows the model never trained on (holdout or out-of-fold): an isotonic regression (scikit-learn) of
+    being right (single-label: the predicted class; multi-label: the share of tags decided correctly) on the model's
+    confidence. A weak teacher's pseudo-labels then weigh what they are worth in each step instead of as much as real
+    labels, whatever their number; a strong teacher's keep nearly full weight.
+    """
+    from sklearn.isotonic import IsotonicRegression
+
+    scored_confidence, hard = confidence_and_classes(probs, multi_label, thresholds)
+    agree = hard == (np.asarray(y_true) > 0.5)
+    right = agree.mean(axis=1) if multi_label else agree.all(axis=1).astype(np.float64)
+    if len(right) == 0:
+        return np.ones(len(confidence), dtype=np.float32)
+    calibration = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scored_confidence, right)
+    return calibration.predict(np.asarray(confidence, dtype=np.float64)).astype(np.float32)
+
+
 def certain_tag_band(probs: np.ndarray, y_true: np.ndarray, confidence: float) -> tuple[float, float] | None:
     """(low, high): multi-label pseudo-tags at or below `low` are right as 0, at or above `high` as 1, with
     probability >= `confidence`; the tags between stay unlabeled (UPS, Rizve et al. 2021).

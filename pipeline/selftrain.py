@@ -113,6 +113,12 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                     scored_sum += labeler
                     infos.append({"model": m, "round": r, "pseudo_fold": k, "trained": False, "reason": selection.stop_reason})
                     continue
+                weights = None
+                if cfg.pseudo_weight == "calibrated":
+                    weights = pseudo.correctness_weights(labeler, items.y[scored_rows], selection.confidence,
+                                                         competition.multi_label, thresholds)
+                    print(f"{label}: loss weights {weights.min():.2f}-{weights.max():.2f}, mean {weights.mean():.2f} "
+                          f"(how often the labeling model is right at each confidence on the scored rows)", flush=True)
                 pooled = cfg.student_batch == "pooled"
                 steps = spec.steps(len(x_fit), cfg.student_epochs, len(selection), pooled=pooled)
                 starts_from = init_key if cfg.student_init == "teacher" else "scratch"
@@ -127,14 +133,16 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                       flush=True)
 
                 def fit(label=label, selection=selection, steps=steps, seed=student_seed(cfg.seed, r, k, m), init=init,
-                        noise=noise, pooled=pooled):
+                        noise=noise, pooled=pooled, weights=weights):
                     start = init if cfg.student_init == "teacher" else None
                     x_pseudo = items.test_x(selection.index)
                     if pooled:
+                        pool_weights = None if weights is None else np.concatenate([np.ones(len(x_fit), np.float32), weights])
                         return train.fit(spec, label, np.concatenate([x_fit, x_pseudo]),
-                                         np.concatenate([y_fit, selection.targets]), steps, seed, noise, init=start)
+                                         np.concatenate([y_fit, selection.targets]), steps, seed, noise, init=start,
+                                         weights=pool_weights)
                     return train.fit(spec, label, x_fit, y_fit, steps, seed, noise, init=start,
-                                     pseudo=(x_pseudo, selection.targets))
+                                     pseudo=(x_pseudo, selection.targets), pseudo_weights=weights)
 
                 def predict(model, index=np.flatnonzero(predict_rows)):
                     return (items.predict_test(model, spec, index),

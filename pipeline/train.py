@@ -162,25 +162,29 @@ def student_augment_level(level: str, passes: float) -> str:
 
 
 def training_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
-                     pseudo: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[tf.data.Dataset, int]:
-    """Endless (items, targets) batches of a fit, and how many pseudo-labeled items each batch adds (see `fit`)."""
-    batches = data.training_stream(x, y, seed).batch(batch_size)
+                     pseudo: tuple[np.ndarray, np.ndarray] | None = None, weights: np.ndarray | None = None,
+                     pseudo_weights: np.ndarray | None = None) -> tuple[tf.data.Dataset, int]:
+    """Endless (items, targets, loss weights) batches of a fit, and how many pseudo-labeled items each batch adds
+    (see `fit`)."""
+    batches = data.training_stream(x, y, seed, weights).batch(batch_size)
     if pseudo is None or len(pseudo[0]) == 0:
         return batches, 0
     extra = pseudo_batch_size(batch_size, len(x), len(pseudo[0]))
-    on_top = data.training_stream(*pseudo, seed + 1).batch(extra)
+    on_top = data.training_stream(*pseudo, seed + 1, pseudo_weights).batch(extra)
     return tf.data.Dataset.zip((batches, on_top)).map(
-        lambda a, b: (tf.concat([a[0], b[0]], axis=0), tf.concat([a[1], b[1]], axis=0))), extra
+        lambda a, b: tuple(tf.concat([a[i], b[i]], axis=0) for i in range(3))), extra
 
 
 def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, seed: int, augment_level: str,
         init: Path | list[np.ndarray] | None = None,
-        pseudo: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[keras.Model, dict]:
+        pseudo: tuple[np.ndarray, np.ndarray] | None = None, weights: np.ndarray | None = None,
+        pseudo_weights: np.ndarray | None = None) -> tuple[keras.Model, dict]:
     """Train on (x, targets) for exactly `steps` optimizer steps; `init` starts from saved or given weights.
 
     With `pseudo` (items, targets), every step takes --batch-size items of (x, y), the very stream a fit without
     them sees, plus `pseudo_batch_size` pseudo-labeled items on top (from their own shuffled stream): the labeled
     data is seen as often as the control sees it, and what the pseudo-labels add is all that differs.
+    `weights` (per item of x) and `pseudo_weights` (per pseudo-labeled item) scale each item's loss; default 1.
 
     Under the run's strategy (pipeline/distribute.py) each global batch of --batch-size items is split across
     the replicas and their gradients all-reduced into the global batch's, so the steps and schedule do not depend on
@@ -203,11 +207,12 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
         model.optimizer.build(model.trainable_variables)
         if distribute.is_multiworker():
             distribute.detach_for_multiworker(model)
-    batches, extra = training_batches(x, y, cfg.batch_size, seed, pseudo)
+    batches, extra = training_batches(x, y, cfg.batch_size, seed, pseudo, weights, pseudo_weights)
     augment_level = applied_augmentation(spec, augment_level)
     noise = augment.augmenter(augment_level, spec.flips)
     if noise is not None:
-        batches = batches.map(lambda images, targets: (noise(tf.cast(images, tf.float32), training=True), targets),
+        batches = batches.map(lambda images, targets, loss_weights: (noise(tf.cast(images, tf.float32), training=True),
+                                                                     targets, loss_weights),
                               num_parallel_calls=tf.data.AUTOTUNE)
     batches = distribute.shard_by_data(data.without_autotuning(batches.prefetch(tf.data.AUTOTUNE)))
     chunk = max(1, math.ceil(steps / 10))

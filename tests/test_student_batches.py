@@ -29,10 +29,38 @@ def test_the_labeled_part_of_each_batch_is_what_a_fit_without_pseudo_labels_sees
     alone, none_added = training_batches(x, y, 8, seed=3)
     mixed, added = training_batches(x, y, 8, seed=3, pseudo=(x_pseudo, y_pseudo))
     assert none_added == 0 and added == 3  # round(8 * 20 / 50)
-    for (xa, ya), (xm, ym) in zip(alone.take(12), mixed.take(12)):  # past one pass over both pools
+    for (xa, ya, wa), (xm, ym, wm) in zip(alone.take(12), mixed.take(12)):  # past one pass over both pools
         assert xm.shape[0] == 11 and ym.shape == (11, 3)
         assert np.array_equal(xm[:8], xa) and np.array_equal(ym[:8], ya)
         assert (xm.numpy()[8:] == 7).all() and np.isnan(ym.numpy()[8:]).all()
+        assert (wa.numpy() == 1).all() and (wm.numpy() == 1).all()  # no weights given: every item weighs 1
+
+
+def test_pseudo_labeled_items_carry_their_own_loss_weights_and_real_ones_weigh_1():
+    from pipeline.train import training_batches
+
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 255, (40, 4, 4, 3), dtype=np.uint8), rng.random((40, 3)).astype(np.float32)
+    x_pseudo = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)  # image i is all i
+    weights = np.linspace(0.1, 1.0, 10).astype(np.float32)
+    mixed, added = training_batches(x, y, 8, seed=3, pseudo=(x_pseudo, np.zeros((10, 3), np.float32)),
+                                    pseudo_weights=weights)
+    assert added == 2  # round(8 * 10 / 40)
+    for xm, _, wm in mixed.take(10):
+        assert (wm.numpy()[:8] == 1).all()
+        which = xm.numpy()[8:, 0, 0, 0]
+        np.testing.assert_allclose(wm.numpy()[8:], weights[which])  # each item with its own weight
+
+
+def test_calibrated_weights_follow_how_often_the_labeler_is_right_at_each_confidence():
+    from pipeline.pseudo import correctness_weights
+
+    # scored rows: right when confident (>= 0.8), wrong otherwise
+    probs = np.array([[0.9, 0.1], [0.85, 0.15], [0.95, 0.05], [0.6, 0.4], [0.55, 0.45], [0.4, 0.6]])
+    y = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [1, 0]], dtype=np.float32)
+    weights = correctness_weights(probs, y, np.array([0.99, 0.9, 0.58, 0.5]))
+    assert weights[0] == weights[1] == 1.0 and weights[2] == weights[3] == 0.0
+    assert correctness_weights(probs[:0], y[:0], np.array([0.7])).tolist() == [1.0]  # nothing scored: full weight
 
 
 def test_a_students_epochs_count_the_items_its_steps_draw():
