@@ -202,7 +202,7 @@ def test_the_scan_and_the_loader_agree_on_bmps_and_bombs(tmp_path):
     assert store.properties["mode"].tolist() == ["1", "RGB"] and store.properties["format"].tolist() == ["BMP", "BMP"]
     rows = np.flatnonzero(store.readable)
     stream = data.training_stream(store.read(rows), np.eye(2, dtype=np.float32), seed=0)
-    seen = {int(np.argmax(y)): x for x, y in stream.take(2).as_numpy_iterator()}
+    seen = {int(np.argmax(y)): x for x, y, _ in stream.take(2).as_numpy_iterator()}
     assert np.array_equal(seen[0], store.pixels[0]) and np.array_equal(seen[1], store.pixels[1])
 
 
@@ -313,11 +313,11 @@ def test_training_stream_shuffles_whole_epochs_with_targets_attached():
     y = np.eye(10, dtype=np.float32)
     stream = data.training_stream(pixels, y, seed=1)
     items = list(stream.take(20).as_numpy_iterator())
-    for x, target in items:
-        assert np.all(x == x.flat[0]) and np.argmax(target) == x.flat[0]
-    first, second = [int(x.flat[0]) for x, _ in items[:10]], [int(x.flat[0]) for x, _ in items[10:]]
+    for x, target, weight in items:
+        assert np.all(x == x.flat[0]) and np.argmax(target) == x.flat[0] and weight == 1
+    first, second = [int(x.flat[0]) for x, _, _ in items[:10]], [int(x.flat[0]) for x, _, _ in items[10:]]
     assert sorted(first) == sorted(second) == list(range(10)) and first != list(range(10))
-    again = [int(x.flat[0]) for x, _ in data.training_stream(pixels, y, seed=1).take(10).as_numpy_iterator()]
+    again = [int(x.flat[0]) for x, _, _ in data.training_stream(pixels, y, seed=1).take(10).as_numpy_iterator()]
     assert again == first
     with pytest.raises(ValueError, match="10 items but 9 targets"):
         data.training_stream(pixels, y[:9], seed=0)
