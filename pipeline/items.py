@@ -48,13 +48,12 @@ class Items:
 
         index = np.arange(len(self.test_rows)) if index is None else np.asarray(index, dtype=np.int64)
         groups = self.test_groups[index]
-        probs = None
+        probs = np.zeros((len(index), model.output_shape[-1]), np.float32)
         for group in np.unique(groups):
             mine = groups == group
-            p = train.predict(model, self.test_source, self.test_rows[index[mine]], spec, adapt=group in self.adapted)
-            probs = np.zeros((len(index), p.shape[1]), np.float32) if probs is None else probs
-            probs[mine] = p
-        return probs if probs is not None else train.predict(model, self.test_source, self.test_rows[index], spec)
+            probs[mine] = train.predict(model, self.test_source, self.test_rows[index[mine]], spec,
+                                        adapt=group in self.adapted)
+        return probs
 
     def test_x(self, index: np.ndarray) -> np.ndarray:
         """In-memory images (or embeddings) of readable test items by their index among the readable ones."""
