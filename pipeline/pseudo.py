@@ -93,6 +93,15 @@ def confidence_and_classes(probs: np.ndarray, multi_label: bool, thresholds: np.
     return margin.min(axis=1), (probs >= t).astype(np.float64)
 
 
+def confidence_and_correctness(probs: np.ndarray, y_true: np.ndarray, multi_label: bool = False,
+                               thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per labeled row: the model's confidence, and whether its pseudo-label would be right (single-label: the
+    predicted class, 0 or 1; multi-label: the share of tags decided correctly)."""
+    confidence, hard = confidence_and_classes(probs, multi_label, thresholds)
+    agree = hard == (np.asarray(y_true) > 0.5)
+    return confidence, agree.mean(axis=1) if multi_label else agree.all(axis=1).astype(np.float64)
+
+
 def precision_threshold(probs: np.ndarray, y_true: np.ndarray, target: float, multi_label: bool = False,
                         thresholds: np.ndarray | None = None) -> float:
     """The lowest confidence at which a model's pseudo-labels are still right `target` of the time.
@@ -105,9 +114,7 @@ def precision_threshold(probs: np.ndarray, y_true: np.ndarray, target: float, mu
     """
     if target <= 0 or len(probs) == 0:
         return 0.0
-    confidence, hard = confidence_and_classes(probs, multi_label, thresholds)
-    agree = hard == (np.asarray(y_true) > 0.5)
-    right = agree.mean(axis=1) if multi_label else agree.all(axis=1).astype(np.float64)
+    confidence, right = confidence_and_correctness(probs, y_true, multi_label, thresholds)
     order = np.argsort(-confidence, kind="stable")
     precision = np.cumsum(right[order]) / np.arange(1, len(order) + 1)
     reached = np.flatnonzero(precision >= target - 1e-12)
@@ -125,9 +132,7 @@ def correctness_weights(probs: np.ndarray, y_true: np.ndarray, confidence: np.nd
     """
     from sklearn.isotonic import IsotonicRegression
 
-    scored_confidence, hard = confidence_and_classes(probs, multi_label, thresholds)
-    agree = hard == (np.asarray(y_true) > 0.5)
-    right = agree.mean(axis=1) if multi_label else agree.all(axis=1).astype(np.float64)
+    scored_confidence, right = confidence_and_correctness(probs, y_true, multi_label, thresholds)
     if len(right) == 0:
         return np.ones(len(confidence), dtype=np.float32)
     calibration = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scored_confidence, right)
