@@ -5,8 +5,8 @@ def submit_config(argv: list[str]):
     """The RunConfig that `python -m pipeline submit ARGV` would run: benchmarks take the CLI's defaults and checks."""
     import argparse
 
-    from pipeline.commands.submit import register
-    from pipeline.config import config_from_args
+    from pipeline.cli.submit import register
+    from pipeline.run.config import config_from_args
 
     cli = argparse.ArgumentParser()
     register(cli.add_subparsers())
@@ -15,8 +15,8 @@ def submit_config(argv: list[str]):
 
 def default_model_spec(n_classes: int = 8):
     """The default model's ModelSpec (64 px, 32 items a step); --min-steps 1, so a fit takes exactly the steps asked."""
-    from pipeline import train
-    from pipeline.config import RunConfig
+    from pipeline.model import train
+    from pipeline.run.config import RunConfig
 
     return train.ModelSpec(RunConfig(competition="bench", data="", min_steps=1), n_classes=n_classes, multi_label=False)
 

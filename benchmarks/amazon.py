@@ -19,9 +19,9 @@ SEEDS = (0, 1, 2)
 def main() -> None:
     import competitions.amazon  # noqa: F401  (registers the plugin)
     from competitions.amazon import START_THRESHOLD, TAGS
-    from pipeline.config import RunConfig
-    from pipeline.registry import get_competition
-    from pipeline.run import run_pipeline
+    from pipeline.run.config import RunConfig
+    from pipeline.plugin.registry import get_competition
+    from pipeline.run.stages import run_pipeline
 
     amazon = get_competition("amazon")
     with tempfile.TemporaryDirectory(prefix="bench-amazon-") as tmp:

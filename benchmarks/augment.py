@@ -26,7 +26,7 @@ def keras_layers(level: str, flips: str):
     import keras
     from keras import layers
 
-    from pipeline.augment import STRENGTH
+    from pipeline.data.augment import STRENGTH
 
     s = STRENGTH[level]
     steps = [layers.RandomFlip(flips)] if flips != "none" else []
@@ -58,7 +58,8 @@ def cpu_ms_per_batch(noise, images: np.ndarray, batch: int, batches: int, repeat
 def fit_seconds(steps: int, repeats: int) -> dict[str, tuple[float, float]]:
     """Median (wall, CPU) seconds of a `standard` fit of the default model, with each augmentation."""
     from benchmarks import alternating, default_model_spec
-    from pipeline import augment, train
+    from pipeline.data import augment
+    from pipeline.model import train
 
     spec = default_model_spec()
     rng = np.random.default_rng(0)
@@ -87,8 +88,8 @@ def main() -> None:
     parser.add_argument("--flips", default="horizontal")
     parser.add_argument("--fit-steps", type=int, default=60, help="steps of the timed fits (0: skip them)")
     args = parser.parse_args()
-    from pipeline import augment
-    from pipeline.train import seed_everything
+    from pipeline.data import augment
+    from pipeline.model.train import seed_everything
 
     seed_everything(0)
     images = np.random.default_rng(0).integers(0, 256, (256, 64, 64, 3), dtype=np.uint8)

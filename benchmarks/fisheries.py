@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import RunConfig
-from pipeline.registry import get_competition
+from pipeline.run.config import RunConfig
+from pipeline.plugin.registry import get_competition
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--groups", default="public,private")
     parser.add_argument("--work", type=Path, help="keep data and caches here (default: a temporary folder)")
     args = parser.parse_args()
-    from pipeline.run import run_pipeline
+    from pipeline.run.stages import run_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)

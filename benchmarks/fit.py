@@ -29,7 +29,7 @@ def timed_fit(steps: int, seed: int, augment_level: str) -> dict[str, float]:
     import keras
 
     from benchmarks import default_model_spec
-    from pipeline import train
+    from pipeline.model import train
 
     spec = default_model_spec()
     rng = np.random.default_rng(seed)
@@ -69,7 +69,7 @@ def timed_fit(steps: int, seed: int, augment_level: str) -> dict[str, float]:
 def one_step_fits(repeats: int) -> dict[str, list[tuple[float, float]]]:
     """(wall, CPU) seconds of 1-step fits, the schedule built for every variable vs once per traced graph."""
     from benchmarks import alternating, default_model_spec
-    from pipeline import train
+    from pipeline.model import train
 
     spec = default_model_spec()
     rng = np.random.default_rng(0)
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--trace-repeats", type=int, default=6, help="1-step fits per schedule variant (0: skip)")
     args = parser.parse_args()
     from benchmarks import alternating
-    from pipeline import data
+    from pipeline.data import streams as data
 
     without = data.without_autotuning
     settings = {"autotuning on (TensorFlow's default)": lambda dataset: dataset, "autotuning off (the pipeline)": without}

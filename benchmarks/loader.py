@@ -91,8 +91,8 @@ def profile(paths: list[str], size: int) -> None:
     next to what Keras's loader does per image (tf.io.decode_image at full size, then tf.image.resize)."""
     import tensorflow as tf
 
-    from pipeline.image_properties import describe
-    from pipeline.image_store import decode_image
+    from pipeline.data.image_properties import describe
+    from pipeline.data.image_store import decode_image
 
     blobs = [Path(p).read_bytes() for p in paths]
     tensors = [tf.constant(b) for b in blobs]
@@ -149,8 +149,9 @@ def main() -> None:
     args = parser.parse_args()
     import keras
 
-    from pipeline import data, models
-    from pipeline.image_store import build_store
+    from pipeline.data import streams as data
+    from pipeline.model import backbones as models
+    from pipeline.data.image_store import build_store
 
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         summary, store = [], None

@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("run_options", nargs=argparse.REMAINDER, help="after --: options of `python -m pipeline submit`")
     args = parser.parse_args()
     from benchmarks import submit_config
-    from pipeline.run import run_pipeline
+    from pipeline.run.stages import run_pipeline
 
     paths, labels, classes = list_photos(args.data)
     extra = [o for o in args.run_options if o != "--"]

@@ -62,9 +62,10 @@ def run_once(data_dir: str, cache_dir: str, n_test: int, size: int, batch_size: 
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import competitions.amazon  # noqa: F401  (registers the plugin)
-    from pipeline import data, models
-    from pipeline.image_store import build_store
-    from pipeline.registry import get_competition
+    from pipeline.data import streams as data
+    from pipeline.model import backbones as models
+    from pipeline.data.image_store import build_store
+    from pipeline.plugin.registry import get_competition
 
     def peak_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.image_store import measure_images
+from pipeline.data.image_store import measure_images
 
 
 def main() -> None:
@@ -98,8 +98,8 @@ def measure_in_fresh_process(paths: list[str], workers: int) -> dict:
 
 
 def false_alarms(paths: list[str], splits: int, workers: int) -> None:
-    from pipeline.image_properties import PropertyTable
-    from pipeline.shift import OK, ShiftSettings, compare_sets
+    from pipeline.data.image_properties import PropertyTable
+    from pipeline.shift.assess import OK, ShiftSettings, compare_sets
 
     table = measure_images(paths, workers=workers, progress_every=0).table
     settings = ShiftSettings(workers=workers, progress_every=0)

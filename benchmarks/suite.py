@@ -131,7 +131,7 @@ def logistic_baseline(folder: Path, train_items: list[tuple[str, int]], test_ids
 def run_one(folder: Path, work: Path, set_name: str, variant: str, seed: int, labels: np.ndarray, classes: list[str],
             labeled: np.ndarray, extra: list[str]) -> list[dict]:
     from benchmarks import submit_config
-    from pipeline.run import run_pipeline
+    from pipeline.run.stages import run_pipeline
 
     cfg = submit_config(["--competition", "imagefolder", "--data", str(folder / "data"), "--solution",
                          str(folder / "solution.csv"), "--seed", str(seed), "--runs-dir", str(work / "runs"),

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from benchmarks import submit_config
-from pipeline.registry import get_competition
-from pipeline.sweep import run_sweep, summary, sweep_settings
+from pipeline.plugin.registry import get_competition
+from pipeline.run.sweep import run_sweep, summary, sweep_settings
 
 VARIANTS = {
     "default": ("the default backbone, trained from scratch", []),

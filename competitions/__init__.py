@@ -1,1 +1,1 @@
-"""Competition plugins: every module here is imported by the registry (pipeline.registry), and each plugin registers itself."""
+"""Competition plugins: every module here is imported by the registry (pipeline.plugin.registry), and each plugin registers itself."""

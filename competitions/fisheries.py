@@ -7,7 +7,7 @@ import pandas as pd
 
 from competitions.single_label import ProbabilityTableCompetition, list_class_folder_items, visible_files
 from pipeline.errors import UserError
-from pipeline.registry import register
+from pipeline.plugin.registry import register
 
 CLASSES = ["ALB", "BET", "DOL", "LAG", "NoF", "OTHER", "SHARK", "YFT"]
 GET_DATA_HINT = "download it with `make data COMP=fisheries` or make the bundled sample with `make demo`"

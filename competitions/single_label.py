@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from pipeline.errors import UserError
 from pipeline.files import printable
-from pipeline.registry import Competition, Metric
+from pipeline.plugin.registry import Competition, Metric
 
 KAGGLE_LOGLOSS_EPS = 1e-15
 
@@ -50,7 +50,7 @@ class ProbabilityTableCompetition(Competition):
         return kaggle_log_loss_rows(y_true, y_submitted)
 
     def to_submission(self, ids: list[str], y_submitted: np.ndarray, classes: list[str]) -> pd.DataFrame:
-        if self.id_column in classes:  # the contract check (pipeline/contract.py) calls this before training
+        if self.id_column in classes:  # the contract check (pipeline/plugin/contract.py) calls this before training
             raise UserError(f"class {self.id_column!r} has the name of the submission's id column ({self.id_column}), "
                             "so the submission's header would name it twice; rename that class (its class folder)")
         table = pd.DataFrame(np.asarray(y_submitted, dtype=np.float64), columns=classes)

@@ -1,4 +1,4 @@
-"""`python -m pipeline COMMAND ...`: one subcommand per module in pipeline/commands (no logic here)."""
+"""`python -m pipeline COMMAND ...`: one subcommand per module in pipeline/cli (no logic here)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 import sys
 
-import pipeline.commands
+import pipeline.cli
 
 from pipeline.errors import UserError
 
@@ -14,8 +14,8 @@ from pipeline.errors import UserError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in sorted(m.name for m in pkgutil.iter_modules(pipeline.commands.__path__)):
-        importlib.import_module(f"pipeline.commands.{module}").register(subparsers)
+    for module in sorted(m.name for m in pkgutil.iter_modules(pipeline.cli.__path__)):
+        importlib.import_module(f"pipeline.cli.{module}").register(subparsers)
     return parser
 
 

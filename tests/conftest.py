@@ -26,7 +26,7 @@ def tiny_config(data: Path, tmp: Path, **changes):
     of a tiny run's CPU; the tests of rounds and of the shift check turn them on), pooled student batches (the
     default real+pseudo doubles a student's batch: the suite went from 7 min 43 s to 8 min 20 s; its batches are
     tested in test_student_batches.py and the Amazon end-to-end run keeps it), everything written under tmp."""
-    from pipeline.config import RunConfig
+    from pipeline.run.config import RunConfig
 
     values = dict(competition="fisheries", data=str(data), image_size=32, epochs=3, batch_size=32, min_steps=10, width=8,
                   student_epochs=1, pseudo_rounds=1, on_shift="ignore", student_batch="pooled",
@@ -38,7 +38,7 @@ def tiny_config(data: Path, tmp: Path, **changes):
 @pytest.fixture(scope="session")
 def plugin_sample(tmp_path_factory):
     """`plugin_sample(name, small=False)`: the plugin's bundled sample (seed 1), made once per session; read-only."""
-    from pipeline.registry import get_competition
+    from pipeline.plugin.registry import get_competition
 
     made: dict[tuple[str, bool], Path] = {}
 
@@ -60,7 +60,7 @@ def tiny_plugin_run(plugin_sample, tmp_path_factory):
 
     def run(name: str):
         if name not in made:
-            from pipeline.run import run_pipeline
+            from pipeline.run.stages import run_pipeline
 
             sample, tmp = plugin_sample(name, small=True), tmp_path_factory.mktemp(f"run_{name}")
             # no shift check: it is plugin-independent (tests/test_shift.py, test_pipeline_e2e.py) and was 33 of

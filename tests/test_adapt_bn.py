@@ -15,7 +15,7 @@ def _bn_model(n_classes: int = 3):
 
 
 def test_adapted_statistics_are_the_size_weighted_moments_of_the_rows_and_are_put_back():
-    from pipeline.train import adapted_batch_norm, restore_batch_norm
+    from pipeline.model.train import adapted_batch_norm, restore_batch_norm
 
     rng = np.random.default_rng(0)
     source = rng.integers(0, 256, (50, 4, 4, 3), dtype=np.uint8)
@@ -38,8 +38,8 @@ def test_adapted_statistics_are_the_size_weighted_moments_of_the_rows_and_are_pu
 def test_adapted_prediction_of_a_darkened_group_equals_the_prediction_of_the_original_images():
     """Batch norm on the raw pixels: dividing the images by 2 moves every statistic with them, so after adaptation
     the darkened group is normalised exactly as the original one was, and the model predicts the same."""
-    from pipeline import train
-    from pipeline.config import RunConfig
+    from pipeline.model import train
+    from pipeline.run.config import RunConfig
 
     rng = np.random.default_rng(1)
     bright = rng.integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)

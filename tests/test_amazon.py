@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.metrics import fbeta_score
 
 from competitions.amazon import TAGS, WEATHER, Amazon, _row_f2
-from pipeline.registry import Decision, get_competition, target_matrix
+from pipeline.plugin.registry import Decision, get_competition, target_matrix
 
 CLASSES = list(TAGS)
 
@@ -315,8 +315,8 @@ def _best_constant_f2(train_y: np.ndarray, y_true: np.ndarray) -> float:
 @pytest.mark.slow
 @pytest.mark.xdist_group("tensorflow")
 def test_end_to_end_on_a_tiny_sample_beats_the_trivial_baseline(tmp_path: Path):
-    from pipeline.config import RunConfig
-    from pipeline.run import run_pipeline
+    from pipeline.run.config import RunConfig
+    from pipeline.run.stages import run_pipeline
     from pipeline.submission import load_submission
 
     amazon = Amazon()

@@ -7,8 +7,8 @@ import pytest
 keras = pytest.importorskip("keras")
 from keras import layers, ops  # noqa: E402
 
-from pipeline import augment  # noqa: E402
-from pipeline.train import seed_everything  # noqa: E402
+from pipeline.data import augment  # noqa: E402
+from pipeline.model.train import seed_everything  # noqa: E402
 
 NO_CHANGE = dict(rotation=0.0, zoom=(0.0, 0.0), translation=0.0, flip_horizontal=False, flip_vertical=False)
 MIDDLE = [0.5, 0.5, 0.5, 0.5, 0.9, 0.9]  # the draws of no rotation, zoom, shift or flip

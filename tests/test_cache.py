@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import cache
+from pipeline.cache import entries as cache
 from pipeline.files import sha256_of
-from pipeline.shift import ShiftSettings
-from pipeline.teacher_cache import SHIFT_FILES, TEACHER_FILES, get_or_assess_shift, load_teacher, weights_name
+from pipeline.shift.assess import ShiftSettings
+from pipeline.cache.teachers import SHIFT_FILES, TEACHER_FILES, get_or_assess_shift, load_teacher, weights_name
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -230,8 +230,8 @@ def test_the_teacher_key_changes_with_the_labels_the_split_and_every_teacher_opt
     """Issue 11 item 3: relabeled train data must not reuse a teacher trained on the old labels."""
     from types import SimpleNamespace
 
-    from pipeline.config import RunConfig, teacher_settings
-    from pipeline.teacher_cache import teacher_key
+    from pipeline.run.config import RunConfig, teacher_settings
+    from pipeline.cache.teachers import teacher_key
 
     cfg = RunConfig(competition="fisheries", data="d")
     spec = SimpleNamespace(n_classes=3, multi_label=False, flips="horizontal")

@@ -14,11 +14,11 @@ from PIL import Image
 
 from competitions.single_label import kaggle_log_loss
 from pipeline.__main__ import main
-from pipeline.compare import compare_runs, public_gain_interval
-from pipeline.compare_output import render, write_plot
+from pipeline.ledger.compare import compare_runs, public_gain_interval
+from pipeline.ledger.compare_output import render, write_plot
 from pipeline.files import write_csv_atomic
-from pipeline.ledger import Ledger
-from pipeline.registry import get_competition
+from pipeline.ledger.store import Ledger
+from pipeline.plugin.registry import get_competition
 from pipeline.submission import read_solution, score_against_solution
 
 FISHERIES = get_competition("fisheries")
@@ -307,7 +307,7 @@ def test_render_and_plot_with_missing_scores(world: dict, tmp_path: Path) -> Non
 
 
 def test_sweep_settings_run_ratio_zero_once_and_check_groups() -> None:
-    from pipeline.sweep import SweepResult, summary, sweep_settings
+    from pipeline.run.sweep import SweepResult, summary, sweep_settings
 
     settings = sweep_settings([0, 0.1, 0.25, 0.1], ["public", "private", "public,private", "private,public"])
     assert settings == [(0, ("public", "private")), (0.1, ("public",)), (0.1, ("private",)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline.registry import get_competition, list_competitions
+from pipeline.plugin.registry import get_competition, list_competitions
 
 
 def test_unknown_competition_lists_the_valid_names():

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import RunConfig, teacher_settings
+from pipeline.run.config import RunConfig, teacher_settings
 from pipeline.errors import UserError
-from pipeline.registry import get_competition
+from pipeline.plugin.registry import get_competition
 from pipeline.submission import load_submission
 
 pytestmark = pytest.mark.xdist_group("distribute")
@@ -54,8 +54,9 @@ MIRRORED = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from pipeline.__main__ import main
-    from pipeline import distribute, train
-    from pipeline.config import RunConfig
+    from pipeline.model import distribute
+    from pipeline.model import train
+    from pipeline.run.config import RunConfig
     from pipeline.errors import UserError
 
     tmp, args = sys.argv[1], sys.argv[2:]
@@ -249,9 +250,9 @@ def test_workers_compare_decoded_pixels_and_labels_not_a_frozen_backbones_embedd
 
     import numpy as np
 
-    from pipeline import train
-    from pipeline.items import load_items
-    from pipeline.teacher_cache import worker_data_key
+    from pipeline.model import train
+    from pipeline.data.items import load_items
+    from pipeline.cache.teachers import worker_data_key
     from tests.conftest import tiny_config
 
     data = tiny_fisheries / "data"
@@ -300,7 +301,7 @@ def test_mixed_precision_keys_the_teacher_and_the_strategy_does_not():
     ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', "is not one of the cluster's worker"),
 ])
 def test_multiworker_refuses_a_missing_or_bad_tf_config_before_building_anything(monkeypatch, tf_config, expected):
-    from pipeline import distribute
+    from pipeline.model import distribute
 
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -314,7 +315,7 @@ def test_multiworker_refuses_a_missing_or_bad_tf_config_before_building_anything
 def test_mixed_precision_is_refused_without_a_gpu():
     import tensorflow as tf
 
-    from pipeline import distribute
+    from pipeline.model import distribute
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is visible: mixed precision is allowed here")

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.preflight import check_before_training
-from pipeline.registry import get_competition, list_competitions
+from pipeline.run.preflight import check_before_training
+from pipeline.plugin.registry import get_competition, list_competitions
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,10 +63,10 @@ def test_a_library_bug_keeps_its_traceback_and_is_not_dressed_as_a_user_error(tm
     """A plain ValueError from inside the code (here: a broken ledger read) is a bug: traceback, exit 1."""
     proc = python("""
         import sys
-        import pipeline.ledger
+        import pipeline.ledger.store
         def broken(self, competition=None):
             raise ValueError("internal: columns do not line up")
-        pipeline.ledger.Ledger.runs = broken
+        pipeline.ledger.store.Ledger.runs = broken
         from pipeline.__main__ import main
         sys.exit(main(["runs", "list", "--ledger", sys.argv[1]]))
     """, str(tmp_path / "ledger.sqlite"))
@@ -131,7 +131,7 @@ BAD_IMAGES = {  # name -> (make the bytes from the original JPEG, is it still re
 
 @pytest.mark.parametrize("name", list_competitions())
 def test_bad_images_in_train_and_test_are_counted_skips_and_every_test_id_stays(name, samples, tmp_path, capsys):
-    from pipeline.data import scan_images
+    from pipeline.data.streams import scan_images
 
     data = copy_data(samples[name], tmp_path / "data")
     train, test = decide(name, data, tmp_path)
@@ -318,7 +318,7 @@ def test_a_corrupt_ledger_is_a_named_error_and_left_untouched(tmp_path, capsys, 
     import random
 
     from pipeline.__main__ import main
-    from pipeline.ledger import Ledger
+    from pipeline.ledger.store import Ledger
 
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)

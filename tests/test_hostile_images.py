@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageOps
 
-from pipeline.image_store import StaleCacheWarning, build_store, decode_image
+from pipeline.data.image_store import StaleCacheWarning, build_store, decode_image
 from tests.test_image_store import smooth_image
 
 SIZE = 32
@@ -272,7 +272,7 @@ def replace_by_rename(path: Path, new: Path) -> None:
 
 @pytest.mark.parametrize("replace", [replace_in_place, replace_by_rename])
 def test_a_source_image_replaced_by_one_of_the_same_size_with_its_mtime_restored_makes_a_new_entry(tmp_path, replace):
-    from pipeline import data
+    from pipeline.data import streams as data
 
     paths = make_images(tmp_path / "images", 3)
     other = make_images(tmp_path / "other", 1, seed=50)[0]
@@ -293,7 +293,7 @@ def test_a_source_image_replaced_by_one_of_the_same_size_with_its_mtime_restored
 
 def test_a_file_touched_or_chmodded_with_the_same_bytes_keeps_its_entry_and_fingerprint(tmp_path):
     """The other side of keying by content: metadata alone rebuilds nothing and retrains nothing."""
-    from pipeline import data
+    from pipeline.data import streams as data
 
     paths = make_images(tmp_path / "images", 3)
     first = store_of(tmp_path, paths)
@@ -307,8 +307,8 @@ def test_a_file_touched_or_chmodded_with_the_same_bytes_keeps_its_entry_and_fing
 
 def test_the_run_fingerprint_from_the_stores_digests_equals_hashing_the_files(tmp_path):
     """items.py passes the digests the stores computed, so a run reads each file once; the result must not differ."""
-    from pipeline import data
-    from pipeline.image_store import build_store
+    from pipeline.data import streams as data
+    from pipeline.data.image_store import build_store
 
     paths = []
     for i in range(4):

@@ -2,7 +2,7 @@
 folder, `shift --out` is a folder, `--resume` removes only what the run wrote, and a failed download of ImageNet
 weights is a named error. Each case ends in one `error:` line (exit 2, no traceback) or a correct result.
 
-Generated from the option table (pipeline/config.py) where a case applies to every option. Nothing here trains a
+Generated from the option table (pipeline/run/config.py) where a case applies to every option. Nothing here trains a
 model: where a case is decided before training, the function that decides it (or the command line, which stops
 before training) is tested.
 """
@@ -22,12 +22,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import preflight
+from pipeline.run import preflight
 from pipeline.__main__ import main
-from pipeline.config import (MAX_FOLDS, MAX_PSEUDO_FOLDS, MAX_PSEUDO_ROUNDS, MAX_SEED, SEED_LIMIT, Bounds, RunConfig,
+from pipeline.run.config import (MAX_FOLDS, MAX_PSEUDO_FOLDS, MAX_PSEUDO_ROUNDS, MAX_SEED, SEED_LIMIT, Bounds, RunConfig,
                              flag_of, largest_derived_seed)
 from pipeline.errors import UserError
-from pipeline.registry import get_competition
+from pipeline.plugin.registry import get_competition
 from tests.conftest import tiny_config
 from tests.test_hostile import REPO, assert_user_error, cli
 
@@ -308,7 +308,7 @@ def test_shift_options_past_their_bounds_are_one_error_line(tmp_path, capsys, fl
 
 
 def test_every_bounded_shift_option_is_tested():
-    from pipeline.commands.shift import _SETTING_OPTIONS
+    from pipeline.cli.shift import _SETTING_OPTIONS
 
     assert {flag for flag, *_, most in _SETTING_OPTIONS if most is not None} <= {flag for flag, _ in SHIFT_BOUNDS}
 
@@ -316,7 +316,7 @@ def test_every_bounded_shift_option_is_tested():
 # ---- --resume removes only what the run wrote ---------------------------------------------------------------
 
 def test_resume_removes_the_runs_partial_outputs_and_leaves_the_users_files(tmp_path, capsys):
-    from pipeline.resume import clear_run_folder, run_outputs
+    from pipeline.run.resume import clear_run_folder, run_outputs
 
     cfg = tiny_config(tmp_path / "data", tmp_path, run_name="cut")
     run_dir = tmp_path / "runs" / "fisheries" / "cut"

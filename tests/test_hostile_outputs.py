@@ -30,8 +30,8 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.files import NoSpaceLeft, sha256_of, write_bytes_atomic, write_text_atomic
-from pipeline.ledger import BUSY_TIMEOUT_ENV, Ledger
-from pipeline.registry import get_competition, list_competitions
+from pipeline.ledger.store import BUSY_TIMEOUT_ENV, Ledger
+from pipeline.plugin.registry import get_competition, list_competitions
 from tests.test_hostile import REPO, assert_user_error, cli, copy_data, decide, edit_csv
 
 RUN = "tiny-fisheries"
@@ -83,7 +83,7 @@ def submit_args(data: Path, tmp: Path, *more: str) -> list[str]:
 def replay_training(monkeypatch, finished: Path, after_outputs=None) -> None:
     """Make `train_and_submit` write the shared tiny run's finished outputs into the new run folder (what training
     would write), call `after_outputs(run_dir)`, then write metrics.json as outputs.write_metrics does."""
-    import pipeline.run
+    import pipeline.run.stages
 
     def train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, *args, **kwargs):
         for path in finished.iterdir():
@@ -96,7 +96,7 @@ def replay_training(monkeypatch, finished: Path, after_outputs=None) -> None:
         write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         return metrics
 
-    monkeypatch.setattr(pipeline.run, "train_and_submit", train_and_submit)
+    monkeypatch.setattr(pipeline.run.stages, "train_and_submit", train_and_submit)
 
 
 # ---- names a submission, JSON or the ledger cannot hold, refused before training ------------------------------
@@ -179,7 +179,7 @@ def test_a_class_named_id_is_refused_before_training(name, plugin_sample, tmp_pa
 
 def test_the_contract_refuses_class_names_a_submission_cannot_hold():
     """Checked for every plugin whose classes come from the data, before training (preflight calls the contract)."""
-    from pipeline.contract import check_class_names
+    from pipeline.plugin.contract import check_class_names
 
     imagefolder = get_competition("imagefolder")
     check_class_names(imagefolder, ["cat", "dog", "café"])
@@ -208,7 +208,7 @@ def test_rescore_refuses_a_submission_csv_that_lost_rows_naming_it_and_the_count
 
 @trained
 def test_rescore_writes_every_id_of_the_run_from_probabilities_npz_even_without_submission_csv(run_copy):
-    from pipeline.rescore import rescore
+    from pipeline.run.rescore import rescore
 
     expected = pd.read_csv(run_copy / "control_submission.csv", dtype=str)["image"].tolist()
     with np.load(run_copy / "probabilities.npz") as npz:
@@ -220,7 +220,7 @@ def test_rescore_writes_every_id_of_the_run_from_probabilities_npz_even_without_
 
 @trained
 def test_a_run_older_than_the_kept_ids_is_rescored_only_with_the_submission_csv_it_wrote(run_copy):
-    from pipeline.rescore import rescore
+    from pipeline.run.rescore import rescore
 
     with np.load(run_copy / "probabilities.npz") as npz:
         arrays = {key: npz[key] for key in npz.files if key != "submission_ids"}
@@ -318,7 +318,7 @@ def test_a_run_that_fills_the_disk_after_training_is_one_error_line_and_keeps_it
 @pytest.mark.xdist_group("plugin-runs")
 def test_a_full_cache_folder_stops_the_run_with_one_error_line_and_no_half_written_entry(plugin_sample, tmp_path,
                                                                                          small_disk, monkeypatch, capsys):
-    from pipeline import image_store
+    from pipeline.data import image_store
     from pipeline.__main__ import main
 
     # Room for the image store when the run starts (a disk already too full is refused by the preflight's size

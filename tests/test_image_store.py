@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageStat
 
-from pipeline.image_properties import CATEGORICAL_PROPERTIES, NUMERIC_PROPERTIES
-from pipeline.image_store import StaleCacheWarning, build_store, decode_image
+from pipeline.data.image_properties import CATEGORICAL_PROPERTIES, NUMERIC_PROPERTIES
+from pipeline.data.image_store import StaleCacheWarning, build_store, decode_image
 
 SIZE = 16
 
@@ -62,7 +62,7 @@ def expected_pixels(path: str, size: int = SIZE) -> np.ndarray:
 # ---- caching -------------------------------------------------------------------------------------------
 
 def test_a_second_build_reads_the_cache_without_decoding_any_file(tmp_path, capsys, monkeypatch):
-    from pipeline import image_store
+    from pipeline.data import image_store
 
     paths = write_images(tmp_path / "images", 6)
     first = build_store(paths, SIZE, tmp_path / "cache", "train")
@@ -180,7 +180,7 @@ def test_the_scan_and_the_loader_agree_on_bmps_and_bombs(tmp_path):
     """1-bit and RGB565 BMPs passed the old scan and then failed tf.io.decode_image after the teacher had
     trained; a bomb header raised out of the scan. Now the scan is the store's decoder and the model reads
     the store: what the scan passes is exactly what the loader has pixels for."""
-    from pipeline import data
+    from pipeline.data import streams as data
 
     one_bit = tmp_path / "one_bit.bmp"
     image = Image.new("1", (16, 8), 0)
@@ -286,7 +286,7 @@ def test_a_large_jpeg_is_measured_on_its_draft_averaged_in_whole_blocks(tmp_path
 def test_prediction_batches_stream_rows_in_order_from_the_file(tmp_path):
     import keras
 
-    from pipeline import data
+    from pipeline.data import streams as data
 
     paths = write_images(tmp_path / "images", 11)
     store = build_store(paths, SIZE, tmp_path / "cache", "test")
@@ -307,7 +307,7 @@ def test_prediction_batches_stream_rows_in_order_from_the_file(tmp_path):
 
 
 def test_training_stream_shuffles_whole_epochs_with_targets_attached():
-    from pipeline import data
+    from pipeline.data import streams as data
 
     pixels = np.repeat(np.arange(10, dtype=np.uint8), 4 * 4 * 3).reshape(10, 4, 4, 3)  # row i is all i
     y = np.eye(10, dtype=np.float32)

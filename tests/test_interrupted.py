@@ -15,14 +15,14 @@ import pytest
 
 from pipeline.__main__ import main
 from pipeline.files import remove_stale_temporaries, write_text_atomic
-from pipeline.ledger import Ledger
-from pipeline.ledger_schema import MIGRATIONS
+from pipeline.ledger.store import Ledger
+from pipeline.ledger.schema import MIGRATIONS
 
 REPO = Path(__file__).resolve().parent.parent
 
 START_AND_SLEEP = """
     import sys, time
-    from pipeline.ledger import Ledger
+    from pipeline.ledger.store import Ledger
     Ledger(sys.argv[1]).start_run(sys.argv[2], "fisheries", {"pseudo_ratio": 0.25}, "fp", 0)
     print("started", flush=True)
     time.sleep(600)
@@ -114,7 +114,7 @@ def test_a_v3_ledger_migrates_keeping_every_column_and_leaves_rows_without_a_pid
 KILLED_WRITER = """
     import sys
     from pathlib import Path
-    from pipeline import cache
+    from pipeline.cache import entries as cache
     from pipeline.files import write_text_atomic
 
     def hang(path):

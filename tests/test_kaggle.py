@@ -23,7 +23,7 @@ from PIL import Image
 
 from kaggle_server import KEY, PYTHON, REPO_ROOT, FakeKaggle, client_env, write_kaggle_json
 from pipeline.files import sha256_of
-from pipeline.ledger import Ledger
+from pipeline.ledger.store import Ledger
 
 SLUG = "the-nature-conservancy-fisheries-monitoring"
 CLASSES = ["ALB", "BET", "DOL", "LAG", "NoF", "OTHER", "SHARK", "YFT"]
@@ -32,7 +32,7 @@ TEST_IDS = ["img_00001.jpg", "img_00002.jpg", "test_stg2/image_00001.jpg"]
 SUBMIT_SCRIPT = """
 import json, sys
 from pathlib import Path
-from pipeline.kaggle_client import upload_run_submission
+from pipeline.kaggle.client import upload_run_submission
 a = json.loads(sys.argv[1])
 try:
     result = upload_run_submission("fisheries", Path(a["csv"]), Path(a["data"]), a["run_id"], a["message"],
@@ -330,7 +330,7 @@ def test_a_submission_kaggle_cannot_score_is_an_error(tmp_path):
 
 def test_data_leaves_an_existing_folder_alone(tmp_path, monkeypatch, capsys):
     """In-process (no credentials anywhere, so `kaggle` could not even be imported): nothing is downloaded."""
-    from pipeline.kaggle_client import download_competition
+    from pipeline.kaggle.client import download_competition
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for name in [k for k in os.environ if k.startswith("KAGGLE_")]:
@@ -416,7 +416,7 @@ def test_data_delivers_the_amazon_layout_from_tar_7z_archives(tmp_path):
     assert (data / "test-jpg-additional" / "file_0.jpg").read_bytes() == jpeg(20)
     assert "skipped (not needed): train-tif-v2.tar.7z" in proc.stdout
     assert "extracting train-jpg.tar.7z" in proc.stdout and "extracting train-jpg.tar" in proc.stdout
-    from pipeline.registry import get_competition  # the plugin reads it as it is: nothing left to do by hand
+    from pipeline.plugin.registry import get_competition  # the plugin reads it as it is: nothing left to do by hand
 
     assert len(get_competition("amazon").train_items(data)) == 2
     assert sorted(get_competition("amazon").test_items(data)["id"]) == ["file_0", "test_0", "test_1"]

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.__main__ import main
 from pipeline.files import sha256_of
-from pipeline.ledger import SCHEMA_VERSION, Ledger
+from pipeline.ledger.store import SCHEMA_VERSION, Ledger
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -217,7 +217,7 @@ def test_a_read_only_ledger_reads_and_never_writes(tmp_path: Path) -> None:
 WRITER = """
     import sys, time
     from pathlib import Path
-    from pipeline.ledger import Ledger
+    from pipeline.ledger.store import Ledger
     path, name, go, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
     ledger = Ledger(path)
     while not go.exists():
@@ -268,7 +268,7 @@ def test_a_crashing_run_is_recorded_as_failed_and_the_ledger_stays_readable(tmp_
     finished_run(Ledger(path), tmp_path, "good")
     crash = run_python("""
         import sys, traceback
-        from pipeline.ledger import Ledger
+        from pipeline.ledger.store import Ledger
         ledger = Ledger(sys.argv[1])
         ledger.start_run("crash", "fisheries", {}, "fp", 0)
         try:
@@ -283,7 +283,7 @@ def test_a_crashing_run_is_recorded_as_failed_and_the_ledger_stays_readable(tmp_
     # a hot journal): SQLite rolls it back on the next open and nothing committed is lost.
     killed = run_python("""
         import os, sys
-        from pipeline.ledger import Ledger
+        from pipeline.ledger.store import Ledger
         ledger = Ledger(sys.argv[1])
         with ledger._transaction() as db:
             db.execute("UPDATE runs SET status = 'failed', error = 'half-written'")
@@ -329,8 +329,8 @@ def test_runs_cli_list_show_score(tmp_path: Path, capsys: pytest.CaptureFixture)
 @pytest.mark.xdist_group("tensorflow")
 def test_the_pipeline_records_a_run_that_fails_on_bad_data(tmp_path: Path) -> None:
     """run_pipeline on data it rejects: the run is in the ledger as failed, with the real error."""
-    from pipeline.config import RunConfig
-    from pipeline.run import run_pipeline
+    from pipeline.run.config import RunConfig
+    from pipeline.run.stages import run_pipeline
 
     from PIL import Image
 

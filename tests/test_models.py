@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_subsample_then_unit_stride_conv_equals_the_strided_1x1_conv():
     import keras
 
-    from pipeline.models import pointwise
+    from pipeline.model.backbones import pointwise
 
     rng = np.random.default_rng(0)
     for size in (8, 9):  # even and odd sides: "valid" with stride 2 keeps ceil(size / 2) pixels, as the slice does
@@ -34,7 +34,7 @@ def test_subsample_then_unit_stride_conv_equals_the_strided_1x1_conv():
 def test_the_resnet_has_no_strided_1x1_convolution(image_size, width):
     import keras
 
-    from pipeline.models import resnet
+    from pipeline.model.backbones import resnet
 
     convs = [layer for layer in resnet(image_size, width).layers if isinstance(layer, keras.layers.Conv2D)]
     assert convs, "the resnet has convolutions"
@@ -48,8 +48,8 @@ def test_training_the_narrow_resnet_on_odd_batches_does_not_corrupt_the_heap():
     glibc's heap checks, so that a crash fails this test instead of killing the test worker."""
     script = textwrap.dedent("""
         import numpy as np
-        from pipeline import train
-        from pipeline.config import RunConfig
+        from pipeline.model import train
+        from pipeline.run.config import RunConfig
 
         cfg = RunConfig(competition="amazon", data="unused", image_size=32, width=8, min_steps=12, batch_size=32)
         spec = train.ModelSpec(cfg, 5, multi_label=True, flips="both")

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import RunConfig
-from pipeline.registry import get_competition
+from pipeline.run.config import RunConfig
+from pipeline.plugin.registry import get_competition
 from pipeline.submission import load_submission
 from tests.conftest import tiny_config
 
@@ -36,7 +36,7 @@ def data_with_bad_images(tiny_fisheries, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def base_run(data_with_bad_images, tiny_fisheries, tmp_path_factory):
-    from pipeline.run import run_pipeline
+    from pipeline.run.stages import run_pipeline
 
     tmp = tmp_path_factory.mktemp("run")
     # two rounds and the shift check: the run the tests of both read
@@ -98,7 +98,7 @@ def test_only_test_items_are_pseudo_labeled_never_the_holdout(base_run):
 
 
 def test_same_seed_gives_the_same_submission_and_teacher_is_reused(base_run, data_with_bad_images, tmp_path):
-    from pipeline.run import run_pipeline
+    from pipeline.run.stages import run_pipeline
 
     cfg, first = base_run
     again = run_pipeline(cfg.replace(runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"), output=None))
@@ -120,7 +120,7 @@ def test_same_seed_gives_the_same_submission_and_teacher_is_reused(base_run, dat
 
 
 def test_out_of_fold_students_and_private_only_pseudo_labels(tiny_fisheries, tmp_path):
-    from pipeline.run import run_pipeline
+    from pipeline.run.stages import run_pipeline
 
     cfg = tiny_config(tiny_fisheries / "data", tmp_path, epochs=2, pseudo_folds=2, pseudo_groups=("private",), pseudo_labels="hard")
     result = run_pipeline(cfg)
@@ -135,7 +135,7 @@ def test_out_of_fold_students_and_private_only_pseudo_labels(tiny_fisheries, tmp
 
 
 def test_imagefolder_with_accuracy(tmp_path):
-    from pipeline.run import run_pipeline
+    from pipeline.run.stages import run_pipeline
 
     get_competition("imagefolder").make_sample(tmp_path / "s", seed=0)
     cfg = tiny_config(tmp_path / "s" / "data", tmp_path, competition="imagefolder", metric="accuracy",
@@ -149,7 +149,7 @@ def test_imagefolder_with_accuracy(tmp_path):
 def test_frozen_pretrained_backbone_runs_in_feature_cache_mode_from_a_weights_file(tiny_fisheries, tmp_path):
     import keras
 
-    from pipeline.run import run_pipeline
+    from pipeline.run.stages import run_pipeline
 
     weights = tmp_path / "mobilenet.weights.h5"
     keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg", alpha=1.0).save_weights(weights)
@@ -186,7 +186,7 @@ def test_cli_help_lists_every_option_with_defaults():
 
 
 def test_shift_check_runs_before_pseudo_labeling_and_can_stop_the_run(base_run, tiny_fisheries, tmp_path):
-    from pipeline.run import run_pipeline
+    from pipeline.run.stages import run_pipeline
 
     _, result = base_run
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
@@ -215,7 +215,7 @@ def test_verdict_compares_student_control_and_teacher_on_the_same_rows(base_run)
 
 
 def test_guard_submits_the_control_or_teacher_when_the_student_does_not_clearly_win(base_run, tmp_path):
-    from pipeline.run import run_pipeline
+    from pipeline.run.stages import run_pipeline
 
     # guard 1.0: the student must win in every bootstrap resample of the holdout. The guard does not key a model,
     # so this run takes the base run's teacher, students and control from its cache and only decides again.
@@ -231,7 +231,7 @@ def test_guard_submits_the_control_or_teacher_when_the_student_does_not_clearly_
 
 
 def test_cross_validated_teachers_score_every_labeled_image_out_of_fold(tiny_fisheries, tmp_path):
-    from pipeline.run import run_pipeline
+    from pipeline.run.stages import run_pipeline
 
     result = run_pipeline(tiny_config(tiny_fisheries / "data", tmp_path, folds=2))
     metrics = result.metrics

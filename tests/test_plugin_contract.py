@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import pipeline.registry as registry
+import pipeline.plugin.registry as registry
 from competitions.fisheries import Fisheries
-from pipeline.contract import FLIPS, GROUPS, Decision, Metric, check_items
+from pipeline.plugin.contract import FLIPS, GROUPS, Decision, Metric, check_items
 from pipeline.errors import UserError
-from pipeline.preflight import check_before_training
-from pipeline.registry import get_competition, list_competitions, target_matrix
+from pipeline.run.preflight import check_before_training
+from pipeline.plugin.registry import get_competition, list_competitions, target_matrix
 from pipeline.submission import load_submission, read_solution, score_against_solution, validate_submission
 from tests.conftest import tiny_config
 
@@ -149,7 +149,7 @@ def plugin_folder(tmp_path, monkeypatch):
 
 TOY = '''
 from competitions.fisheries import Fisheries
-from pipeline.registry import register
+from pipeline.plugin.registry import register
 
 
 {decorator}
@@ -194,7 +194,7 @@ def test_a_plugin_class_that_breaks_the_contract_is_refused_and_not_listed(attri
 
 
 def test_a_plugin_missing_a_required_method_is_named():
-    from pipeline.registry import Competition
+    from pipeline.plugin.registry import Competition
 
     half = type("Half", (Competition,), {"name": "half", "metrics": (Metric("accuracy", True),)})
     with pytest.raises(UserError, match=r"plugin 'half' .*does not define check_layout, class_names, from_solution"):

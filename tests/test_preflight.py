@@ -1,4 +1,4 @@
-"""pipeline/preflight.py on real files: every problem that would otherwise stop a run only after training is a
+"""pipeline/run/preflight.py on real files: every problem that would otherwise stop a run only after training is a
 UserError before it (issue 11, item 5), and a clean data set passes. No model is trained here."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.preflight import check_before_training, label_problems, submission_problems
-from pipeline.registry import get_competition
+from pipeline.run.preflight import check_before_training, label_problems, submission_problems
+from pipeline.plugin.registry import get_competition
 from tests.conftest import tiny_config
 
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.pseudo import (PseudoSettings, assign_folds, certain_tag_band, confidence_and_classes, select_pseudo_labels,
+from pipeline.method.pseudo import (PseudoSettings, assign_folds, certain_tag_band, confidence_and_classes, select_pseudo_labels,
                              target_count)
 
 
@@ -163,7 +163,7 @@ def test_mismatched_lengths_are_a_value_error():
 
 
 def test_selection_module_does_not_import_tensorflow():
-    code = "import sys, pipeline.pseudo; print('tensorflow' in sys.modules)"
+    code = "import sys, pipeline.method.pseudo; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -180,7 +180,7 @@ def test_a_pool_smaller_than_the_target_is_still_taken_as_a_curriculum():
 
 
 def test_precision_threshold_keeps_the_largest_confident_slice_that_is_right_often_enough():
-    from pipeline.pseudo import precision_threshold
+    from pipeline.method.pseudo import precision_threshold
 
     # by falling confidence: right, right, right, wrong, right -> running precision 1, 1, 1, 0.75, 0.8
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.55, 0.45]])
@@ -192,7 +192,7 @@ def test_precision_threshold_keeps_the_largest_confident_slice_that_is_right_oft
 
 
 def test_precision_threshold_multi_label_counts_the_share_of_tags_decided_right():
-    from pipeline.pseudo import precision_threshold
+    from pipeline.method.pseudo import precision_threshold
 
     probs = np.array([[0.95, 0.05, 0.9], [0.9, 0.2, 0.1]])  # confidences (smallest margin from 0.5): 0.8, 0.6
     y = np.array([[1, 0, 1], [1, 1, 0]], dtype=float)  # the second row gets one tag of three wrong
@@ -201,7 +201,7 @@ def test_precision_threshold_multi_label_counts_the_share_of_tags_decided_right(
 
 
 def test_a_precision_threshold_only_ever_removes_the_least_confident_items():
-    from pipeline.pseudo import PseudoSettings, precision_threshold
+    from pipeline.method.pseudo import PseudoSettings, precision_threshold
 
     rng = np.random.default_rng(0)
     test_probs, scored_probs = rng.dirichlet(np.ones(4), 300), rng.dirichlet(np.ones(4) * 0.3, 100)

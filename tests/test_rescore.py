@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.contract import Decision
+from pipeline.plugin.contract import Decision
 from pipeline.errors import UserError
-from pipeline.registry import get_competition
-from pipeline.rescore import RunFolder, load_run_folder, rescore, submission_table
+from pipeline.plugin.registry import get_competition
+from pipeline.run.rescore import RunFolder, load_run_folder, rescore, submission_table
 
 
 def trained(test):

@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.__main__ import main
 from pipeline.errors import UserError
-from pipeline.ledger import Ledger
+from pipeline.ledger.store import Ledger
 from tests.conftest import tiny_config
 
 tensorflow = pytest.mark.xdist_group("resume")  # its own group: its session-scoped kill-and-resume runs stay on one worker
@@ -46,7 +46,7 @@ def entries(cache: Path) -> set[str]:
 @pytest.fixture(scope="session")
 def reference(tiny_fisheries, tmp_path_factory):
     """An uninterrupted run, with its own caches."""
-    from pipeline.run import run_pipeline
+    from pipeline.run.stages import run_pipeline
 
     tmp = tmp_path_factory.mktemp("reference")
     cfg = tiny_config(tiny_fisheries / "data", tmp, run_name="whole", **SETTINGS)
@@ -91,7 +91,7 @@ def resumed(reference, tiny_fisheries, tmp_path_factory):
 @pytest.mark.slow
 @tensorflow
 def test_a_killed_run_resumes_from_its_cached_models_to_the_uninterrupted_runs_bytes(reference, resumed):
-    from pipeline.resume import run_outputs
+    from pipeline.run.resume import run_outputs
 
     _, whole = reference
     runs, cache, before, row, out = resumed
@@ -131,7 +131,7 @@ def test_resume_refuses_a_finished_run_an_unknown_run_and_options_that_change_th
 @pytest.mark.slow
 @tensorflow
 def test_a_second_run_reuses_every_cached_model_and_retrains_a_damaged_one_to_the_same_bytes(reference, capsys):
-    from pipeline.run import run_pipeline
+    from pipeline.run.stages import run_pipeline
 
     cfg, whole = reference
     damaged = next(info["key"] for info in whole.metrics["student_training"] if info.get("round") == 2)
@@ -150,8 +150,8 @@ def test_a_second_run_reuses_every_cached_model_and_retrains_a_damaged_one_to_th
 
 
 def test_a_models_key_changes_with_every_option_but_those_declared_not_to_change_a_model(tmp_path):
-    from pipeline.config import RunConfig
-    from pipeline.model_cache import NOT_CONTROL_SETTINGS, NOT_MODEL_SETTINGS, control_key, student_key
+    from pipeline.run.config import RunConfig
+    from pipeline.cache.models import NOT_CONTROL_SETTINGS, NOT_MODEL_SETTINGS, control_key, student_key
 
     cfg = tiny_config(tmp_path / "data", tmp_path)
     # a renamed option is not silently keyed

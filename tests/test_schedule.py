@@ -9,7 +9,7 @@ import pytest
 def test_warmup_cosine_gives_kerass_values_at_every_step(steps, warmup):
     import keras
 
-    from pipeline.train import WarmupCosineDecay
+    from pipeline.model.train import WarmupCosineDecay
 
     args = (2e-4, max(1, steps - warmup))
     options = dict(alpha=0.0, warmup_target=2e-3, warmup_steps=warmup)
@@ -26,7 +26,7 @@ def test_adamw_with_the_schedule_updates_as_with_kerass():
     import keras
     import tensorflow as tf
 
-    from pipeline.train import WarmupCosineDecay
+    from pipeline.model.train import WarmupCosineDecay
 
     def train(schedule) -> list[np.ndarray]:
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=0.05)

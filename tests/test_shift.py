@@ -11,11 +11,11 @@ from scipy import stats
 from scipy.stats.contingency import association
 
 from pipeline.__main__ import main
-from pipeline.image_store import build_store, decode_image, measure_images
-from pipeline.registry import GROUPS, get_competition
-from pipeline.shift import FAIL, OK, TOO_FEW, WARN, ShiftSettings, assess_shift
-from pipeline.shift_plots import PLOT_NAMES
-from pipeline.shift_stats import adversarial_validation, compare_numeric, cramers_v
+from pipeline.data.image_store import build_store, decode_image, measure_images
+from pipeline.plugin.registry import GROUPS, get_competition
+from pipeline.shift.assess import FAIL, OK, TOO_FEW, WARN, ShiftSettings, assess_shift
+from pipeline.shift.plots import PLOT_NAMES
+from pipeline.shift.stats import adversarial_validation, compare_numeric, cramers_v
 
 # Fewer permutations and trees than the defaults keep the file fast; p can still reach 0.05.
 FAST = ShiftSettings(n_permutations=19, n_trees=30, progress_every=0)

@@ -13,13 +13,13 @@ import pytest
     (10, 0, 0),
 ])
 def test_pseudo_items_per_batch_follow_their_share_of_the_pool(n_train, n_pseudo, expected):
-    from pipeline.train import pseudo_batch_size
+    from pipeline.model.train import pseudo_batch_size
 
     assert pseudo_batch_size(32, n_train, n_pseudo) == expected
 
 
 def test_the_labeled_part_of_each_batch_is_what_a_fit_without_pseudo_labels_sees():
-    from pipeline.train import training_batches
+    from pipeline.model.train import training_batches
 
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 255, (50, 4, 4, 3), dtype=np.uint8), rng.random((50, 3)).astype(np.float32)
@@ -37,7 +37,7 @@ def test_the_labeled_part_of_each_batch_is_what_a_fit_without_pseudo_labels_sees
 
 
 def test_pseudo_labeled_items_carry_their_own_loss_weights_and_real_ones_weigh_1():
-    from pipeline.train import training_batches
+    from pipeline.model.train import training_batches
 
     rng = np.random.default_rng(1)
     x, y = rng.integers(0, 255, (40, 4, 4, 3), dtype=np.uint8), rng.random((40, 3)).astype(np.float32)
@@ -53,7 +53,7 @@ def test_pseudo_labeled_items_carry_their_own_loss_weights_and_real_ones_weigh_1
 
 
 def test_calibrated_weights_follow_how_often_the_labeler_is_right_at_each_confidence():
-    from pipeline.pseudo import correctness_weights
+    from pipeline.method.pseudo import correctness_weights
 
     # scored rows: right when confident (>= 0.8), wrong otherwise
     probs = np.array([[0.9, 0.1], [0.85, 0.15], [0.95, 0.05], [0.6, 0.4], [0.55, 0.45], [0.4, 0.6]])
@@ -65,8 +65,8 @@ def test_calibrated_weights_follow_how_often_the_labeler_is_right_at_each_confid
 
 def test_a_students_epochs_count_the_items_its_steps_draw():
     """--student-epochs are passes over train + pseudo-labeled items, in the batches the student draws."""
-    from pipeline.config import RunConfig
-    from pipeline.train import ModelSpec
+    from pipeline.run.config import RunConfig
+    from pipeline.model.train import ModelSpec
 
     spec = ModelSpec(RunConfig(competition="fisheries", batch_size=32, min_steps=1), n_classes=3, multi_label=False)
     assert spec.steps(640, 3) == 60  # 20 batches of 32 a pass: the teacher's and the control's count
@@ -79,8 +79,8 @@ def test_a_students_epochs_count_the_items_its_steps_draw():
 
 def test_auto_student_augmentation_follows_the_passes_over_the_labels():
     """`auto`: Noisy Student's strong noise for a long fit over few labels, none for a short fine-tune."""
-    from pipeline.config import STRONG_NOISE_PASSES
-    from pipeline.train import labeled_passes, student_augment_level
+    from pipeline.run.config import STRONG_NOISE_PASSES
+    from pipeline.model.train import labeled_passes, student_augment_level
 
     assert labeled_passes(800, 32, 80, 1520, pooled=False) == 320  # 10 labels a class: 32 of 80 labeled items a step
     assert labeled_passes(100, 32, 640, 600, pooled=False) == 5  # the amazon sample at the demo budget

@@ -9,7 +9,7 @@ import pytest
 
 from competitions.single_label import kaggle_log_loss
 from pipeline.files import write_csv_atomic
-from pipeline.registry import get_competition
+from pipeline.plugin.registry import get_competition
 from pipeline.submission import reindex_to_expected, score_against_solution, validate_submission
 
 CLASSES = ["ALB", "BET", "DOL", "LAG", "NoF", "OTHER", "SHARK", "YFT"]

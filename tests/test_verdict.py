@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.registry import Decision, get_competition
-from pipeline.split import TRAIN_ONLY, assign_folds, split_table
-from pipeline.verdict import decide_submission
+from pipeline.plugin.registry import Decision, get_competition
+from pipeline.data.split import TRAIN_ONLY, assign_folds, split_table
+from pipeline.method.verdict import decide_submission
 
 
 def one_hot(labels: np.ndarray, k: int) -> np.ndarray:
@@ -95,7 +95,7 @@ def test_too_many_folds_is_a_user_error():
 def test_the_per_row_bootstrap_matches_calling_the_metric_on_each_resample(fisheries):
     """metric_rows makes the bootstrap fast; it must resample the same rows and find the same gains."""
     from competitions.fisheries import Fisheries
-    from pipeline.verdict import compare
+    from pipeline.method.verdict import compare
 
     class MetricOnly(Fisheries):  # no per-row values: the bootstrap calls the metric per resample
         def metric_rows(self, y_true, y_submitted):

@@ -1,0 +1,1 @@
+"""Kaggle: credentials, downloads, submissions, and safe extraction of the competition archives."""

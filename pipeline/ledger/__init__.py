@@ -1,0 +1,1 @@
+"""The SQLite ledger of every run, and comparisons between runs."""

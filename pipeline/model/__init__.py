@@ -1,0 +1,1 @@
+"""Backbones, fitting and predicting (thin Keras), and multi-device / multi-worker distribution."""

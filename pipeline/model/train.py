@@ -1,0 +1,312 @@
+"""Fit and predict: thin Keras code shared by the teacher, the control and the students.
+
+Every fit runs a fixed budget of optimizer steps (AdamW, short warm-up, cosine decay to zero) instead of
+early stopping on the holdout: the holdout then only scores, so its score is not biased by picking epochs.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.data import augment
+from pipeline.data import streams as data
+from pipeline.model import distribute
+from pipeline.model import backbones as models
+from pipeline.run.config import PREDICTION_BATCH, STRONG_NOISE_PASSES, RunConfig
+
+
+class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
+    """Keras's CosineDecay with warm-up, the same values computed without a graph branch.
+
+    The optimizer evaluates its schedule for every variable (AdamW's weight decay reads `learning_rate` once per
+    variable) while tf.function traces the train step, and Keras's `ops.cond` made those evaluations about a third
+    of a short fit's tracing. Both branches here are Keras's own arithmetic; `where` picks one (the unused warm-up
+    branch may divide by zero). In a traced graph the schedule is built once per step variable and reused: every
+    evaluation in one train step reads the same step count (the optimizer counts the step after its update), so
+    the values are the same, and 30 evaluations were still 0.8 s of a 5 s trace of the default model.
+    """
+
+    def __call__(self, step):
+        if not tf.inside_function():
+            return self._value(step)
+        traced = self.__dict__.setdefault("_traced", weakref.WeakKeyDictionary())  # graph -> (step, value)
+        graph = tf.compat.v1.get_default_graph()
+        if graph not in traced or traced[graph][0] is not step:
+            traced[graph] = (step, self._value(step))
+        return traced[graph][1]
+
+    def _value(self, step):
+        from keras import ops
+
+        start = ops.convert_to_tensor(self.initial_learning_rate)
+        dtype = start.dtype
+        decay_steps, warmup_steps = ops.cast(self.decay_steps, dtype), ops.cast(self.warmup_steps, dtype)
+        target = ops.cast(self.warmup_target, dtype)
+        step = ops.minimum(ops.cast(step, dtype), decay_steps + warmup_steps)
+        return ops.where(step < warmup_steps, self._warmup_function(step, warmup_steps, target, start),
+                         self._decay_function(step - warmup_steps, decay_steps, target, dtype))
+
+
+class MaskedBinaryCrossentropy(keras.losses.Loss):
+    """Keras's BinaryCrossentropy (with label smoothing) over the known tags only: a NaN target is no label.
+
+    A pseudo-labeled multi-label item keeps the tags its labeling model is sure of and leaves the rest
+    unlabeled (UPS, Rizve et al. 2021), instead of forcing a 0 or 1 on every tag. With no NaN it equals Keras's loss.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "masked_binary_crossentropy") -> None:
+        super().__init__(name=name)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        from keras import ops
+
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.cast(y_true, y_pred.dtype)
+        known = ops.logical_not(ops.isnan(y_true))
+        target = ops.where(known, y_true, ops.zeros_like(y_true)) * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+        per_tag = ops.binary_crossentropy(target, y_pred)
+        weight = ops.cast(known, y_pred.dtype)
+        return ops.sum(per_tag * weight, axis=-1) / ops.maximum(ops.sum(weight, axis=-1), 1.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same machine -> same weights, batches and predictions."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How items are fed (uint8 images, or cached embeddings of a frozen backbone) and which model learns them."""
+
+    cfg: RunConfig
+    n_classes: int
+    multi_label: bool
+    flips: str = "horizontal"  # which mirror images keep the label (the competition's call)
+    feature_dim: int | None = None  # set in feature-cache mode
+
+    def build(self) -> keras.Model:
+        if self.feature_dim is not None:
+            return models.feature_classifier(self.feature_dim, self.n_classes, self.multi_label)
+        if self.cfg.backbone == models.RESNET:
+            backbone = models.resnet(self.cfg.image_size, self.cfg.width)
+        elif self.cfg.backbone == models.SMALL_CNN:
+            backbone = models.small_cnn(self.cfg.image_size)
+        else:
+            backbone = models.pretrained_backbone(self.cfg.backbone, self.cfg.image_size, self.cfg.weights)
+        return models.image_classifier(backbone, self.n_classes, self.multi_label, trainable_backbone=True)
+
+    def loss(self) -> keras.losses.Loss:
+        smoothing = self.cfg.label_smoothing
+        if self.multi_label:
+            return MaskedBinaryCrossentropy(label_smoothing=smoothing)
+        return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+
+    def steps(self, n_items: int, epochs: int, n_pseudo: int = 0, pooled: bool = False) -> int:
+        """The optimizer steps of one fit: `epochs` passes over its n_items (+ n_pseudo) items, at least --min-steps.
+
+        A pass is counted in the batches the fit draws: --batch-size items a step, plus `pseudo_batch_size` on top
+        unless `pooled` (one pool of both, --batch-size items a step).
+        """
+        per_step = self.cfg.batch_size + (0 if pooled else pseudo_batch_size(self.cfg.batch_size, n_items, n_pseudo))
+        return max(self.cfg.min_steps, epochs * math.ceil((n_items + n_pseudo) / per_step))
+
+
+class StepLog(keras.callbacks.Callback):
+    """About ten progress lines per fit: step, training loss, seconds."""
+
+    def __init__(self, name: str, steps: int) -> None:
+        super().__init__()
+        self.name, self.steps, self.start, self.done = name, steps, time.perf_counter(), 0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.done = min(self.steps, self.done + self.params["steps"])
+        loss = (logs or {}).get("loss", float("nan"))
+        print(f"  {self.name}: step {self.done}/{self.steps}, loss {loss:.4f} ({time.perf_counter() - self.start:.0f}s)", flush=True)
+
+
+def pseudo_batch_size(batch_size: int, n_train: int, n_pseudo: int) -> int:
+    """Pseudo-labeled items added to each step's --batch-size train items: their share of the pool, at most as
+    many as the train items (1/4 of the combined set -> a third of a batch on top), at least 1."""
+    if n_pseudo <= 0:
+        return 0
+    return int(min(batch_size, max(1, round(batch_size * n_pseudo / max(n_train, 1)))))
+
+
+def labeled_passes(steps: int, batch_size: int, n_train: int, n_pseudo: int, pooled: bool) -> float:
+    """How many times a student fit goes over each labeled item (real+pseudo: --batch-size of them a step)."""
+    per_step = batch_size * n_train / (n_train + n_pseudo) if pooled else batch_size
+    return steps * per_step / max(n_train, 1)
+
+
+def applied_augmentation(spec: ModelSpec, level: str) -> str:
+    """The augmentation a fit of `spec` applies at `level`: none on a frozen backbone's cached embeddings, which
+    have no images to warp."""
+    return "none" if spec.feature_dim is not None else level
+
+
+def student_augment_level(level: str, passes: float) -> str:
+    """--student-augment, with `auto` resolved by the labeled passes: strong above STRONG_NOISE_PASSES, else none."""
+    if level != "auto":
+        return level
+    return "strong" if passes > STRONG_NOISE_PASSES else "none"
+
+
+def training_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
+                     pseudo: tuple[np.ndarray, np.ndarray] | None = None, weights: np.ndarray | None = None,
+                     pseudo_weights: np.ndarray | None = None) -> tuple[tf.data.Dataset, int]:
+    """Endless (items, targets, loss weights) batches of a fit, and how many pseudo-labeled items each batch adds
+    (see `fit`)."""
+    batches = data.training_stream(x, y, seed, weights).batch(batch_size)
+    if pseudo is None or len(pseudo[0]) == 0:
+        return batches, 0
+    extra = pseudo_batch_size(batch_size, len(x), len(pseudo[0]))
+    on_top = data.training_stream(*pseudo, seed + 1, pseudo_weights).batch(extra)
+    return tf.data.Dataset.zip((batches, on_top)).map(
+        lambda a, b: tuple(tf.concat([a[i], b[i]], axis=0) for i in range(3))), extra
+
+
+def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, seed: int, augment_level: str,
+        init: Path | list[np.ndarray] | None = None,
+        pseudo: tuple[np.ndarray, np.ndarray] | None = None, weights: np.ndarray | None = None,
+        pseudo_weights: np.ndarray | None = None) -> tuple[keras.Model, dict]:
+    """Train on (x, targets) for exactly `steps` optimizer steps; `init` starts from saved or given weights.
+
+    With `pseudo` (items, targets), every step takes --batch-size items of (x, y), the very stream a fit without
+    them sees, plus `pseudo_batch_size` pseudo-labeled items on top (from their own shuffled stream): the labeled
+    data is seen as often as the control sees it, and what the pseudo-labels add is all that differs.
+    `weights` (per item of x) and `pseudo_weights` (per pseudo-labeled item) scale each item's loss; default 1.
+
+    Under the run's strategy (pipeline/model/distribute.py) each global batch of --batch-size items is split across
+    the replicas and their gradients all-reduced into the global batch's, so the steps and schedule do not depend on
+    the number of devices.
+    """
+    cfg = spec.cfg
+    seed_everything(seed)
+    with distribute.model_scope():  # variables (and the optimizer's, built from them) mirrored on every replica
+        model = spec.build()
+        if isinstance(init, Path):
+            model.load_weights(init)
+        elif init is not None:
+            model.set_weights(init)
+        warmup = min(100, steps // 10)
+        schedule = WarmupCosineDecay(cfg.learning_rate * 0.1, max(1, steps - warmup), alpha=0.0,
+                                     warmup_target=cfg.learning_rate, warmup_steps=warmup)
+        model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay), loss=spec.loss())
+        # Built here, not lazily in the first step: a variable created while tf.function traces the train step makes
+        # it trace that step twice, and tracing is most of a short fit's time (a tiny fit: 2 traces -> 1)
+        model.optimizer.build(model.trainable_variables)
+        if distribute.is_multiworker():
+            distribute.detach_for_multiworker(model)
+    batches, extra = training_batches(x, y, cfg.batch_size, seed, pseudo, weights, pseudo_weights)
+    augment_level = applied_augmentation(spec, augment_level)
+    noise = augment.augmenter(augment_level, spec.flips)
+    if noise is not None:
+        batches = batches.map(lambda images, targets, loss_weights: (noise(tf.cast(images, tf.float32), training=True),
+                                                                     targets, loss_weights),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    batches = distribute.shard_by_data(data.without_autotuning(batches.prefetch(tf.data.AUTOTUNE)))
+    chunk = max(1, math.ceil(steps / 10))
+    started = time.perf_counter()
+    with warnings.catch_warnings():  # Keras warns that a tf.data input ignores shuffle=True; ours is shuffled
+        warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+        with distribute.strategy().scope(), distribute.peers_alive(f"the fit of the {name}"):
+            # the scope is a no-op on one device, and where a multi-worker model finds its strategy
+            history = model.fit(batches, epochs=math.ceil(steps / chunk), steps_per_epoch=chunk, verbose=0,
+                                callbacks=[StepLog(name, steps)])
+    distribute.average_replica_statistics(model)
+    losses = history.history["loss"]
+    n_pseudo = 0 if pseudo is None else int(len(pseudo[0]))
+    return model, {"steps": int(math.ceil(steps / chunk) * chunk), "items": int(len(x)) + n_pseudo,
+                   "batch": cfg.batch_size + extra, "pseudo_per_batch": extra, "augment": augment_level,
+                   "final_loss": float(losses[-1]), "seconds": round(time.perf_counter() - started, 2),
+                   "strategy": type(distribute.strategy()).__name__, "replicas": distribute.replicas()}
+
+
+def adapted_batch_norm(model: keras.Model, source: np.ndarray, rows: np.ndarray, batch_size: int) -> list[tuple]:
+    """Set every batch-norm layer's moving statistics to those of its inputs over source[rows] (AdaBN, Li et al.
+    2016), and return what to restore: [(layer, moving mean, moving variance)].
+
+    Why: a test group filmed darker, in another colour or blurrier shifts every layer's activations, and the
+    statistics learned on train then normalise them wrongly; re-estimated on the group's own images (no label
+    needed), each layer sees inputs centred and scaled as in training. Each batch's mean and variance enter a running
+    average weighted by its size (the momentum of a cumulative mean), so the result does not depend on how many
+    batches there are; the within-batch variances miss the spread between batch means, negligible at these sizes.
+    """
+    layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [(layer, layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers]
+    if not layers or len(rows) == 0:
+        return saved
+    momenta = [layer.momentum for layer in layers]
+    seen = 0
+    try:
+        for batch in data.prediction_batches(source, rows, batch_size):
+            n = int(batch.shape[0])
+            for layer in layers:
+                layer.momentum = seen / (seen + n)  # moving = moving * seen/(seen+n) + batch * n/(seen+n)
+            model(tf.cast(batch, tf.float32), training=True)  # updates the moving statistics; no weight changes
+            seen += n
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return saved
+
+
+def restore_batch_norm(saved: list[tuple]) -> None:
+    for layer, mean, variance in saved:
+        layer.moving_mean.assign(mean)
+        layer.moving_variance.assign(variance)
+
+
+def predict(model: keras.Model, source: np.ndarray, rows: np.ndarray | None, spec: ModelSpec,
+            adapt: bool = False) -> np.ndarray:
+    """Probabilities in row order, streamed batch by batch; averaged with the mirror image when --tta allows.
+
+    `adapt`: predict with batch-norm statistics re-estimated on these rows' own images (adapted_batch_norm), then
+    put the model's own back. Cached embeddings of a frozen backbone have no batch norm left to adapt.
+
+    Mirrored replicas split each batch and Keras concatenates their outputs in order. Across machines each
+    worker predicts every row on its own device (distribute.detach_for_multiworker; training keeps the weights
+    in step), instead of Keras gathering shards in an order that depends on how tf.data split them.
+    """
+    n_out = model.output_shape[-1]
+    if spec.feature_dim is not None:  # cached embeddings: a small in-memory array
+        x = np.asarray(source if rows is None else source[rows], dtype=np.float32)
+        return model.predict(x, batch_size=1024, verbose=0).astype(np.float32) if len(x) else np.zeros((0, n_out), np.float32)
+    rows = np.arange(len(source)) if rows is None else np.asarray(rows)
+    if len(rows) == 0:
+        return np.zeros((0, n_out), dtype=np.float32)
+    saved = adapted_batch_norm(model, source, rows, spec.cfg.batch_size * PREDICTION_BATCH) if adapt else []
+    try:
+        batches = data.prediction_batches(source, rows, spec.cfg.batch_size * PREDICTION_BATCH)
+        probs = model.predict(batches, verbose=0).astype(np.float32)
+        if spec.cfg.tta and "horizontal" in spec.flips:
+            mirrored = batches.map(lambda images: tf.reverse(images, axis=[2]))
+            probs = (probs + model.predict(mirrored, verbose=0).astype(np.float32)) / 2
+    finally:
+        restore_batch_norm(saved)
+    return probs
+
+
+def embed(backbone: keras.Model, source: np.ndarray, cfg: RunConfig, what: str) -> np.ndarray:
+    """Embeddings of a frozen backbone for every row of `source`, with progress; cached by the caller."""
+    out = []
+    rows = np.arange(len(source))
+    for done, batch in enumerate(data.prediction_batches(source, rows, cfg.batch_size), start=1):
+        out.append(backbone(tf.cast(batch, tf.float32), training=False).numpy())
+        if done % 20 == 0:
+            print(f"  embedded {min(done * cfg.batch_size, len(rows))}/{len(rows)} {what} images", flush=True)
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, backbone.output_shape[-1]), np.float32)

@@ -1,0 +1,1 @@
+"""One run: its options, its stages, its folder and outputs, resume, rescore and sweeps."""

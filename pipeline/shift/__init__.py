@@ -1,0 +1,1 @@
+"""Distribution shift between train, public and private: image properties, two-sample tests, plots."""
