@@ -23,7 +23,8 @@ from sklearn.metrics import fbeta_score
 
 from pipeline.errors import UserError
 from pipeline.files import is_utf8, printable
-from pipeline.plugin.registry import Competition, Decision, Metric, register
+from pipeline.plugin.api import Competition, Decision, Metric
+from pipeline.plugin.registry import register
 
 TAGS: tuple[str, ...] = tuple(sorted((
     "agriculture", "artisinal_mine", "bare_ground", "blooming", "blow_down", "clear", "cloudy",

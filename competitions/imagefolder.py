@@ -15,8 +15,8 @@ import pandas as pd
 from competitions.single_label import (ProbabilityTableCompetition, folder_entries, list_class_folder_items,
                                        visible_files)
 from pipeline.errors import UserError
-from pipeline.plugin.contract import FLIPS
-from pipeline.plugin.registry import GROUPS, register
+from pipeline.plugin.api import FLIPS, GROUPS
+from pipeline.plugin.registry import register
 
 HINT = "expected DATA/train/<class>/<images> and DATA/test/[public|private]/<images>; `make demo COMP=imagefolder` makes an example"
 

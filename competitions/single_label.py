@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from pipeline.errors import UserError
 from pipeline.files import printable
-from pipeline.plugin.registry import Competition, Metric
+from pipeline.plugin.api import Competition, Metric
 
 KAGGLE_LOGLOSS_EPS = 1e-15
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import UserError
-from pipeline.plugin.registry import Competition
+from pipeline.plugin.api import Competition
 
 
 def reindex_to_expected(ids: list[str], y_submitted: np.ndarray, expected_ids: list[str]) -> tuple[list[str], np.ndarray]:

@@ -11,7 +11,8 @@ from PIL import Image
 from sklearn.metrics import fbeta_score
 
 from competitions.amazon import TAGS, WEATHER, Amazon, _row_f2
-from pipeline.plugin.registry import Decision, get_competition, target_matrix
+from pipeline.plugin.api import Decision, target_matrix
+from pipeline.plugin.registry import get_competition
 
 CLASSES = list(TAGS)
 

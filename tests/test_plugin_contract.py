@@ -16,10 +16,11 @@ import pytest
 
 import pipeline.plugin.registry as registry
 from competitions.fisheries import Fisheries
-from pipeline.plugin.contract import FLIPS, GROUPS, Decision, Metric, check_items
+from pipeline.plugin.api import FLIPS, GROUPS, Decision, Metric, target_matrix
+from pipeline.plugin.contract import check_items
 from pipeline.errors import UserError
 from pipeline.run.preflight import check_before_training
-from pipeline.plugin.registry import get_competition, list_competitions, target_matrix
+from pipeline.plugin.registry import get_competition, list_competitions
 from pipeline.submission import load_submission, read_solution, score_against_solution, validate_submission
 from tests.conftest import tiny_config
 
@@ -194,7 +195,7 @@ def test_a_plugin_class_that_breaks_the_contract_is_refused_and_not_listed(attri
 
 
 def test_a_plugin_missing_a_required_method_is_named():
-    from pipeline.plugin.registry import Competition
+    from pipeline.plugin.api import Competition
 
     half = type("Half", (Competition,), {"name": "half", "metrics": (Metric("accuracy", True),)})
     with pytest.raises(UserError, match=r"plugin 'half' .*does not define check_layout, class_names, from_solution"):

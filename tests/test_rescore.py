@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.plugin.contract import Decision
+from pipeline.plugin.api import Decision
 from pipeline.errors import UserError
 from pipeline.plugin.registry import get_competition
 from pipeline.run.rescore import RunFolder, load_run_folder, rescore, submission_table

@@ -12,7 +12,8 @@ from scipy.stats.contingency import association
 
 from pipeline.__main__ import main
 from pipeline.data.image_store import build_store, decode_image, measure_images
-from pipeline.plugin.registry import GROUPS, get_competition
+from pipeline.plugin.api import GROUPS
+from pipeline.plugin.registry import get_competition
 from pipeline.shift.assess import FAIL, OK, TOO_FEW, WARN, ShiftSettings, assess_shift
 from pipeline.shift.plots import PLOT_NAMES
 from pipeline.shift.stats import adversarial_validation, compare_numeric, cramers_v

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.plugin.registry import Decision, get_competition
+from pipeline.plugin.api import Decision
+from pipeline.plugin.registry import get_competition
 from pipeline.data.split import TRAIN_ONLY, assign_folds, split_table
 from pipeline.method.verdict import decide_submission
 

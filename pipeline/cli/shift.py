@@ -9,7 +9,8 @@ from pathlib import Path
 from pipeline.run.config import CACHE_DIR, SUBMISSIONS_DIR, RunConfig
 from pipeline.data.image_store import build_store
 from pipeline.run.preflight import folder_problems, inside_folder_problems
-from pipeline.plugin.registry import GROUPS, get_competition
+from pipeline.plugin.api import GROUPS
+from pipeline.plugin.registry import get_competition
 from pipeline.shift.assess import ShiftSettings, assess_shift
 from pipeline.errors import UserError
 

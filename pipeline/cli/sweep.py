@@ -13,7 +13,7 @@ from pipeline.cli.compare import add_compare_options, print_comparison
 from pipeline.run.config import add_run_options, config_from_args
 from pipeline.errors import UserError
 from pipeline.ledger.store import Ledger
-from pipeline.plugin.registry import GROUPS
+from pipeline.plugin.api import GROUPS
 from pipeline.run.sweep import run_sweep, summary, sweep_settings
 
 

@@ -17,7 +17,7 @@ import math
 import keras
 from keras import layers, ops
 
-from pipeline.plugin.contract import FLIPS
+from pipeline.plugin.api import FLIPS
 
 STRENGTH = {"light": 0.0, "standard": 1.0, "strong": 1.5}
 

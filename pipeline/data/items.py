@@ -12,7 +12,7 @@ import pandas as pd
 from pipeline.data import split
 from pipeline.run.config import RunConfig
 from pipeline.errors import UserError
-from pipeline.plugin.registry import GROUPS, Competition, target_matrix
+from pipeline.plugin.api import GROUPS, Competition, target_matrix
 
 
 @dataclass

@@ -18,7 +18,8 @@ from pipeline.kaggle.archive_formats import is_archive
 from pipeline.kaggle.extract import ExtractSummary, Limits, extract_archive
 from pipeline.files import sha256_of
 from pipeline.kaggle.credentials import SETUP_STEPS, Credentials, ScrubbingStream, find_credentials, scrub
-from pipeline.plugin.registry import Competition, get_competition
+from pipeline.plugin.api import Competition
+from pipeline.plugin.registry import get_competition
 from pipeline.errors import UserError
 
 COMPLETE, PENDING, ERROR = "COMPLETE", "PENDING", "ERROR"

@@ -25,7 +25,8 @@ from scipy import stats
 from pipeline.errors import UserError
 from pipeline.files import sha256_of
 from pipeline.ledger.store import Ledger
-from pipeline.plugin.registry import Competition, get_competition
+from pipeline.plugin.api import Competition
+from pipeline.plugin.registry import get_competition
 from pipeline.submission import align_to_solution, read_solution, score_against_solution
 
 SORT_KEYS = ("holdout", "public", "private")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.plugin.registry import GROUPS  # the leaderboard groups, defined once with the plugin contract
+from pipeline.plugin.api import GROUPS  # the leaderboard groups, defined once in the plugin API
 
 STATUSES = ("selected", "below threshold", "over class cap", "over quota", "not eligible", "group not pseudo-labeled")
 # why selection stopped, per group: a closed set (scikit-learn's termination_condition_), details go in text

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.plugin.contract import Decision
+from pipeline.plugin.api import Decision
 
 BOOTSTRAP_RESAMPLES = 500
 

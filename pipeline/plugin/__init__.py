@@ -1,1 +1,2 @@
-"""The competition plugin API: the contract a plugin meets and the registry that finds plugins."""
+"""The competition plugin API (api.py), the contract that checks a plugin against it (contract.py) and the
+registry that finds plugins by name (registry.py)."""

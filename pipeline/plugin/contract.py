@@ -5,96 +5,32 @@ abstract method left), and its item tables when a run lists them (required colum
 private, unique non-empty ids and paths, labels that are tuples of known classes; names that are valid UTF-8
 and class names that a submission can hold beside its id). Every failure is a
 UserError naming the plugin, the column or value, and the fix, so a broken plugin fails at once instead
-of after training. The two value types the engine reads from a plugin live here too: `Metric` (a metric's
-name and direction) and `Decision` (what turns probabilities into a submission, fit on the scored rows).
+of after training. The types it checks against live in pipeline/plugin/api.py.
 """
 from __future__ import annotations
 
 import inspect
-import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
 
 from pipeline.errors import UserError
 from pipeline.files import is_utf8, printable
+from pipeline.plugin.api import FLIPS, GROUPS, TEST_COLUMNS, TRAIN_COLUMNS, Competition, Metric
 
-if TYPE_CHECKING:
-    from pipeline.plugin.registry import Competition
-
-TRAIN_COLUMNS = ("path", "labels")  # labels: tuple of class names (exactly one for single-label)
-TEST_COLUMNS = ("path", "id", "group")  # group: "public" or "private" (the leaderboard it counts for)
-GROUPS = ("public", "private")
-FLIPS = ("none", "horizontal", "horizontal_and_vertical")
 PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
-SHOW = 3  # values quoted in a message
 # why a name must be valid UTF-8: what a message about one says
 NOT_UTF8 = ("shown with its bytes as \\xNN; Linux file names are bytes, and this one cannot be written to the submission "
             "CSV, the run's JSON files or the ledger")
 
 
-@dataclass(frozen=True)
-class Metric:
-    """A leaderboard metric and its direction: the verdict, the guard and every ranking read the direction."""
-
-    name: str
-    higher_is_better: bool
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What turns probabilities into the submitted values, fit on the scored rows by `Competition.fit_decision`.
-
-    `thresholds`: per-class cut-offs (multi-label), None when the probabilities are submitted or argmaxed;
-    pseudo-label selection reads them too ("confidently on/off" is relative to them). `scores`: figures
-    recorded beside it (e.g. the metric at a flat threshold), never read by the engine.
-    """
-
-    thresholds: tuple[float, ...] | None = None
-    scores: Mapping[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.thresholds is not None:
-            values = tuple(float(t) for t in np.asarray(self.thresholds, dtype=np.float64).ravel())
-            if not all(math.isfinite(t) for t in values):
-                raise ValueError(f"decision thresholds must be finite, got {values}")
-            object.__setattr__(self, "thresholds", values)
-        object.__setattr__(self, "scores", {str(k): float(v) for k, v in dict(self.scores).items()})
-
-    @property
-    def threshold_array(self) -> np.ndarray | None:
-        return None if self.thresholds is None else np.asarray(self.thresholds, dtype=np.float64)
-
-    def to_dict(self) -> dict:
-        """The JSON form kept in metrics.json: {"thresholds": [...] or null, <score name>: value, ...}."""
-        return {"thresholds": None if self.thresholds is None else list(self.thresholds), **self.scores}
-
-    @classmethod
-    def from_dict(cls, record: Mapping[str, Any], where: str = "decision") -> "Decision":
-        """Read `to_dict`'s form back (metrics.json); a malformed record is a UserError naming `where`."""
-        if not isinstance(record, Mapping):
-            raise UserError(f"{where} must be a JSON object like {{\"thresholds\": null}}, got {record!r}")
-        thresholds = record.get("thresholds")
-        if thresholds is not None and not (isinstance(thresholds, list) and all(_is_number(t) for t in thresholds)):
-            raise UserError(f"{where}: thresholds must be null or a list of numbers, got {thresholds!r}")
-        scores = {k: v for k, v in record.items() if k != "thresholds"}
-        bad = [k for k, v in scores.items() if not _is_number(v)]
-        if bad:
-            raise UserError(f"{where}: {bad[0]!r} must be a number, got {scores[bad[0]]!r}")
-        return cls(None if thresholds is None else tuple(thresholds), scores)
-
-
 def check_plugin_class(cls: type) -> None:
     """Refuse a plugin class that the engine could not use: called by `@register`, before it is listed."""
-    from pipeline.plugin.registry import Competition
-
     where = f"plugin class {cls.__module__}.{cls.__qualname__}"
     if not (isinstance(cls, type) and issubclass(cls, Competition)):
-        raise UserError(f"{where} is not a subclass of pipeline.plugin.registry.Competition; subclass it to register")
+        raise UserError(f"{where} is not a subclass of pipeline.plugin.api.Competition; subclass it to register")
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not PLUGIN_NAME.match(name):
         raise UserError(f"{where}: name = {name!r} must be lowercase letters, digits, '_' or '-' (it is the "
@@ -128,7 +64,7 @@ def check_flips(flips: object, where: str) -> None:
                         "the label)")
 
 
-def check_items(competition: "Competition", data_dir: Path, train: pd.DataFrame, test: pd.DataFrame) -> None:
+def check_items(competition: Competition, data_dir: Path, train: pd.DataFrame, test: pd.DataFrame) -> None:
     """Both item tables of a run, once, right after the plugin lists them (preflight calls it)."""
     if not is_utf8(data_dir):
         raise UserError(f"the data folder {printable(data_dir)} has a name that is not valid UTF-8 ({NOT_UTF8}); "
@@ -137,7 +73,7 @@ def check_items(competition: "Competition", data_dir: Path, train: pd.DataFrame,
     check_test_items(competition, test)
 
 
-def check_train_items(competition: "Competition", classes: list[str], table: pd.DataFrame) -> None:
+def check_train_items(competition: Competition, classes: list[str], table: pd.DataFrame) -> None:
     """`train_items`: columns path and labels; unique non-empty paths; labels tuples of known class names
     (exactly one for a single-label competition, at least one for a multi-label one)."""
     where = _where(competition, "train_items")
@@ -152,7 +88,7 @@ def check_train_items(competition: "Competition", classes: list[str], table: pd.
                             f"classes are {classes}")
 
 
-def check_class_names(competition: "Competition", classes: list[str]) -> None:
+def check_class_names(competition: Competition, classes: list[str]) -> None:
     """`class_names`: each class once, a non-empty UTF-8 string (it is a column or a tag of the submission CSV),
     and none named like a column the submission already has (a class folder `id` beside the id column)."""
     where = _where(competition, "class_names")
@@ -173,7 +109,7 @@ def check_class_names(competition: "Competition", classes: list[str]) -> None:
                         "class (a class folder: rename the folder)")
 
 
-def check_test_items(competition: "Competition", table: pd.DataFrame) -> None:
+def check_test_items(competition: Competition, table: pd.DataFrame) -> None:
     """`test_items`: columns path, id and group; group only public or private; unique non-empty ids and paths."""
     where = _where(competition, "test_items")
     _check_table(table, TEST_COLUMNS, where)
@@ -228,10 +164,6 @@ def _label_problem(labels: object, known: set[str], multi_label: bool) -> str | 
     return None
 
 
-def _where(competition: "Competition", method: str) -> str:
+def _where(competition: Competition, method: str) -> str:
     cls = type(competition)
     return f"plugin {cls.name!r} {method}() ({cls.__module__}.{cls.__qualname__})"
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

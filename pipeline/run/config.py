@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.errors import UserError
-from pipeline.plugin.registry import GROUPS
+from pipeline.plugin.api import GROUPS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS_DIR = REPO_ROOT / "submissions"

@@ -19,7 +19,7 @@ from pipeline.run import report
 from pipeline.data import split
 from pipeline.files import json_plain, sha256_of, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from pipeline.data.items import Items, group_sizes
-from pipeline.plugin.registry import Competition, Decision
+from pipeline.plugin.api import Competition, Decision
 from pipeline.submission import read_solution, reindex_to_expected, score_against_solution, validate_submission
 
 MODELS = ("teacher", "control", "student")

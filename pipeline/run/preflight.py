@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline.plugin.contract import check_items
 from pipeline.errors import UserError
 from pipeline.files import hdf5_problem
-from pipeline.plugin.registry import Competition
+from pipeline.plugin.api import Competition
 
 SHOW = 5  # ids or names quoted in a message
 

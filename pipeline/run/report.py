@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 from pipeline.files import write_text_atomic  # noqa: E402
 from pipeline.method.pseudo import confidence_and_classes  # noqa: E402
-from pipeline.plugin.registry import GROUPS  # noqa: E402
+from pipeline.plugin.api import GROUPS  # noqa: E402
 
 
 def confidence_histogram(path: Path, groups: np.ndarray, probs: dict[str, np.ndarray], multi_label: bool) -> None:

@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline.method import verdict as verdicts
-from pipeline.plugin.contract import Decision
+from pipeline.plugin.api import Decision
 from pipeline.errors import UserError
 from pipeline.files import sha256_of, write_csv_atomic
-from pipeline.plugin.registry import Competition, get_competition
+from pipeline.plugin.api import Competition
+from pipeline.plugin.registry import get_competition
 from pipeline.submission import read_solution, score_against_solution, validate_submission
 
 MODELS = ("teacher", "control", "student")

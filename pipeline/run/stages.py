@@ -23,7 +23,8 @@ from pipeline.errors import UserError
 from pipeline.files import no_space_error
 from pipeline.data.items import Items, load_items
 from pipeline.ledger.provenance import library_versions
-from pipeline.plugin.registry import GROUPS, Competition, get_competition
+from pipeline.plugin.api import GROUPS, Competition
+from pipeline.plugin.registry import get_competition
 from pipeline.shift.assess import ShiftReport, ShiftSettings
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

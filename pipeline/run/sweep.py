@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pipeline.run.config import RunConfig
 from pipeline.errors import UserError
-from pipeline.plugin.registry import GROUPS
+from pipeline.plugin.api import GROUPS
 
 
 @dataclass

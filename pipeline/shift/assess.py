@@ -22,7 +22,7 @@ from pipeline.files import write_text_atomic
 from pipeline.data.image_properties import CATEGORICAL_PROPERTIES, NUMERIC_PROPERTIES, PropertyTable
 from pipeline.errors import UserError
 from pipeline.data.image_store import measure_images
-from pipeline.plugin.registry import GROUPS
+from pipeline.plugin.api import GROUPS
 from pipeline.shift.stats import adversarial_validation, compare_numeric, cramers_v
 
 OK, WARN, FAIL, TOO_FEW = "OK", "WARN", "FAIL", "too few to judge"
