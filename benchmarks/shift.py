@@ -99,7 +99,8 @@ def measure_in_fresh_process(paths: list[str], workers: int) -> dict:
 
 def false_alarms(paths: list[str], splits: int, workers: int) -> None:
     from pipeline.data.image_properties import PropertyTable
-    from pipeline.shift.assess import OK, ShiftSettings, compare_sets
+    from pipeline.shift.assess import compare_sets
+    from pipeline.shift.report import OK, ShiftSettings
 
     table = measure_images(paths, workers=workers, progress_every=0).table
     settings = ShiftSettings(workers=workers, progress_every=0)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from pipeline.cache import entries as cache
 from pipeline.files import sha256_of
-from pipeline.shift.assess import ShiftSettings
+from pipeline.shift.report import ShiftSettings
 from pipeline.cache.teachers import SHIFT_FILES, TEACHER_FILES, get_or_assess_shift, load_teacher, weights_name
 from tests.conftest import tiny_config
 

@@ -256,7 +256,7 @@ def load_shift_report(folder: Path):
     import pandas as pd
 
     from pipeline.data.image_properties import PropertyTable
-    from pipeline.shift.assess import PairResult, PropertyResult, ShiftReport, ShiftSettings
+    from pipeline.shift.report import PairResult, PropertyResult, ShiftReport, ShiftSettings
 
     state = json.loads((Path(folder) / "report.json").read_text())
     with np.load(Path(folder) / "tables.npz", allow_pickle=False) as arrays:

@@ -11,7 +11,8 @@ from pipeline.data.image_store import build_store
 from pipeline.run.preflight import folder_problems, inside_folder_problems
 from pipeline.plugin.api import GROUPS
 from pipeline.plugin.registry import get_competition
-from pipeline.shift.assess import ShiftSettings, assess_shift
+from pipeline.shift.assess import assess_shift
+from pipeline.shift.report import ShiftSettings
 from pipeline.errors import UserError
 
 _DEFAULTS = ShiftSettings()

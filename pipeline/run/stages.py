@@ -25,7 +25,7 @@ from pipeline.data.items import Items, load_items
 from pipeline.ledger.provenance import library_versions
 from pipeline.plugin.api import GROUPS, Competition
 from pipeline.plugin.registry import get_competition
-from pipeline.shift.assess import ShiftReport, ShiftSettings
+from pipeline.shift.report import ShiftReport, ShiftSettings
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 

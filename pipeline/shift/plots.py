@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.files import write_bytes_atomic
 from pipeline.data.image_properties import NUMERIC_PROPERTIES
-from pipeline.shift.assess import FAIL, WARN, PairResult, ShiftReport
+from pipeline.shift.report import FAIL, WARN, PairResult, ShiftReport
 
 PLOT_NAMES = {
     "intensity": "shift_mean_intensity.png",
