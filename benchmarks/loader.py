@@ -92,7 +92,7 @@ def profile(paths: list[str], size: int) -> None:
     import tensorflow as tf
 
     from pipeline.data.image_properties import describe
-    from pipeline.data.image_store import decode_image
+    from pipeline.data.decode import decode_image
 
     blobs = [Path(p).read_bytes() for p in paths]
     tensors = [tf.constant(b) for b in blobs]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.data.image_store import measure_images
+from pipeline.data.decode import measure_images
 
 
 def main() -> None:

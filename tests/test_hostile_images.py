@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageOps
 
-from pipeline.data.image_store import StaleCacheWarning, build_store, decode_image
+from pipeline.data.decode import decode_image
+from pipeline.data.image_store import StaleCacheWarning, build_store
 from tests.test_image_store import smooth_image
 
 SIZE = 32

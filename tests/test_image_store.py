@@ -12,7 +12,8 @@ import pytest
 from PIL import Image, ImageStat
 
 from pipeline.data.image_properties import CATEGORICAL_PROPERTIES, NUMERIC_PROPERTIES
-from pipeline.data.image_store import StaleCacheWarning, build_store, decode_image
+from pipeline.data.decode import decode_image
+from pipeline.data.image_store import StaleCacheWarning, build_store
 
 SIZE = 16
 
@@ -62,7 +63,7 @@ def expected_pixels(path: str, size: int = SIZE) -> np.ndarray:
 # ---- caching -------------------------------------------------------------------------------------------
 
 def test_a_second_build_reads_the_cache_without_decoding_any_file(tmp_path, capsys, monkeypatch):
-    from pipeline.data import image_store
+    from pipeline.data import decode
 
     paths = write_images(tmp_path / "images", 6)
     first = build_store(paths, SIZE, tmp_path / "cache", "train")
@@ -71,7 +72,7 @@ def test_a_second_build_reads_the_cache_without_decoding_any_file(tmp_path, caps
     for i, path in enumerate(paths):
         assert np.array_equal(first.pixels[i], expected_pixels(path))
     # the key holds each file's sha256 (any other bytes are a new entry), so the decoder itself is taken away
-    monkeypatch.setattr(image_store, "decode_image", lambda *args: pytest.fail(f"decoded {args[0]} on a cache hit"))
+    monkeypatch.setattr(decode, "decode_image", lambda *args: pytest.fail(f"decoded {args[0]} on a cache hit"))
     again = build_store(paths, SIZE, tmp_path / "cache", "train")
     assert again.cache_status == "hit" and again.readable.all() and again.problems == {}
     assert isinstance(again.pixels, np.memmap) and not again.pixels.flags.writeable

@@ -11,7 +11,8 @@ from scipy import stats
 from scipy.stats.contingency import association
 
 from pipeline.__main__ import main
-from pipeline.data.image_store import build_store, decode_image, measure_images
+from pipeline.data.decode import decode_image, measure_images
+from pipeline.data.image_store import build_store
 from pipeline.plugin.api import GROUPS
 from pipeline.plugin.registry import get_competition, list_competitions
 from pipeline.shift.assess import assess_shift

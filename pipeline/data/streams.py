@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from pipeline.data import image_store
+from pipeline.data import decode, image_store
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -29,7 +29,7 @@ def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 def image_problem(path: str) -> str | None:
     """Why the pipeline cannot use an image file, or None: the image store's decoder is the one definition."""
-    return image_store.image_problem(path)
+    return decode.image_problem(path)
 
 
 def scan_images(paths: Sequence[str], what: str) -> dict[str, str]:
@@ -39,7 +39,7 @@ def scan_images(paths: Sequence[str], what: str) -> dict[str, str]:
     """
     problems: dict[str, str] = {}
     step = max(500, len(paths) // 10)
-    for done, (path, (_, _, problem)) in enumerate(zip(paths, image_store.decode_all(paths, 64)), start=1):
+    for done, (path, (_, _, problem)) in enumerate(zip(paths, decode.decode_all(paths, 64)), start=1):
         if problem:
             problems[path] = problem
         if done % step == 0 or done == len(paths):

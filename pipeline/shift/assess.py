@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data.image_properties import CATEGORICAL_PROPERTIES, NUMERIC_PROPERTIES, PropertyTable
-from pipeline.data.image_store import measure_images
+from pipeline.data.decode import measure_images
 from pipeline.files import write_text_atomic
 from pipeline.shift.plots import write_plots
 from pipeline.shift.report import (FAIL, OK, PAIRS, SETS, TOO_FEW, WARN, PairResult, PropertyResult, ShiftReport,
