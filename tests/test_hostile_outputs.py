@@ -30,7 +30,8 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.files import NoSpaceLeft, sha256_of, write_bytes_atomic, write_text_atomic
-from pipeline.ledger.store import BUSY_TIMEOUT_ENV, Ledger
+from pipeline.ledger.connection import BUSY_TIMEOUT_ENV
+from pipeline.ledger.store import Ledger
 from pipeline.plugin.registry import get_competition, list_competitions
 from tests.test_hostile import REPO, assert_user_error, cli, copy_data, decide, edit_csv
 

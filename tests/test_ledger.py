@@ -15,7 +15,8 @@ import pytest
 
 from pipeline.__main__ import main
 from pipeline.files import sha256_of
-from pipeline.ledger.store import SCHEMA_VERSION, Ledger
+from pipeline.ledger.schema import SCHEMA_VERSION
+from pipeline.ledger.store import Ledger
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -131,7 +131,7 @@ def _record_finish(ledger, run_id: str, run_dir: Path, metrics: dict) -> None:
     warning, not a failure: the run wrote every output, its submission is valid and usable, and one command
     records it later. So the run ends with status 0, as its submission is what a Kaggle user ran it for (an
     `--upload` or a `&&` chain goes on with it), and the warning says what is missing and how to add it."""
-    from pipeline.ledger.store import LedgerUnavailable
+    from pipeline.ledger.connection import LedgerUnavailable
     from pipeline.ledger.record import record_command
 
     try:
@@ -145,7 +145,7 @@ def _record_finish(ledger, run_id: str, run_dir: Path, metrics: dict) -> None:
 def _record_failure(ledger, run_id: str) -> None:
     """Mark the run failed with the traceback being handled; a ledger that cannot be written now is a warning
     (the failure itself is what the run reports)."""
-    from pipeline.ledger.store import LedgerUnavailable
+    from pipeline.ledger.connection import LedgerUnavailable
 
     try:
         ledger.fail_run(run_id, traceback.format_exc())
