@@ -55,6 +55,7 @@ class Amazon(Competition):
     multi_label = True
     metrics = (Metric("f2", higher_is_better=True),)
     kaggle_slug = "planet-understanding-the-amazon-from-space"
+    kaggle_layout = ("train-jpg", "test-jpg", "test-jpg-additional", "train_v2.csv", "sample_submission_v2.csv")
     public_folder: ClassVar[str] = "test-jpg"
     threshold_sweeps: ClassVar[int] = 3
     flips = "horizontal_and_vertical"  # satellite tiles have no up or left

@@ -17,6 +17,7 @@ GET_DATA_HINT = "download it with `make data COMP=fisheries` or make the bundled
 class Fisheries(ProbabilityTableCompetition):
     name = "fisheries"
     kaggle_slug = "the-nature-conservancy-fisheries-monitoring"
+    kaggle_layout = ("train", "test_stg1", "test_stg2", "sample_submission_stg1.csv", "sample_submission_stg2.csv")
     id_column = "image"
 
     def check_layout(self, data_dir: Path) -> None:

@@ -16,7 +16,8 @@ import py7zr.py7zr
 import pytest
 from PIL import Image
 
-from pipeline.kaggle.extract import Limits, extract_archive
+from pipeline.kaggle.extract import extract_archive
+from pipeline.kaggle.extract_guard import Limits
 
 FISHERIES_LAYOUT = ("train", "test_stg1", "test_stg2", "sample_submission_stg1.csv", "sample_submission_stg2.csv")
 AMAZON_LAYOUT = ("train-jpg", "test-jpg", "test-jpg-additional", "train_v2.csv", "sample_submission_v2.csv")

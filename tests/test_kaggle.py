@@ -32,7 +32,7 @@ TEST_IDS = ["img_00001.jpg", "img_00002.jpg", "test_stg2/image_00001.jpg"]
 SUBMIT_SCRIPT = """
 import json, sys
 from pathlib import Path
-from pipeline.kaggle.client import upload_run_submission
+from pipeline.kaggle.submit import upload_run_submission
 a = json.loads(sys.argv[1])
 try:
     result = upload_run_submission("fisheries", Path(a["csv"]), Path(a["data"]), a["run_id"], a["message"],
@@ -330,7 +330,7 @@ def test_a_submission_kaggle_cannot_score_is_an_error(tmp_path):
 
 def test_data_leaves_an_existing_folder_alone(tmp_path, monkeypatch, capsys):
     """In-process (no credentials anywhere, so `kaggle` could not even be imported): nothing is downloaded."""
-    from pipeline.kaggle.client import download_competition
+    from pipeline.kaggle.download import download_competition
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for name in [k for k in os.environ if k.startswith("KAGGLE_")]:

@@ -187,6 +187,7 @@ def broken(**attributes) -> type:
     ({"metrics": (Metric("f2", True), Metric("f2", True))}, r"metric names \['f2', 'f2'\] repeat"),
     ({"flips": "vertical"}, r"plugin 'broken' .*flips = 'vertical' must be one of none, horizontal"),
     ({"name": "Bad Name"}, r"name = 'Bad Name' must be lowercase letters"),
+    ({"kaggle_layout": ["train"]}, r"kaggle_layout = \['train'\] must be a tuple of file or folder names"),
 ])
 def test_a_plugin_class_that_breaks_the_contract_is_refused_and_not_listed(attributes, message):
     with pytest.raises(UserError, match=message):

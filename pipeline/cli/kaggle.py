@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.run.config import SUBMISSIONS_DIR
-from pipeline.kaggle.extract import DEFAULT_MAX_RATIO, DEFAULT_MAX_TOTAL_BYTES, GB, Limits
+from pipeline.kaggle.extract_guard import DEFAULT_MAX_RATIO, DEFAULT_MAX_TOTAL_BYTES, GB, Limits
 from pipeline.errors import UserError
 
 HTTP_TIMEOUT_S = 60.0  # kaggle_client.DEFAULT_HTTP_TIMEOUT_S; repeated so that building the CLI imports no Kaggle code
@@ -58,7 +58,7 @@ def register(subparsers) -> None:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from pipeline.kaggle.client import download_competition
+    from pipeline.kaggle.download import download_competition
 
     limits = Limits(max_total_bytes=int(positive("--max-gb", args.max_gb) * GB),
                     max_ratio=positive("--max-ratio", args.max_ratio))
@@ -67,7 +67,7 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _scores(args: argparse.Namespace) -> int:
-    from pipeline.kaggle.client import sync_scores
+    from pipeline.kaggle.submit import sync_scores
 
     sync_scores(args.competition, ledger_path(args), http_timeout_s=positive("--http-timeout", args.http_timeout))
     return 0

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.model import distribute
 
     if args.upload and distribute.is_chief():  # other workers of --distribute multiworker wrote nothing to upload
-        from pipeline.kaggle.client import upload_run_submission
+        from pipeline.kaggle.submit import upload_run_submission
 
         upload_run_submission(cfg.competition, result.run_dir / "submission.csv", Path(cfg.data), result.run_id,
                               args.message, cfg.ledger_path, poll_timeout_s=args.poll_timeout)

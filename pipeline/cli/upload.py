@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.kaggle.client import upload_run_submission
+    from pipeline.kaggle.submit import upload_run_submission
     from pipeline.kaggle.credentials import find_credentials
     from pipeline.files import sha256_of
     from pipeline.ledger.store import Ledger

@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.kaggle.extract_guard import CHUNK, ArchiveBudget, Budget, check_mode, is_junk, refuse_special, safe_parts
+from pipeline.kaggle.extract_guard import ArchiveBudget, Budget, check_mode, is_junk, refuse_special, safe_parts
 from pipeline.errors import UserError
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -291,5 +291,3 @@ def _extract_tar(archive: Path, dest: Path, root: Path, budget: Budget, label: s
     if meter.files >= 1000:
         meter.report()
 
-
-__all__ = ["ARCHIVE_SUFFIXES", "TAR_SUFFIXES", "archive_stem", "extract_one", "is_archive", "CHUNK"]

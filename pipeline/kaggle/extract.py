@@ -19,14 +19,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.kaggle.archive_formats import ARCHIVE_SUFFIXES, archive_stem, extract_one, is_archive
 from pipeline.errors import UserError
-from pipeline.kaggle.extract_guard import (DEFAULT_DISK_SHARE, DEFAULT_MAX_FILES, DEFAULT_MAX_RATIO,  # noqa: F401
-                                    DEFAULT_MAX_TOTAL_BYTES, GB, RATIO_FLOOR_BYTES, Budget, ExtractSummary, Limits,
-                                    is_junk)
+from pipeline.kaggle.archive_formats import archive_stem, extract_one, is_archive
+from pipeline.kaggle.extract_guard import Budget, ExtractSummary, Limits, is_junk
 
 MAX_NESTING = 3
 NOT_EXTRACTED_SUFFIXES = (".rar", ".gz", ".bz2", ".xz")  # single-file compressions: left alone and named

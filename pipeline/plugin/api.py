@@ -87,6 +87,8 @@ class Competition(abc.ABC):
     multi_label: ClassVar[bool] = False
     metrics: ClassVar[tuple[Metric, ...]]  # each with its direction; the first one is the default
     kaggle_slug: ClassVar[str | None] = None  # the competition's name in Kaggle URLs and the API
+    # the top-level names its data folder has after a Kaggle download (`make data`); empty: check_layout only
+    kaggle_layout: ClassVar[tuple[str, ...]] = ()
     flips: ClassVar[str] = "horizontal"  # mirror images that keep the label: none | horizontal | horizontal_and_vertical
 
     def __init__(self, metric: str | None = None) -> None:

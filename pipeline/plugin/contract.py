@@ -1,9 +1,9 @@
 """The plugin contract, checked rather than only written down.
 
-A plugin is checked twice: its class when it registers (name, metrics with their direction, flips, no
-abstract method left), and its item tables when a run lists them (required columns, `group` public or
-private, unique non-empty ids and paths, labels that are tuples of known classes; names that are valid UTF-8
-and class names that a submission can hold beside its id). Every failure is a
+A plugin is checked twice: its class when it registers (name, metrics with their direction, flips, the
+Kaggle layout, no abstract method left), and its item tables when a run lists them (required columns,
+`group` public or private, unique non-empty ids and paths, labels that are tuples of known classes; names
+that are valid UTF-8 and class names that a submission can hold beside its id). Every failure is a
 UserError naming the plugin, the column or value, and the fix, so a broken plugin fails at once instead
 of after training. The types it checks against live in pipeline/plugin/api.py.
 """
@@ -54,6 +54,10 @@ def check_plugin_class(cls: type) -> None:
     if len(set(names)) != len(names):
         raise UserError(f"{where}: metric names {names} repeat; each metric once")
     check_flips(cls.flips, where)
+    layout = cls.kaggle_layout
+    if not (isinstance(layout, tuple) and all(isinstance(name, str) and name for name in layout)):
+        raise UserError(f"{where}: kaggle_layout = {layout!r} must be a tuple of file or folder names (what the data "
+                        "folder holds after a Kaggle download), or () to check only check_layout")
     if not isinstance(cls.multi_label, bool):
         raise UserError(f"{where}: multi_label = {cls.multi_label!r} must be True or False")
 
