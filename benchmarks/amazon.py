@@ -18,7 +18,7 @@ SEEDS = (0, 1, 2)
 
 def main() -> None:
     import competitions.amazon  # noqa: F401  (registers the plugin)
-    from competitions.amazon import START_THRESHOLD, TAGS
+    from competitions.amazon_tags import START_THRESHOLD, TAGS
     from pipeline.run.config import RunConfig
     from pipeline.plugin.registry import get_competition
     from pipeline.run.stages import run_pipeline

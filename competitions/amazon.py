@@ -21,24 +21,17 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import fbeta_score
 
+from competitions.amazon_tags import (START_THRESHOLD, TAGS, WEATHER, WEATHER_THRESHOLD, binary_tags, decide_tags,
+                                     parse_tags, row_f2, search_thresholds)
 from pipeline.errors import UserError
 from pipeline.files import is_utf8, printable
 from pipeline.plugin.api import Competition, Decision, Metric
 from pipeline.plugin.registry import register
 
-TAGS: tuple[str, ...] = tuple(sorted((
-    "agriculture", "artisinal_mine", "bare_ground", "blooming", "blow_down", "clear", "cloudy",
-    "conventional_mine", "cultivation", "habitation", "haze", "partly_cloudy", "primary", "road",
-    "selective_logging", "slash_burn", "water",
-)))
-WEATHER: tuple[str, ...] = ("clear", "cloudy", "haze", "partly_cloudy")  # exactly one per image
 TRAIN_CSV = "train_v2.csv"
 SAMPLE_SUBMISSION = "sample_submission_v2.csv"
 TRAIN_DIR = "train-jpg"
 TEST_DIRS = ("test-jpg", "test-jpg-additional")
-START_THRESHOLD = 0.2
-WEATHER_THRESHOLD = 0.5  # weather is decided by the rule; this only feeds pseudo-label confidence
-THRESHOLD_GRID = np.round(np.arange(0.02, 0.981, 0.02), 2)  # contains START_THRESHOLD
 _GET_DATA = "run `make data COMP=amazon` (Kaggle download) or `make demo COMP=amazon` (bundled sample)"
 
 
@@ -93,7 +86,7 @@ class Amazon(Competition):
         paths, labels = [], []
         for row, (image_name, tags) in enumerate(zip(table["image_name"], table["tags"])):
             where = f"{csv_path} line {row + 2} (image_name {image_name!r})"
-            names = _parse_tags(tags, where)
+            names = parse_tags(tags, where)
             if not names:
                 raise UserError(f"{where} has no tags; every image needs at least its weather tag "
                                  f"({', '.join(WEATHER)}): add its tags or delete the row")
@@ -143,11 +136,11 @@ class Amazon(Competition):
         threshold can change them: theirs is 0.5 (an even chance), read only by pseudo-label selection
         as the point where a weather tag counts as confidently on or off.
         """
-        y_true = _binary(y_true, "y_true")
+        y_true = binary_tags(y_true, "y_true")
         y_prob = _probabilities(y_prob, y_true.shape)
         start = np.array([WEATHER_THRESHOLD if t in WEATHER else START_THRESHOLD for t in TAGS])
         other_cols = [j for j, t in enumerate(TAGS) if t not in WEATHER]
-        thresholds = _coordinate_search(y_true, y_prob, start, other_cols, self.threshold_sweeps)
+        thresholds = search_thresholds(y_true, y_prob, start, other_cols, self.threshold_sweeps)
         flat = Decision(thresholds=(START_THRESHOLD,) * len(TAGS))
         return Decision(tuple(thresholds), {
             "baseline_f2_at_0.2": self.metric(y_true, self.decide(y_prob, flat)),
@@ -163,26 +156,26 @@ class Amazon(Competition):
         if y_prob.ndim != 2 or y_prob.shape[1] != len(TAGS) or thresholds.shape != (len(TAGS),):
             raise ValueError(f"expected probabilities of shape (n, {len(TAGS)}) and {len(TAGS)} thresholds, "
                              f"got {y_prob.shape} and {thresholds.shape}")
-        return _decide(y_prob, thresholds).astype(np.float32)
+        return decide_tags(y_prob, thresholds).astype(np.float32)
 
     def metric(self, y_true: np.ndarray, y_submitted: np.ndarray) -> float:
         """Mean F2 over images (Kaggle's metric); an image with no correct tag scores 0."""
-        y_true = _binary(y_true, "y_true")
-        y_submitted = _binary(y_submitted, "y_submitted (0/1 tags from decide(), not probabilities)")
+        y_true = binary_tags(y_true, "y_true")
+        y_submitted = binary_tags(y_submitted, "y_submitted (0/1 tags from decide(), not probabilities)")
         if y_true.shape != y_submitted.shape:
             raise ValueError(f"y_true {y_true.shape} and y_submitted {y_submitted.shape} differ in shape")
         return float(fbeta_score(y_true, y_submitted, beta=2, average="samples", zero_division=0))
 
     def metric_rows(self, y_true: np.ndarray, y_submitted: np.ndarray) -> np.ndarray:
         """Each image's F2 (their mean is `metric`), for the verdict's bootstrap."""
-        truth = _binary(y_true, "y_true").astype(bool)
-        pred = _binary(y_submitted, "y_submitted (0/1 tags from decide(), not probabilities)").astype(bool)
-        return _row_f2((pred & truth).sum(1), (pred & ~truth).sum(1), (~pred & truth).sum(1))
+        truth = binary_tags(y_true, "y_true").astype(bool)
+        pred = binary_tags(y_submitted, "y_submitted (0/1 tags from decide(), not probabilities)").astype(bool)
+        return row_f2((pred & truth).sum(1), (pred & ~truth).sum(1), (~pred & truth).sum(1))
 
     # ---- submission files ------------------------------------------------------------------------
     def to_submission(self, ids: list[str], y_submitted: np.ndarray, classes: list[str]) -> pd.DataFrame:
         _check_classes(classes)
-        y = _binary(y_submitted, "y_submitted")
+        y = binary_tags(y_submitted, "y_submitted")
         if y.shape != (len(ids), len(classes)):
             raise ValueError(f"{len(ids)} ids but predictions of shape {y.shape}")
         tags = [" ".join(classes[j] for j in np.flatnonzero(row)) for row in y]
@@ -195,7 +188,7 @@ class Amazon(Competition):
         y = np.zeros((len(ids), len(classes)), dtype=np.float32)
         index = {name: j for j, name in enumerate(classes)}
         for row, tags in enumerate(submission["tags"]):
-            for name in _parse_tags(tags, f"submission line {row + 2} (image_name {ids[row]!r})"):
+            for name in parse_tags(tags, f"submission line {row + 2} (image_name {ids[row]!r})"):
                 y[row, index[name]] = 1.0
         return ids, y
 
@@ -222,67 +215,6 @@ class Amazon(Competition):
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
-def _decide(y_prob: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    pred = y_prob >= thresholds
-    cols = np.array([TAGS.index(t) for t in WEATHER])
-    pred[:, cols] = False
-    pred[np.arange(len(y_prob)), cols[np.argmax(y_prob[:, cols], axis=1)]] = True
-    return pred
-
-
-def _coordinate_search(y_true: np.ndarray, y_prob: np.ndarray, start: np.ndarray, cols: list[int],
-                       sweeps: int) -> np.ndarray:
-    """Move one threshold at a time to its best grid value (others fixed); stop when a sweep changes nothing.
-
-    A move needs a strict gain, and among equal scores the value nearest the current one wins, so the
-    score never goes down and empty tags do not wander.
-    """
-    thresholds = start.astype(np.float64).copy()
-    for _ in range(sweeps):
-        moved = False
-        for j in cols:
-            pred = _decide(y_prob, thresholds)
-            truth = y_true.astype(bool)
-            rest = np.ones(len(TAGS), dtype=bool)
-            rest[j] = False
-            tp = (pred[:, rest] & truth[:, rest]).sum(1)[:, None]
-            fp = (pred[:, rest] & ~truth[:, rest]).sum(1)[:, None]
-            fn = (~pred[:, rest] & truth[:, rest]).sum(1)[:, None]
-            on = y_prob[:, j, None] >= THRESHOLD_GRID[None, :]
-            pos = truth[:, j, None]
-            scores = _row_f2(tp + (on & pos), fp + (on & ~pos), fn + (~on & pos)).mean(0)
-            current = _row_f2(tp + (pred[:, j, None] & pos), fp + (pred[:, j, None] & ~pos),
-                              fn + (~pred[:, j, None] & pos)).mean()
-            best = scores.max()
-            if best > current + 1e-12:
-                ties = np.flatnonzero(scores >= best - 1e-12)
-                thresholds[j] = THRESHOLD_GRID[ties[np.argmin(np.abs(THRESHOLD_GRID[ties] - thresholds[j]))]]
-                moved = True
-        if not moved:
-            break
-    return thresholds
-
-
-def _row_f2(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    """Per-image F2 from counts, as sklearn's samples average with zero_division=0 (no true positive -> 0)."""
-    denom = 5 * tp + 4 * fn + fp
-    return np.divide(5 * tp, denom, out=np.zeros(np.broadcast(tp, fp, fn).shape), where=tp > 0)
-
-
-def _parse_tags(tags: object, where: str) -> tuple[str, ...]:
-    if tags is None or (isinstance(tags, float) and np.isnan(tags)):
-        tags = ""
-    if not isinstance(tags, str):
-        raise UserError(f"{where}: tags must be space-separated text, got {tags!r}")
-    names = tags.split()
-    for name in names:
-        if name not in TAGS:
-            raise UserError(f"{where}: tag {name!r} is not one of the 17 Amazon tags {list(TAGS)}")
-    if len(set(names)) != len(names):
-        raise UserError(f"{where}: a tag is repeated in {tags!r}; list each tag once")
-    return tuple(sorted(names))
-
-
 def _read_id_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     """Read an `image_name,...` CSV as text; image names are untrusted: no paths, no duplicates."""
     try:
@@ -339,15 +271,6 @@ def _require_columns(table: pd.DataFrame, columns: tuple[str, ...], what: str) -
 def _check_classes(classes: list[str]) -> None:
     if list(classes) != list(TAGS):
         raise ValueError(f"Amazon classes must be the 17 tags in sorted order {list(TAGS)}, got {list(classes)}")
-
-
-def _binary(y: np.ndarray, what: str) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 2 or y.shape[1] != len(TAGS):
-        raise ValueError(f"{what} must have shape (n, {len(TAGS)}), got {y.shape}")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError(f"{what} must hold only 0 and 1")
-    return y.astype(np.int8)
 
 
 def _probabilities(y_prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

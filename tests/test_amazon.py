@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import fbeta_score
 
-from competitions.amazon import TAGS, WEATHER, Amazon, _row_f2
+from competitions.amazon import Amazon
+from competitions.amazon_tags import TAGS, WEATHER, row_f2 as _row_f2
 from pipeline.plugin.api import Decision, target_matrix
 from pipeline.plugin.registry import get_competition
 
