@@ -19,6 +19,7 @@ from competitions.fisheries import Fisheries
 from pipeline.plugin.api import FLIPS, GROUPS, Decision, Metric, target_matrix
 from pipeline.plugin.contract import check_items
 from pipeline.errors import UserError
+from pipeline.kaggle.download import verify_data
 from pipeline.run.preflight import check_before_training
 from pipeline.plugin.registry import get_competition, list_competitions
 from pipeline.submission import load_submission, read_solution, score_against_solution, validate_submission
@@ -105,6 +106,14 @@ def test_fit_decision_and_decide_keep_shapes_and_the_decision_survives_json(name
     again = Decision.from_dict(json.loads(json.dumps(decision.to_dict())), "metrics.json decision")
     assert again == decision
     assert np.array_equal(competition.decide(p, again), submitted)
+
+
+@pytest.mark.parametrize("name", PLUGINS)
+def test_the_sample_passes_the_check_a_kaggle_download_gets(name, plugin_sample):
+    """`kaggle_layout` is what `make data` checks a download against (with the test ids against the sample
+    submission); the bundled sample is in the downloaded layout, so it passes the same check."""
+    competition = get_competition(name)
+    verify_data(competition, plugin_sample(name, small=True) / "data", competition.kaggle_layout)
 
 
 @pytest.mark.parametrize("name", PLUGINS)
