@@ -1,7 +1,7 @@
 """The ledger's schema: the ordered migrations that build it, one released step per schema version.
 
 A released step is never edited (files in the wild were built by it); a change of schema is a new step
-at the end. pipeline/ledger/store.py applies them in order when it opens an older file.
+at the end. pipeline/ledger/connection.py applies them in order when it opens an older file.
 """
 from __future__ import annotations
 

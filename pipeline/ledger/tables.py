@@ -1,8 +1,8 @@
 """The ledger's rows shaped for reading: the flat runs table behind `runs list`, `compare` and the local
 leaderboard, and the full record of one run behind `runs show`.
 
-Every function here only reads, on a connection the caller opened (pipeline/ledger/store.py owns connections,
-transactions and the schema), so a read-only ledger serves them as well as a writable one.
+Every function here only reads, on a connection the caller opened (pipeline/ledger/connection.py owns
+connections, transactions and the schema), so a read-only ledger serves them as well as a writable one.
 """
 from __future__ import annotations
 
