@@ -8,7 +8,7 @@ from pipeline.run.config import SUBMISSIONS_DIR
 from pipeline.kaggle.extract_guard import DEFAULT_MAX_RATIO, DEFAULT_MAX_TOTAL_BYTES, GB, Limits
 from pipeline.errors import UserError
 
-HTTP_TIMEOUT_S = 60.0  # kaggle_client.DEFAULT_HTTP_TIMEOUT_S; repeated so that building the CLI imports no Kaggle code
+HTTP_TIMEOUT_S = 60.0  # pipeline.kaggle.client.DEFAULT_HTTP_TIMEOUT_S; repeated so that building the CLI imports no Kaggle code
 
 
 def add_http_timeout(parser: argparse.ArgumentParser) -> None:
