@@ -285,13 +285,6 @@ def test_an_unknown_competition_on_the_command_line_is_exit_2_without_traceback(
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("option, fragment", [(["--epochs", "0"], "--epochs must be an integer >= 1"),
-                                              (["--pseudo-ratio", "1.5"], "--pseudo-ratio must be between")])
-def test_a_bad_run_option_is_exit_2_without_traceback(tmp_path, option, fragment):
-    proc = cli("submit", "--competition", "fisheries", "--data", str(tmp_path), "--no-ledger", *option)
-    assert_user_error(proc, fragment)
-
-
 @pytest.mark.parametrize("args, fragment", [
     (["submit", "--competition", "fisheries", "--data", "{tmp}/nowhere"], "data folder {tmp}/nowhere does not exist"),
     (["submit", "--competition", "amazon", "--data", "{tmp}", "--option", "public_folders=x"], "amazon has no option public_folders"),

@@ -1,15 +1,13 @@
-"""Hostile options: every option is bounded and checked before any work starts, no output goes into the data
-folder, `shift --out` is a folder, `--resume` removes only what the run wrote, and a failed download of ImageNet
-weights is a named error. Each case ends in one `error:` line (exit 2, no traceback) or a correct result.
+"""Hostile options: the reported ones are refused before any work starts, no output goes into the data folder,
+`shift --out` is a folder, `--resume` removes only what the run wrote, and a failed download of ImageNet weights is
+a named error. Each case ends in one `error:` line (exit 2, no traceback) or a correct result.
 
-Generated from the option table (pipeline/run/config.py) where a case applies to every option. Nothing here trains a
-model: where a case is decided before training, the function that decides it (or the command line, which stops
-before training) is tested.
+What applies to every option of the table (its bounds, choices and --help) is generated in tests/test_options.py.
+Nothing here trains a model: where a case is decided before training, the function that decides it (or the command
+line, which stops before training) is tested.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import re
 import shutil
@@ -24,24 +22,12 @@ from PIL import Image
 
 from pipeline.run import preflight
 from pipeline.__main__ import main
-from pipeline.run.config import (MAX_FOLDS, MAX_PSEUDO_FOLDS, MAX_PSEUDO_ROUNDS, MAX_SEED, SEED_LIMIT, Bounds, RunConfig,
-                             flag_of, largest_derived_seed)
+from pipeline.run.config import (MAX_FOLDS, MAX_PSEUDO_FOLDS, MAX_PSEUDO_ROUNDS, MAX_SEED, SEED_LIMIT, RunConfig,
+                                 largest_derived_seed)
 from pipeline.errors import UserError
 from pipeline.plugin.registry import get_competition
 from tests.conftest import tiny_config
 from tests.test_hostile import REPO, assert_user_error, cli
-
-FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-BOUNDED = sorted(name for name, f in FIELDS.items() if isinstance(f.metadata.get("check"), Bounds))
-
-
-def bounds(name: str) -> Bounds:
-    return FIELDS[name].metadata["check"]
-
-
-def just_above(b: Bounds) -> int | float:
-    """The smallest value past an option's upper bound: max + 1 for an integer, the next float for a float."""
-    return b.high + 1 if b.integer else math.nextafter(b.high, math.inf)
 
 
 def one_error_line(err: str) -> str:
@@ -68,36 +54,7 @@ def check(cfg, data: Path) -> None:
     preflight.check_before_training(cfg, competition, data, competition.train_items(data), competition.test_items(data))
 
 
-# ---- every option has a bound, checked before work starts ----------------------------------------------------
-
-def test_every_numeric_option_of_the_table_has_a_finite_upper_bound():
-    numeric = {name for name, f in FIELDS.items() if f.type in ("int", "float")}
-    assert numeric and numeric == set(BOUNDED), numeric ^ set(BOUNDED)
-    for name in BOUNDED:
-        assert math.isfinite(bounds(name).high) and bounds(name).low <= getattr(RunConfig(), name) <= bounds(name).high
-
-
-def submit_actions():
-    from pipeline.__main__ import build_parser
-
-    parser = build_parser()
-    submit = next(a for a in parser._actions if a.dest == "command").choices["submit"]
-    return submit._actions
-
-
-@pytest.mark.parametrize("name", BOUNDED)
-def test_an_option_past_its_bound_is_one_error_line_naming_it_and_its_bound_is_accepted(name, tmp_path, capsys):
-    b = bounds(name)
-    RunConfig(competition="fisheries", data=str(tmp_path), **{name: b.high})  # the bound itself is a valid setting
-    flag = flag_of(FIELDS[name])
-    assert f"to {b.high}]" in next(a.help for a in submit_actions() if flag in a.option_strings)  # and --help says it
-    runs = tmp_path / "runs"
-    assert main(["submit", "--competition", "fisheries", "--data", str(tmp_path), "--no-ledger", "--runs-dir", str(runs),
-                 flag, repr(just_above(b))]) == 2
-    line = one_error_line(capsys.readouterr().err)
-    assert line.startswith(f"error: {flag} must be ") and str(b.high) in line, line
-    assert not runs.exists()
-
+# ---- reported options, refused before work starts (every option: tests/test_options.py) ------------------
 
 def test_the_reported_seed_is_refused_before_training_naming_the_seed_limit(tmp_path):
     """--seed 4294967295 used to train the teacher, then crash in the first student (seed + 1000 >= 2**32)."""
@@ -138,16 +95,6 @@ def test_a_batch_too_large_for_its_image_size_names_the_largest_batch_that_fits_
     RunConfig(competition="fisheries", data="d", batch_size=largest, **changes)
     with pytest.raises(UserError):
         RunConfig(competition="fisheries", data="d", batch_size=largest + 1, **changes)
-
-
-@pytest.mark.parametrize("args, fragment", [
-    (["--image-size", "2048"], "--image-size must be an integer >= 16 and <= 1024"),
-    (["--pseudo-folds", "1000"], "--pseudo-folds must be an integer >= 1 and <= 10"),
-    (["--pseudo-rounds", "1000"], "--pseudo-rounds must be an integer >= 1 and <= 10"),
-])
-def test_the_reported_grinding_options_stop_at_once(tmp_path, capsys, args, fragment):
-    assert main(["submit", "--competition", "fisheries", "--data", str(tmp_path), "--no-ledger", *args]) == 2
-    assert fragment in one_error_line(capsys.readouterr().err)
 
 
 def disk(free: int):
