@@ -82,3 +82,19 @@ def test_atomic_write_leaves_only_the_finished_file(tmp_path):
     write_csv_atomic(path, table(["b"], np.full((1, 8), 1 / 8)))
     assert [p.name for p in path.parent.iterdir()] == ["submission.csv"]
     assert pd.read_csv(path)["image"].tolist() == ["b"]
+
+
+def test_accuracy_is_the_share_of_right_rows_on_each_board_and_higher_is_better():
+    """--metric accuracy: what a run scores with it, on a solution whose answers are known (this replaces a whole
+    training run of imagefolder that only checked its accuracy to lie in [0, 1])."""
+    accuracy, logloss = get_competition("imagefolder", metric="accuracy"), get_competition("imagefolder")
+    classes = ["cat", "dog", "fox"]
+    ids = ["public/a.png", "public/b.png", "private/c.png", "private/d.png", "private/e.png"]
+    truth = np.eye(3)[[0, 1, 2, 0, 1]]
+    solution = accuracy.to_submission(ids, truth, classes).assign(Usage=["Public"] * 2 + ["Private"] * 3)
+    predicted = accuracy.to_submission(ids, 0.1 + 0.7 * np.eye(3)[[0, 2, 2, 0, 0]], classes)  # right: 1 of 2, 2 of 3
+    assert list(predicted.columns) == ["id", *classes]
+    assert score_against_solution(accuracy, predicted, solution, classes) == {"public": 0.5, "private": pytest.approx(2 / 3)}
+    assert accuracy.greater_is_better and not logloss.greater_is_better
+    assert score_against_solution(logloss, predicted, solution, classes)["public"] == pytest.approx(
+        kaggle_log_loss(truth[:2], predicted[classes].to_numpy()[:2]))
