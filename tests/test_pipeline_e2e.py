@@ -14,7 +14,7 @@ from competitions.samples.fisheries import write_fisheries_sample
 from pipeline.errors import UserError
 from pipeline.plugin.registry import get_competition
 from pipeline.run.config import RunConfig
-from pipeline.submission import load_submission
+from pipeline.submission import load_submission, read_solution, score_against_solution
 from tests.conftest import TINY, tiny_config
 
 # its own xdist group: the session-scoped base run is made once, on one worker, while the other runs other groups
@@ -68,12 +68,20 @@ def test_run_writes_a_valid_submission_with_every_expected_id(base_run, data_wit
     assert (result.run_dir / "confidence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_metrics_record_scores_counts_and_unreadable_images(base_run):
+def test_metrics_record_scores_counts_and_unreadable_images(base_run, night_private):
     _, result = base_run
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
-    assert set(metrics["holdout"]) == {"teacher", "control", "student"}
-    assert all(np.isfinite(v) for v in metrics["holdout"].values())
-    assert set(metrics["leaderboard"]["student"]) == {"public", "private"}
+    fisheries = get_competition("fisheries")
+    solution = read_solution(night_private / "solution.csv")
+    with np.load(result.run_dir / "probabilities.npz") as saved:
+        classes, y = saved["classes"].tolist(), saved["y"][saved["fold"] >= 0]
+        for model in ("teacher", "control", "student"):  # each score is the metric of the model's kept predictions
+            assert metrics["holdout"][model] == pytest.approx(fisheries.metric(y, saved[f"scored_{model}"]), rel=1e-9)
+            # and each leaderboard score that of the file written (to its 6 significant digits: the run scores the
+            # table before it is written)
+            submitted = pd.read_csv(result.run_dir / f"{model}_submission.csv")
+            assert metrics["leaderboard"][model] == pytest.approx(score_against_solution(fisheries, submitted, solution, classes),
+                                                                  rel=1e-5)
     assert sorted(Path(p).name for p in metrics["items"]["unreadable_train"]) == ["corrupt.jpg", "notes.txt"]
     assert len(metrics["items"]["unreadable_test"]) == 1
     pseudo = metrics["pseudo"]
@@ -144,8 +152,9 @@ def test_frozen_pretrained_backbone_runs_in_feature_cache_mode_from_a_weights_fi
     fits = [*first.metrics["teacher_training"]["models"], *first.metrics["student_training"],
             *first.metrics["control_training"]]
     assert len(fits) >= 3 and {fit["augment"] for fit in fits} == {"none"}
-    second = run_pipeline(cfg.replace(pseudo_ratio=0.1))
+    second = run_pipeline(cfg.replace(pseudo_ratio=0.0))  # the teacher alone: its cached features and weights
     assert second.metrics["teacher_cache"] == "hit" and first.metrics["teacher_cache"] == "miss"
+    assert (second.run_dir / "submission.csv").read_bytes() == (first.run_dir / "teacher_submission.csv").read_bytes()
 
 
 def test_the_shifted_private_group_is_flagged_before_pseudo_labeling_and_on_shift_fail_stops_before_training(
