@@ -3,13 +3,14 @@ traceback), or a correct result with a warning, and nothing finished is lost.
 
 - names a CSV, JSON or the ledger cannot hold (not UTF-8) and a class named like the submission's id column:
   refused before training, per plugin where they apply.
-- `runs rescore` after submission.csv was edited: the ids come from probabilities.npz, an edited copy is refused.
+- `runs rescore` after submission.csv was edited, for every plugin: the ids come from probabilities.npz, an edited
+  copy is refused.
 - a full disk under the run folder or the cache: one error line naming where, no partial file, earlier files kept.
 - a ledger locked when a run finishes: the outputs stay, one warning line, `runs record` records the run later.
 
 The full-disk cases write to a real tiny tmpfs (mounted for the test, unmounted after; skipped where mounting
-is not allowed). The cases after training reuse the shared tiny run (tests/conftest.py `tiny_plugin_run`) and
-replay its outputs into a new run, in place of training; the cases before training train nothing.
+is not allowed). The cases after training reuse the shared tiny runs (tests/conftest.py `tiny_plugin_run`) and
+replay the fisheries one's outputs into a new run, in place of training; the cases before training train nothing.
 """
 from __future__ import annotations
 
@@ -39,16 +40,21 @@ RUN = "tiny-fisheries"
 
 
 def trained(test):
-    """Tests that read the shared tiny fisheries run: it trains once per session (tests/test_rescore.py too)."""
+    """Tests that read the shared tiny runs: each trains once per session (tests/test_rescore.py too)."""
     return pytest.mark.slow(pytest.mark.xdist_group("plugin-runs")(test))
+
+
+def copy_run(tiny_plugin_run, name: str, tmp_path: Path) -> Path:
+    """A writable copy of the plugin's shared tiny run folder."""
+    target = tmp_path / "runs" / name / f"tiny-{name}"
+    shutil.copytree(tiny_plugin_run(name).run_dir, target)
+    return target
 
 
 @pytest.fixture
 def run_copy(tiny_plugin_run, tmp_path) -> Path:
     """A writable copy of the shared tiny fisheries run folder."""
-    target = tmp_path / "runs" / "fisheries" / RUN
-    shutil.copytree(tiny_plugin_run("fisheries").run_dir, target)
-    return target
+    return copy_run(tiny_plugin_run, "fisheries", tmp_path)
 
 
 def contents(folder: Path) -> dict[str, bytes]:
@@ -201,45 +207,57 @@ def test_the_contract_refuses_class_names_a_submission_cannot_hold():
 
 # ---- runs rescore after submission.csv was edited (issue: rescore validated against the edited file's ids) ----
 
-@trained
-def test_rescore_refuses_a_submission_csv_that_lost_rows_naming_it_and_the_counts(run_copy, capsys):
-    table = pd.read_csv(run_copy / "submission.csv", dtype=str, keep_default_na=False)
-    table.drop(index=range(3, 9)).to_csv(run_copy / "submission.csv", index=False)  # six rows deleted by hand
-    proc = cli("runs", "rescore", str(run_copy), "--write", "control")
-    assert_user_error(proc, f"{run_copy / 'submission.csv'} does not hold the run's submission ids",
-                      f"6 of its {len(table)} ids are missing", "0 are not the run's", "_submission.csv")
-    assert not (run_copy / "rescored_control_submission.csv").exists()
+def submission_ids(run: Path) -> list[str]:
+    table = pd.read_csv(run / "control_submission.csv", dtype=str, keep_default_na=False)
+    return table[table.columns[0]].tolist()  # every plugin's submission starts with its id column
 
-    table.assign(image=table["image"].where(table.index != 0, "stray.jpg")).to_csv(run_copy / "submission.csv", index=False)
-    proc = in_process(capsys, "runs", "rescore", str(run_copy), "--write", "control")
+
+@trained
+@pytest.mark.parametrize("name", list_competitions())
+def test_rescore_refuses_a_submission_csv_that_lost_rows_naming_it_and_the_counts(name, tiny_plugin_run, tmp_path, capsys):
+    run = copy_run(tiny_plugin_run, name, tmp_path)
+    table = pd.read_csv(run / "submission.csv", dtype=str, keep_default_na=False)
+    table.drop(index=range(3, 9)).to_csv(run / "submission.csv", index=False)  # six rows deleted by hand
+    proc = in_process(capsys, "runs", "rescore", str(run), "--write", "control")
+    assert_user_error(proc, f"{run / 'submission.csv'} does not hold the run's submission ids",
+                      f"6 of its {len(table)} ids are missing", "0 are not the run's", "_submission.csv")
+    assert not (run / "rescored_control_submission.csv").exists()
+
+    id_column = table.columns[0]
+    table.assign(**{id_column: table[id_column].where(table.index != 0, "stray.jpg")}).to_csv(run / "submission.csv", index=False)
+    proc = in_process(capsys, "runs", "rescore", str(run), "--write", "control")
     assert_user_error(proc, f"1 of its {len(table)} ids are missing", "1 are not the run's (e.g. ['stray.jpg'])")
 
 
 @trained
-def test_rescore_writes_every_id_of_the_run_from_probabilities_npz_even_without_submission_csv(run_copy):
+@pytest.mark.parametrize("name", list_competitions())
+def test_rescore_writes_every_id_of_the_run_from_probabilities_npz_even_without_submission_csv(name, tiny_plugin_run,
+                                                                                               tmp_path):
     from pipeline.run.rescore import rescore
 
-    expected = pd.read_csv(run_copy / "control_submission.csv", dtype=str)["image"].tolist()
-    with np.load(run_copy / "probabilities.npz") as npz:
-        assert npz["submission_ids"].tolist() == expected  # the run keeps its submission's ids, in order
-    (run_copy / "submission.csv").rename(run_copy.parent / "my-edited-submission.csv")  # moved out, as the error says
-    result = rescore(run_copy, write="control")
-    assert result.written.read_bytes() == (run_copy / "control_submission.csv").read_bytes()
+    run = copy_run(tiny_plugin_run, name, tmp_path)
+    with np.load(run / "probabilities.npz") as npz:
+        assert npz["submission_ids"].tolist() == submission_ids(run)  # the run keeps its submission's ids, in order
+    (run / "submission.csv").rename(run.parent / "my-edited-submission.csv")  # moved out, as the error says
+    result = rescore(run, write="control")
+    assert result.written.read_bytes() == (run / "control_submission.csv").read_bytes()
 
 
 @trained
-def test_a_run_older_than_the_kept_ids_is_rescored_only_with_the_submission_csv_it_wrote(run_copy):
+@pytest.mark.parametrize("name", list_competitions())
+def test_a_run_older_than_the_kept_ids_is_rescored_only_with_the_submission_csv_it_wrote(name, tiny_plugin_run, tmp_path):
     from pipeline.run.rescore import rescore
 
-    with np.load(run_copy / "probabilities.npz") as npz:
+    run = copy_run(tiny_plugin_run, name, tmp_path)
+    with np.load(run / "probabilities.npz") as npz:
         arrays = {key: npz[key] for key in npz.files if key != "submission_ids"}
-    np.savez_compressed(run_copy / "probabilities.npz", **arrays)  # as runs wrote it before the ids were kept
-    assert rescore(run_copy, write="teacher").written.read_bytes() == (run_copy / "teacher_submission.csv").read_bytes()
-    lines = (run_copy / "submission.csv").read_text().splitlines()
-    (run_copy / "submission.csv").write_text("\n".join(lines[:-5]) + "\n")
+    np.savez_compressed(run / "probabilities.npz", **arrays)  # as runs wrote it before the ids were kept
+    assert rescore(run, write="teacher").written.read_bytes() == (run / "teacher_submission.csv").read_bytes()
+    lines = (run / "submission.csv").read_text().splitlines()
+    (run / "submission.csv").write_text("\n".join(lines[:-5]) + "\n")
     with pytest.raises(UserError, match=r"submission.csv cannot be trusted .*its sha256 differs.*predates the ids"):
-        rescore(run_copy, write="student")
-    assert not (run_copy / "rescored_student_submission.csv").exists()
+        rescore(run, write="student")
+    assert not (run / "rescored_student_submission.csv").exists()
 
 
 # ---- a full disk under --runs-dir or --cache-dir ------------------------------------------------------------
