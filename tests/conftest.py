@@ -55,7 +55,8 @@ def plugin_sample(tmp_path_factory):
 def tiny_plugin_run(plugin_sample, tmp_path_factory):
     """`tiny_plugin_run(name)`: one tiny end-to-end run (teacher, one student round, control; no shift check) on
     the plugin's small sample, scored against its solution; made once per session and shared (tests/test_plugin_contract.py,
-    tests/test_rescore.py). Read-only: copy the run folder before changing it."""
+    tests/test_rescore.py, tests/test_hostile_outputs.py: their xdist group "plugin-runs"). Read-only: copy the run
+    folder before changing it."""
     made: dict = {}
 
     def run(name: str):
