@@ -17,7 +17,7 @@ from typing import Any, Callable
 from pipeline.errors import UserError
 from pipeline.plugin.api import GROUPS
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # pipeline/run/config.py -> the checkout
 SUBMISSIONS_DIR = REPO_ROOT / "submissions"
 CACHE_DIR = REPO_ROOT / "cache"
 LEDGER_PATH = SUBMISSIONS_DIR / "ledger.sqlite"
