@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 from pipeline.errors import UserError
 from pipeline.plugin.api import GROUPS
+from pipeline.run.options import Bounds, between, flag_of, groups_subset, integer, one_of, option, parse_groups
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # pipeline/run/config.py -> the checkout
 SUBMISSIONS_DIR = REPO_ROOT / "submissions"
@@ -72,53 +72,6 @@ def largest_derived_seed(seed: int, folds: int, pseudo_rounds: int, pseudo_folds
 
 MAX_SEED_OFFSET = largest_derived_seed(0, MAX_FOLDS, MAX_PSEUDO_ROUNDS, MAX_PSEUDO_FOLDS)
 MAX_SEED = SEED_LIMIT - 1 - MAX_SEED_OFFSET
-
-
-# ---- constraints: each returns a problem sentence, or None ----------------------------------------------
-@dataclass(frozen=True)
-class Bounds:
-    """A numeric option's range, low <= value <= high (whole numbers only when `integer`): its constraint, with the
-    bounds readable by tests and messages."""
-
-    low: float
-    high: float
-    integer: bool = False
-    hint: str = ""
-
-    def __call__(self, v) -> str | None:
-        number = isinstance(v, int) if self.integer else isinstance(v, (int, float))
-        if number and not isinstance(v, bool) and self.low <= v <= self.high:  # also rejects NaN
-            return None
-        what = f"an integer >= {self.low} and <= {self.high}" if self.integer else f"between {self.low} and {self.high}"
-        return f"must be {what}" + (f" ({self.hint})" if self.hint else "")
-
-
-def integer(low: int, high: int, hint: str = "") -> Bounds:
-    return Bounds(low, high, integer=True, hint=hint)
-
-
-def between(low: float, high: float, hint: str = "") -> Bounds:
-    return Bounds(low, high, hint=hint)
-
-
-def one_of(*choices: str) -> Callable[[Any], str | None]:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
-
-
-def groups_subset(v) -> str | None:
-    return None if v and all(g in GROUPS for g in v) else f"must be a comma-separated subset of {','.join(GROUPS)}"
-
-
-def _groups(text: str) -> tuple[str, ...]:
-    return tuple(g.strip() for g in text.split(",") if g.strip())
-
-
-def option(default, help: str, *, check=None, teacher: bool = False, parse=None, cli: bool = True, flag: str | None = None):
-    """A RunConfig field: default, --help text, constraint, and whether it changes the trained teacher."""
-    meta = {"help": help, "check": check, "teacher": teacher, "parse": parse, "cli": cli, "flag": flag}
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -186,7 +139,7 @@ class RunConfig:
     pseudo_class_cap: float = option(1.0, "a class gets at most this multiple of its (--pseudo-balance) share of a group's quota",
                                      check=between(0.01, 100.0, "use a large value (e.g. 100) for no cap"))
     pseudo_groups: tuple[str, ...] = option(GROUPS, "which leaderboard groups to pseudo-label: public,private | public | private",
-                                            check=groups_subset, parse=_groups)
+                                            check=groups_subset, parse=parse_groups)
     pseudo_labels: str = option("hard", "0/1 targets or the teacher's probabilities: hard|soft", check=one_of("hard", "soft"))
     pseudo_folds: int = option(1, "K > 1: out-of-fold students (test fold k predicted by a student that never saw its pseudo-labels)",
                                check=integer(1, MAX_PSEUDO_FOLDS))
@@ -275,10 +228,6 @@ def values_per_image(backbone: str, image_size: int, width: int) -> int:
     elif backbone == "small-cnn":
         values = 16 * image_size ** 2
     return values
-
-
-def flag_of(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
 def teacher_settings(cfg: RunConfig) -> dict:
