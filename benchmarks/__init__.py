@@ -15,10 +15,9 @@ def submit_config(argv: list[str]):
 
 def default_model_spec(n_classes: int = 8):
     """The default model's ModelSpec (64 px, 32 items a step); --min-steps 1, so a fit takes exactly the steps asked."""
-    from pipeline.model import train
-    from pipeline.run.config import RunConfig
+    from pipeline.model.spec import ModelSpec, TrainSettings
 
-    return train.ModelSpec(RunConfig(competition="bench", data="", min_steps=1), n_classes=n_classes, multi_label=False)
+    return ModelSpec(TrainSettings.defaults(min_steps=1), n_classes=n_classes, multi_label=False)
 
 
 def alternating(names, repeats: int):

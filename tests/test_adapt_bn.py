@@ -39,7 +39,7 @@ def test_adapted_prediction_of_a_darkened_group_equals_the_prediction_of_the_ori
     """Batch norm on the raw pixels: dividing the images by 2 moves every statistic with them, so after adaptation
     the darkened group is normalised exactly as the original one was, and the model predicts the same."""
     from pipeline.model import train
-    from pipeline.run.config import RunConfig
+    from pipeline.model.spec import ModelSpec, TrainSettings
 
     rng = np.random.default_rng(1)
     bright = rng.integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
@@ -47,7 +47,7 @@ def test_adapted_prediction_of_a_darkened_group_equals_the_prediction_of_the_ori
     model = _bn_model()
     model.get_layer("bn").set_weights([np.ones(3), np.zeros(3), np.full(3, 10.0), np.full(3, 400.0)])
     model.get_layer("head").set_weights([rng.normal(size=(3, 3)), np.zeros(3)])
-    spec = train.ModelSpec(RunConfig(competition="imagefolder", data="unused", tta=False), 3, multi_label=False)
+    spec = ModelSpec(TrainSettings.defaults(tta=False), 3, multi_label=False)
     on_bright = train.predict(model, bright, None, spec, adapt=True)
     on_dark = train.predict(model, dark, None, spec, adapt=True)
     unadapted_dark = train.predict(model, dark, None, spec)

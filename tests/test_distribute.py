@@ -56,6 +56,7 @@ MIRRORED = textwrap.dedent("""
     from pipeline.__main__ import main
     from pipeline.model import distribute
     from pipeline.model import train
+    from pipeline.model.spec import ModelSpec, TrainSettings
     from pipeline.run.config import RunConfig
     from pipeline.errors import UserError
 
@@ -67,7 +68,7 @@ MIRRORED = textwrap.dedent("""
     # the prediction order: mirrored replicas split uneven batches (16 + 5 rows, reversed), outputs must line up
     cfg = RunConfig(competition="fisheries", data=tmp, distribute="mirrored", image_size=32, width=8, batch_size=4, tta=False)
     distribute.setup(cfg)
-    spec = train.ModelSpec(cfg, 3, False)
+    spec = ModelSpec(TrainSettings.of(cfg), 3, False)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (21, 32, 32, 3), dtype=np.uint8)
     model, _ = train.fit(spec, "check", x, np.eye(3, dtype=np.float32)[rng.integers(0, 3, 21)], 3, 0, "none")
@@ -250,7 +251,7 @@ def test_workers_compare_decoded_pixels_and_labels_not_a_frozen_backbones_embedd
 
     import numpy as np
 
-    from pipeline.model import train
+    from pipeline.model.spec import ModelSpec, TrainSettings
     from pipeline.data.items import load_items
     from pipeline.cache.teachers import worker_data_key
     from tests.conftest import tiny_config
@@ -259,7 +260,7 @@ def test_workers_compare_decoded_pixels_and_labels_not_a_frozen_backbones_embedd
     fisheries = get_competition("fisheries")
     cfg = tiny_config(data, tmp_path)
     items = load_items(cfg, fisheries, data, fisheries.train_items(data), fisheries.test_items(data))
-    spec = train.ModelSpec(cfg, len(items.classes), False)
+    spec = ModelSpec(TrainSettings.of(cfg), len(items.classes), False)
     key = worker_data_key(cfg, spec, items)
     embeddings = np.random.default_rng(0).standard_normal((len(items.y), 16)).astype(np.float32)
     on_one = dataclasses.replace(items, train_x=embeddings)

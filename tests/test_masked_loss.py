@@ -9,7 +9,7 @@ def test_without_missing_tags_it_is_kerass_loss_and_gradient_bit_for_bit():
     import keras
     import tensorflow as tf
 
-    from pipeline.model.train import MaskedBinaryCrossentropy
+    from pipeline.model.spec import MaskedBinaryCrossentropy
 
     rng = np.random.default_rng(0)
     y = (rng.random((32, 17)) < 0.3).astype(np.float32)
@@ -25,7 +25,7 @@ def test_missing_tags_add_nothing_to_the_loss_or_the_gradient():
     import keras
     import tensorflow as tf
 
-    from pipeline.model.train import MaskedBinaryCrossentropy
+    from pipeline.model.spec import MaskedBinaryCrossentropy
 
     y = np.array([[1, np.nan, 0], [np.nan, np.nan, np.nan]], dtype=np.float32)
     p = tf.Variable(np.array([[0.8, 0.3, 0.1], [0.2, 0.6, 0.9]], dtype=np.float32))

@@ -49,10 +49,10 @@ def test_training_the_narrow_resnet_on_odd_batches_does_not_corrupt_the_heap():
     script = textwrap.dedent("""
         import numpy as np
         from pipeline.model import train
-        from pipeline.run.config import RunConfig
+        from pipeline.model.spec import ModelSpec, TrainSettings
 
-        cfg = RunConfig(competition="amazon", data="unused", image_size=32, width=8, min_steps=12, batch_size=32)
-        spec = train.ModelSpec(cfg, 5, multi_label=True, flips="both")
+        settings = TrainSettings.defaults(image_size=32, width=8, min_steps=12, batch_size=32)
+        spec = ModelSpec(settings, 5, multi_label=True, flips="both")
         rng = np.random.default_rng(0)
         x = rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
         y = (rng.random((96, 5)) > 0.5).astype(np.float32)
@@ -65,3 +65,14 @@ def test_training_the_narrow_resnet_on_odd_batches_does_not_corrupt_the_heap():
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     assert "trained 39" in done.stdout
+
+
+def test_train_settings_are_the_runs_options_and_their_defaults_the_runs_defaults():
+    from pipeline.model.spec import TrainSettings
+    from pipeline.run.config import RunConfig
+
+    cfg = RunConfig(competition="fisheries", data="d", backbone="small-cnn", image_size=48, batch_size=8, tta=False)
+    assert TrainSettings.of(cfg) == TrainSettings.defaults(backbone="small-cnn", image_size=48, batch_size=8, tta=False)
+    assert TrainSettings.of(RunConfig()) == TrainSettings.defaults()
+    assert TrainSettings.defaults().batch_size == RunConfig().batch_size == 32
+

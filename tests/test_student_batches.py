@@ -13,7 +13,7 @@ import pytest
     (10, 0, 0),
 ])
 def test_pseudo_items_per_batch_follow_their_share_of_the_pool(n_train, n_pseudo, expected):
-    from pipeline.model.train import pseudo_batch_size
+    from pipeline.model.spec import pseudo_batch_size
 
     assert pseudo_batch_size(32, n_train, n_pseudo) == expected
 
@@ -65,15 +65,14 @@ def test_calibrated_weights_follow_how_often_the_labeler_is_right_at_each_confid
 
 def test_a_students_epochs_count_the_items_its_steps_draw():
     """--student-epochs are passes over train + pseudo-labeled items, in the batches the student draws."""
-    from pipeline.run.config import RunConfig
-    from pipeline.model.train import ModelSpec
+    from pipeline.model.spec import ModelSpec, TrainSettings
 
-    spec = ModelSpec(RunConfig(competition="fisheries", batch_size=32, min_steps=1), n_classes=3, multi_label=False)
+    spec = ModelSpec(TrainSettings.defaults(batch_size=32, min_steps=1), n_classes=3, multi_label=False)
     assert spec.steps(640, 3) == 60  # 20 batches of 32 a pass: the teacher's and the control's count
     assert spec.steps(640, 3, 600) == 60  # 32 + 30 items a step: both pass in 20 steps
     assert spec.steps(640, 3, 600, pooled=True) == 117  # one pool of 1,240 items, 32 a step
     assert spec.steps(80, 6, 1520) == 6 * 25  # 32 + 32 items a step (capped): 1,600 items in 25 steps
-    floor = ModelSpec(RunConfig(competition="fisheries", batch_size=32, min_steps=100), n_classes=3, multi_label=False)
+    floor = ModelSpec(TrainSettings.defaults(batch_size=32, min_steps=100), n_classes=3, multi_label=False)
     assert floor.steps(640, 3, 600) == 100
 
 

@@ -180,7 +180,7 @@ def get_or_embed(cfg: RunConfig, paths: list[str], pixels: np.ndarray, fingerpri
             print(f"features: cached in {folder}", flush=True)
             return features
     backbone = models.pretrained_backbone(cfg.backbone, cfg.image_size, cfg.weights)
-    features = train.embed(backbone, pixels, cfg, "train+test")
+    features = train.embed(backbone, pixels, cfg.batch_size, "train+test")
     cache.write_entry(folder, {"features.npy": lambda path: np.save(path, features, allow_pickle=False)})
     return features
 

@@ -9,7 +9,6 @@ import math
 import time
 import warnings
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -19,8 +18,8 @@ import tensorflow as tf
 from pipeline.data import augment
 from pipeline.data import streams as data
 from pipeline.model import distribute
-from pipeline.model import backbones as models
-from pipeline.run.config import PREDICTION_BATCH, STRONG_NOISE_PASSES, RunConfig
+from pipeline.model.spec import ModelSpec, pseudo_batch_size
+from pipeline.run.config import PREDICTION_BATCH, STRONG_NOISE_PASSES
 
 
 class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
@@ -55,73 +54,10 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
                          self._decay_function(step - warmup_steps, decay_steps, target, dtype))
 
 
-class MaskedBinaryCrossentropy(keras.losses.Loss):
-    """Keras's BinaryCrossentropy (with label smoothing) over the known tags only: a NaN target is no label.
-
-    A pseudo-labeled multi-label item keeps the tags its labeling model is sure of and leaves the rest
-    unlabeled (UPS, Rizve et al. 2021), instead of forcing a 0 or 1 on every tag. With no NaN it equals Keras's loss.
-    """
-
-    def __init__(self, label_smoothing: float = 0.0, name: str = "masked_binary_crossentropy") -> None:
-        super().__init__(name=name)
-        self.label_smoothing = label_smoothing
-
-    def call(self, y_true, y_pred):
-        from keras import ops
-
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.cast(y_true, y_pred.dtype)
-        known = ops.logical_not(ops.isnan(y_true))
-        target = ops.where(known, y_true, ops.zeros_like(y_true)) * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
-        per_tag = ops.binary_crossentropy(target, y_pred)
-        weight = ops.cast(known, y_pred.dtype)
-        return ops.sum(per_tag * weight, axis=-1) / ops.maximum(ops.sum(weight, axis=-1), 1.0)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "label_smoothing": self.label_smoothing}
-
-
 def seed_everything(seed: int) -> None:
     """Same seed, same machine -> same weights, batches and predictions."""
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How items are fed (uint8 images, or cached embeddings of a frozen backbone) and which model learns them."""
-
-    cfg: RunConfig
-    n_classes: int
-    multi_label: bool
-    flips: str = "horizontal"  # which mirror images keep the label (the competition's call)
-    feature_dim: int | None = None  # set in feature-cache mode
-
-    def build(self) -> keras.Model:
-        if self.feature_dim is not None:
-            return models.feature_classifier(self.feature_dim, self.n_classes, self.multi_label)
-        if self.cfg.backbone == models.RESNET:
-            backbone = models.resnet(self.cfg.image_size, self.cfg.width)
-        elif self.cfg.backbone == models.SMALL_CNN:
-            backbone = models.small_cnn(self.cfg.image_size)
-        else:
-            backbone = models.pretrained_backbone(self.cfg.backbone, self.cfg.image_size, self.cfg.weights)
-        return models.image_classifier(backbone, self.n_classes, self.multi_label, trainable_backbone=True)
-
-    def loss(self) -> keras.losses.Loss:
-        smoothing = self.cfg.label_smoothing
-        if self.multi_label:
-            return MaskedBinaryCrossentropy(label_smoothing=smoothing)
-        return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
-
-    def steps(self, n_items: int, epochs: int, n_pseudo: int = 0, pooled: bool = False) -> int:
-        """The optimizer steps of one fit: `epochs` passes over its n_items (+ n_pseudo) items, at least --min-steps.
-
-        A pass is counted in the batches the fit draws: --batch-size items a step, plus `pseudo_batch_size` on top
-        unless `pooled` (one pool of both, --batch-size items a step).
-        """
-        per_step = self.cfg.batch_size + (0 if pooled else pseudo_batch_size(self.cfg.batch_size, n_items, n_pseudo))
-        return max(self.cfg.min_steps, epochs * math.ceil((n_items + n_pseudo) / per_step))
 
 
 class StepLog(keras.callbacks.Callback):
@@ -135,14 +71,6 @@ class StepLog(keras.callbacks.Callback):
         self.done = min(self.steps, self.done + self.params["steps"])
         loss = (logs or {}).get("loss", float("nan"))
         print(f"  {self.name}: step {self.done}/{self.steps}, loss {loss:.4f} ({time.perf_counter() - self.start:.0f}s)", flush=True)
-
-
-def pseudo_batch_size(batch_size: int, n_train: int, n_pseudo: int) -> int:
-    """Pseudo-labeled items added to each step's --batch-size train items: their share of the pool, at most as
-    many as the train items (1/4 of the combined set -> a third of a batch on top), at least 1."""
-    if n_pseudo <= 0:
-        return 0
-    return int(min(batch_size, max(1, round(batch_size * n_pseudo / max(n_train, 1)))))
 
 
 def labeled_passes(steps: int, batch_size: int, n_train: int, n_pseudo: int, pooled: bool) -> float:
@@ -193,7 +121,7 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
     the replicas and their gradients all-reduced into the global batch's, so the steps and schedule do not depend on
     the number of devices.
     """
-    cfg = spec.cfg
+    settings = spec.settings
     seed_everything(seed)
     with distribute.model_scope():  # variables (and the optimizer's, built from them) mirrored on every replica
         model = spec.build()
@@ -202,15 +130,15 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
         elif init is not None:
             model.set_weights(init)
         warmup = min(100, steps // 10)
-        schedule = WarmupCosineDecay(cfg.learning_rate * 0.1, max(1, steps - warmup), alpha=0.0,
-                                     warmup_target=cfg.learning_rate, warmup_steps=warmup)
-        model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay), loss=spec.loss())
+        schedule = WarmupCosineDecay(settings.learning_rate * 0.1, max(1, steps - warmup), alpha=0.0,
+                                     warmup_target=settings.learning_rate, warmup_steps=warmup)
+        model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay), loss=spec.loss())
         # Built here, not lazily in the first step: a variable created while tf.function traces the train step makes
         # it trace that step twice, and tracing is most of a short fit's time (a tiny fit: 2 traces -> 1)
         model.optimizer.build(model.trainable_variables)
         if distribute.is_multiworker():
             distribute.detach_for_multiworker(model)
-    batches, extra = training_batches(x, y, cfg.batch_size, seed, pseudo, weights, pseudo_weights)
+    batches, extra = training_batches(x, y, settings.batch_size, seed, pseudo, weights, pseudo_weights)
     augment_level = applied_augmentation(spec, augment_level)
     noise = augment.augmenter(augment_level, spec.flips)
     if noise is not None:
@@ -230,7 +158,7 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
     losses = history.history["loss"]
     n_pseudo = 0 if pseudo is None else int(len(pseudo[0]))
     return model, {"steps": int(math.ceil(steps / chunk) * chunk), "items": int(len(x)) + n_pseudo,
-                   "batch": cfg.batch_size + extra, "pseudo_per_batch": extra, "augment": augment_level,
+                   "batch": settings.batch_size + extra, "pseudo_per_batch": extra, "augment": augment_level,
                    "final_loss": float(losses[-1]), "seconds": round(time.perf_counter() - started, 2),
                    "strategy": type(distribute.strategy()).__name__, "replicas": distribute.replicas()}
 
@@ -289,11 +217,11 @@ def predict(model: keras.Model, source: np.ndarray, rows: np.ndarray | None, spe
     rows = np.arange(len(source)) if rows is None else np.asarray(rows)
     if len(rows) == 0:
         return np.zeros((0, n_out), dtype=np.float32)
-    saved = adapted_batch_norm(model, source, rows, spec.cfg.batch_size * PREDICTION_BATCH) if adapt else []
+    saved = adapted_batch_norm(model, source, rows, spec.settings.batch_size * PREDICTION_BATCH) if adapt else []
     try:
-        batches = data.prediction_batches(source, rows, spec.cfg.batch_size * PREDICTION_BATCH)
+        batches = data.prediction_batches(source, rows, spec.settings.batch_size * PREDICTION_BATCH)
         probs = model.predict(batches, verbose=0).astype(np.float32)
-        if spec.cfg.tta and "horizontal" in spec.flips:
+        if spec.settings.tta and "horizontal" in spec.flips:
             mirrored = batches.map(lambda images: tf.reverse(images, axis=[2]))
             probs = (probs + model.predict(mirrored, verbose=0).astype(np.float32)) / 2
     finally:
@@ -301,12 +229,12 @@ def predict(model: keras.Model, source: np.ndarray, rows: np.ndarray | None, spe
     return probs
 
 
-def embed(backbone: keras.Model, source: np.ndarray, cfg: RunConfig, what: str) -> np.ndarray:
+def embed(backbone: keras.Model, source: np.ndarray, batch_size: int, what: str) -> np.ndarray:
     """Embeddings of a frozen backbone for every row of `source`, with progress; cached by the caller."""
     out = []
     rows = np.arange(len(source))
-    for done, batch in enumerate(data.prediction_batches(source, rows, cfg.batch_size), start=1):
+    for done, batch in enumerate(data.prediction_batches(source, rows, batch_size), start=1):
         out.append(backbone(tf.cast(batch, tf.float32), training=False).numpy())
         if done % 20 == 0:
-            print(f"  embedded {min(done * cfg.batch_size, len(rows))}/{len(rows)} {what} images", flush=True)
+            print(f"  embedded {min(done * batch_size, len(rows))}/{len(rows)} {what} images", flush=True)
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, backbone.output_shape[-1]), np.float32)

@@ -217,11 +217,11 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
                      started: float, shift: ShiftReport | None, resumed: dict | None = None) -> dict:
     from pipeline.method import selftrain
     from pipeline.cache import teachers as teacher_cache
-    from pipeline.model import train
+    from pipeline.model.spec import ModelSpec, TrainSettings
     from pipeline.method import verdict
 
-    spec = train.ModelSpec(cfg, len(items.classes), competition.multi_label, getattr(competition, "flips", "horizontal"),
-                           feature_dim=None if items.train_x.dtype == np.uint8 else int(items.train_x.shape[1]))
+    spec = ModelSpec(TrainSettings.of(cfg), len(items.classes), competition.multi_label, getattr(competition, "flips", "horizontal"),
+                     feature_dim=None if items.train_x.dtype == np.uint8 else int(items.train_x.shape[1]))
     teacher = teacher_cache.get_or_train(cfg, spec, items)
     scored_rows = items.fold >= 0
     y_scored = items.y[scored_rows]
