@@ -4,11 +4,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from pipeline.method.pseudo import (PseudoSettings, assign_folds, certain_tag_band, confidence_and_classes, select_pseudo_labels,
-                             target_count)
+                                    target_count)
+from pipeline.run.config import RunConfig
 
 
 def random_probs(n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -17,10 +20,24 @@ def random_probs(n: int, k: int, seed: int = 0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def select(probs, test_groups, n_train=300, share=None, eligible=None, **settings):
+def settings(**changes) -> PseudoSettings:
+    """The run's default selection options as one round (tests of rounds set theirs), with `changes`."""
+    return dataclasses.replace(PseudoSettings.of(RunConfig()), **{"rounds": 1, **changes})
+
+
+def select(probs, test_groups, n_train=300, share=None, eligible=None, **changes):
     share = np.full(probs.shape[1], 1 / probs.shape[1]) if share is None else share
     eligible = np.ones(len(probs), bool) if eligible is None else eligible
-    return select_pseudo_labels(probs, test_groups, eligible, n_train, share, PseudoSettings(**settings))
+    return select_pseudo_labels(probs, test_groups, eligible, n_train, share, settings(**changes))
+
+
+def test_selection_options_are_the_runs_and_have_no_defaults_of_their_own():
+    cfg = RunConfig(pseudo_ratio=0.5, pseudo_threshold=0.2, pseudo_class_cap=3.0, pseudo_groups=("private",),
+                    pseudo_labels="soft", pseudo_balance="train", pseudo_rounds=4)
+    assert PseudoSettings.of(cfg) == PseudoSettings(ratio=0.5, threshold=0.2, class_cap=3.0, groups=("private",),
+                                                    labels="soft", balance="train", rounds=4)
+    with pytest.raises(TypeError):
+        PseudoSettings(ratio=0.5)  # a default here could disagree with the run's (it did: 0.9 and 1 round)
 
 
 def test_target_count_gives_the_requested_share_of_the_combined_set():
@@ -121,7 +138,7 @@ def test_rounds_ask_for_a_growing_share_and_the_last_round_for_all_of_it():
     probs = random_probs(1000, 4)
     groups = np.array(["public"] * 500 + ["private"] * 500)
     sizes = [len(select_pseudo_labels(probs, groups, np.ones(1000, bool), 100, np.full(4, 0.25),
-                                      PseudoSettings(ratio=0.8, rounds=3, class_cap=100), round=r)) for r in (1, 2, 3)]
+                                      settings(ratio=0.8, rounds=3, class_cap=100), round=r)) for r in (1, 2, 3)]
     wanted = [target_count(100, 0.8, r, 3) for r in (1, 2, 3)]
     assert all(abs(got - want) <= 1 for got, want in zip(sizes, wanted))  # each group's quota is rounded
     assert wanted[-1] == target_count(100, 0.8) == 400
@@ -171,8 +188,8 @@ def test_selection_module_does_not_import_tensorflow():
 def test_a_pool_smaller_than_the_target_is_still_taken_as_a_curriculum():
     probs = random_probs(200, 4)
     groups = np.array(["public"] * 100 + ["private"] * 100)
-    settings = PseudoSettings(ratio=0.95, rounds=2, class_cap=100)  # wants 19x train = 1900, only 200 exist
-    first, last = (select_pseudo_labels(probs, groups, np.ones(200, bool), 100, np.full(4, 0.25), settings, round=r)
+    options = settings(ratio=0.95, rounds=2, class_cap=100)  # wants 19x train = 1900, only 200 exist
+    first, last = (select_pseudo_labels(probs, groups, np.ones(200, bool), 100, np.full(4, 0.25), options, round=r)
                    for r in (1, 2))
     assert len(first) == 100 and len(last) == 200  # half the pool, then all of it
     assert set(first.index) <= set(last.index)  # the most confident first
@@ -201,17 +218,17 @@ def test_precision_threshold_multi_label_counts_the_share_of_tags_decided_right(
 
 
 def test_a_precision_threshold_only_ever_removes_the_least_confident_items():
-    from pipeline.method.pseudo import PseudoSettings, precision_threshold
+    from pipeline.method.pseudo import precision_threshold
 
     rng = np.random.default_rng(0)
     test_probs, scored_probs = rng.dirichlet(np.ones(4), 300), rng.dirichlet(np.ones(4) * 0.3, 100)
     y = np.eye(4)[[rng.choice(4, p=p) for p in scored_probs]]  # calibrated: confident rows are right more often
     groups = np.array(["public", "private"] * 150)
-    loose = select_pseudo_labels(test_probs, groups, np.ones(300, bool), 100, np.full(4, 0.25), PseudoSettings(ratio=0.7))
+    loose = select_pseudo_labels(test_probs, groups, np.ones(300, bool), 100, np.full(4, 0.25), settings(ratio=0.7))
     cutoff = precision_threshold(scored_probs, y, 0.9)
     assert 0 < cutoff < 1
     strict = select_pseudo_labels(test_probs, groups, np.ones(300, bool), 100, np.full(4, 0.25),
-                                  PseudoSettings(ratio=0.7, threshold=cutoff))
+                                  settings(ratio=0.7, threshold=cutoff))
     assert set(strict.index) <= set(loose.index) and strict.confidence.min() >= cutoff
     assert (strict.status == "below threshold").sum() > 0
 
@@ -219,9 +236,9 @@ def test_a_precision_threshold_only_ever_removes_the_least_confident_items():
 def test_a_threshold_that_stops_a_whole_pool_selection_is_named_as_the_reason():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.5, 0.5]])
     groups = np.array(["public", "public", "private", "private"])
-    everything = select_pseudo_labels(probs, groups, np.ones(4, bool), 2, np.full(2, 0.5), PseudoSettings(ratio=0.95))
+    everything = select_pseudo_labels(probs, groups, np.ones(4, bool), 2, np.full(2, 0.5), settings(ratio=0.95))
     assert len(everything) == 4 and everything.stop_reason.startswith("the whole eligible pool")
-    confident = select_pseudo_labels(probs, groups, np.ones(4, bool), 2, np.full(2, 0.5), PseudoSettings(ratio=0.95, threshold=0.7))
+    confident = select_pseudo_labels(probs, groups, np.ones(4, bool), 2, np.full(2, 0.5), settings(ratio=0.95, threshold=0.7))
     assert len(confident) == 2 and confident.stop_reason == "private: stopped by threshold"  # public took both of its own
 
 
@@ -240,7 +257,7 @@ def test_certain_tag_band_follows_the_calibration_the_holdout_shows():
 def test_multi_label_tags_inside_the_band_are_left_unlabeled():
     probs = np.array([[0.95, 0.05, 0.40], [0.80, 0.30, 0.10], [0.60, 0.02, 0.99]])
     groups = np.array(["public"] * 3)
-    kwargs = dict(eligible=np.ones(3, bool), n_train=10, train_share=np.full(3, 1 / 3), settings=PseudoSettings(ratio=0.9),
+    kwargs = dict(eligible=np.ones(3, bool), n_train=10, train_share=np.full(3, 1 / 3), settings=settings(ratio=0.9),
                   multi_label=True, thresholds=np.full(3, 0.5))
     every_tag = select_pseudo_labels(probs, groups, **kwargs)
     banded = select_pseudo_labels(probs, groups, **kwargs, tag_band=(0.1, 0.9))

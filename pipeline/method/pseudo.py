@@ -18,13 +18,21 @@ STOP_REASONS = ("nothing asked", "no eligible items", "quota reached", "threshol
 
 @dataclass(frozen=True)
 class PseudoSettings:
-    ratio: float = 0.9  # target share of pseudo-labeled items in train + pseudo, in the last round
-    threshold: float = 0.0  # minimum confidence
-    class_cap: float = 1.0  # a class gets at most class_cap x its share (see balance) of a group's quota
-    groups: tuple[str, ...] = GROUPS
-    labels: str = "hard"  # hard: 0/1 targets; soft: the teacher's probabilities
-    balance: str = "predicted"  # predicted: the teacher's class distribution on the group; train: the train share; none
-    rounds: int = 1
+    """The run's --pseudo-* selection options; no defaults here: theirs are RunConfig's (`PseudoSettings.of`)."""
+
+    ratio: float  # target share of pseudo-labeled items in train + pseudo, in the last round
+    threshold: float  # minimum confidence
+    class_cap: float  # a class gets at most class_cap x its share (see balance) of a group's quota
+    groups: tuple[str, ...]
+    labels: str  # hard: 0/1 targets; soft: the teacher's probabilities
+    balance: str  # predicted: the teacher's class distribution on the group; train: the train share; none
+    rounds: int
+
+    @classmethod
+    def of(cls, options) -> "PseudoSettings":
+        """The selection options of a run (a RunConfig)."""
+        return cls(options.pseudo_ratio, options.pseudo_threshold, options.pseudo_class_cap, tuple(options.pseudo_groups),
+                   options.pseudo_labels, options.pseudo_balance, options.pseudo_rounds)
 
 
 @dataclass

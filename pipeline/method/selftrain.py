@@ -45,18 +45,13 @@ class SelfTraining:
     summary: dict  # the last round's selection of the first chain, plus per-round counts
 
 
-def settings_of(cfg: RunConfig) -> pseudo.PseudoSettings:
-    return pseudo.PseudoSettings(cfg.pseudo_ratio, cfg.pseudo_threshold, cfg.pseudo_class_cap, tuple(cfg.pseudo_groups),
-                                 cfg.pseudo_labels, cfg.pseudo_balance, cfg.pseudo_rounds)
-
-
 def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTraining:
     """Rounds of pseudo-labeling and students for every teacher model, then the controls."""
     from pipeline.model import distribute
     from pipeline.model import train
     from pipeline.cache.teachers import teacher_key
 
-    settings = settings_of(cfg)
+    settings = pseudo.PseudoSettings.of(cfg)
     key_of_teacher = teacher_key(cfg, spec, items)
     n_models = split.n_models(items.fold)
     test_groups = items.test_groups

@@ -288,7 +288,7 @@ def _teacher_only_selection(cfg: RunConfig, items: Items, teacher) -> tuple:
     from pipeline.method import selftrain
 
     nothing = pseudo.select_pseudo_labels(teacher.mean_test_probs, items.test_groups, np.ones(len(items.test_rows), bool),
-                                          len(items.y), items.y.mean(axis=0), selftrain.settings_of(cfg))
+                                          len(items.y), items.y.mean(axis=0), pseudo.PseudoSettings.of(cfg))
     provenance = selftrain.provenance_rows(items.test_ids, items.test_groups, nothing, 0, 0, items.classes)
     return provenance, {**nothing.summary(items.classes), "rounds": 0, "selected_per_round": {}}
 
