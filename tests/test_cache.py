@@ -15,7 +15,8 @@ from PIL import Image
 from pipeline.cache import entries as cache
 from pipeline.files import sha256_of
 from pipeline.shift.report import ShiftSettings
-from pipeline.cache.teachers import SHIFT_FILES, TEACHER_FILES, get_or_assess_shift, load_teacher, weights_name
+from pipeline.cache.shift import SHIFT_FILES, get_or_assess_shift
+from pipeline.cache.teachers import TEACHER_FILES, load_teacher, weights_name
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -251,3 +252,70 @@ def test_the_teacher_key_changes_with_the_labels_the_split_and_every_teacher_opt
             continue  # must name an existing file; a weights file's sha256 keys the cache (see _weights_identity)
         assert teacher_key(cfg.replace(**{name: changed}), spec, items) != base, name
     assert teacher_key(cfg.replace(pseudo_ratio=0.5, pseudo_rounds=3), spec, items) == base  # students only
+
+
+def test_cache_keys_are_the_ones_existing_entries_were_written_under():
+    """Every cache finds its entries by these strings: pinned from the code before the four caches shared one key
+    function (ff373dc), so a change to what goes into a key, or to how it is written, cannot slip in unnoticed."""
+    from types import SimpleNamespace
+
+    from pipeline.cache.features import features_key
+    from pipeline.cache.models import control_key, selection_digest, student_key
+    from pipeline.cache.shift import shift_key
+    from pipeline.cache.teachers import teacher_key
+    from pipeline.run.config import RunConfig
+
+    cfg = RunConfig(competition="fisheries", data="d")
+    other = RunConfig(competition="amazon", data="d2", folds=3, seed=5, pseudo_groups=("public",), plugin_options={"a": "b"},
+                      backbone="MobileNetV2", image_size=32, adapt_bn="all")
+    y = np.eye(3, dtype=np.float32)[np.arange(30) % 3]
+    items = SimpleNamespace(fingerprint="f", y=y, fold=np.arange(30) % 5, adapted=())
+    other_items = SimpleNamespace(fingerprint="g", y=y[::-1].copy(), fold=np.arange(30) % 3, adapted=("private",))
+    teacher = teacher_key(other, SimpleNamespace(n_classes=3, multi_label=True, flips="both"), other_items)
+    paths = ["a/1.png", "b/2.jpg", "c/3.png"]
+    sets = {"train": paths[:1], "public": paths[1:2], "private": paths[2:]}
+    keys = {
+        "teacher": teacher_key(cfg, SimpleNamespace(n_classes=3, multi_label=False, flips="horizontal"), items),
+        "teacher2": teacher,
+        "student": student_key("teacher", cfg, 0, 1, 0, "selection", "init", 30),
+        "student2": student_key(teacher, other, 2, 2, 1, selection_digest(np.arange(4), y[:4]), "scratch", 123),
+        "control": control_key("teacher", cfg, 0, 20),
+        "control2": control_key(teacher, other, 2, 123),
+        "features": features_key(cfg, paths, "fp"),
+        "features2": features_key(other, paths, "fp"),
+        "shift": shift_key(cfg, sets, "fp", ShiftSettings()),
+        "shift2": shift_key(other, sets, "fp", CHEAP_SHIFT),
+    }
+    assert keys == {
+        "teacher": "8920f19baa1d37f89b8c", "teacher2": "b52dde6ec964f80a8c00",
+        "student": "6a4f5feccdfcce629536", "student2": "4c62402f65d61ea78fd6",
+        "control": "be89de7ec017fa4b2cfc", "control2": "7b7b0c75519ec0b884e2",
+        "features": "2b32fb73f3863c274259", "features2": "cf8394f56475f18e1703",
+        "shift": "37cf8e9c7ece2f0db4a5", "shift2": "a96adfa2cc70183a4abe",
+    }
+
+
+def test_a_cached_stage_computes_once_and_recomputes_an_entry_its_loader_rejects(tmp_path, capsys):
+    from pipeline.cache.stage import get_or_compute
+
+    computed = []
+
+    def compute():
+        computed.append(1)
+        return len(computed), {"n.json": write_text(json.dumps(len(computed)))}
+
+    def load(folder: Path) -> int:
+        value = json.loads((folder / "n.json").read_text())
+        if value > 1:
+            raise ValueError("not for this run")
+        return value
+
+    folder = tmp_path / "stage" / "key"
+    assert get_or_compute(folder, ["n.json"], load, compute, "stage: cached") == (1, False)
+    assert get_or_compute(folder, ["n.json"], load, compute, "stage: cached") == (1, True)
+    assert "stage: cached" in capsys.readouterr().out and len(computed) == 1
+    assert get_or_compute(folder, ["n.json"], load, compute, "stage: cached", read=False) == (2, False)
+    assert json.loads((folder / "n.json").read_text()) == 1  # same key, same content: the entry there is kept
+    unfit = cache.write_entry(tmp_path / "stage" / "unfit", {"n.json": write_text("5")})
+    assert get_or_compute(unfit, ["n.json"], load, compute, "stage: cached") == (3, False)
+    assert "ValueError: not for this run" in capsys.readouterr().err and json.loads((unfit / "n.json").read_text()) == 3

@@ -10,7 +10,7 @@ declared in NOT_MODEL_SETTINGS, so a new option is in the key unless someone say
 place in the chain (teacher model, round, pseudo-fold), the digest of the pseudo-labels it trained on and the
 key of the model it started from. A control's key leaves out the pseudo-label and student options too
 (NOT_CONTROL_SETTINGS): a sweep over them trains the control once. Entries are written and verified by
-pipeline/cache/entries.py (manifest with sha256s, atomic); a damaged one is reported, removed and trained again.
+pipeline/cache/stage.py (manifest with sha256s, atomic); a damaged one is reported, removed and trained again.
 Nothing is pickled.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.cache import entries as cache
+from pipeline.cache.stage import cache_key, get_or_compute
 from pipeline.run.config import RunConfig
 from pipeline.files import hdf5_problem, json_plain
 
@@ -61,10 +62,6 @@ def model_settings(cfg: RunConfig, ignored: frozenset[str] = NOT_MODEL_SETTINGS)
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ignored}
 
 
-def _key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=json_plain).encode()).hexdigest()[:20]
-
-
 def selection_digest(index: np.ndarray, targets: np.ndarray) -> str:
     """The pseudo-labels a student trained on: which test rows, with which targets."""
     digest = hashlib.sha256()
@@ -78,20 +75,15 @@ def student_key(teacher_key: str, cfg: RunConfig, model: int, round: int, pseudo
                 init: str, steps: int) -> str:
     """Key of the student at (teacher model, round, pseudo-fold) trained on `selection` for `steps` optimizer steps,
     starting from `init` (the key of the model whose weights it continues, or "scratch")."""
-    return _key({"version": CACHE_VERSION, "kind": "student", "teacher": teacher_key, "settings": model_settings(cfg),
-                 "model": model, "round": round, "pseudo_fold": pseudo_fold, "selection": selection, "init": init,
-                 "steps": steps})
+    return cache_key({"version": CACHE_VERSION, "kind": "student", "teacher": teacher_key, "settings": model_settings(cfg),
+                      "model": model, "round": round, "pseudo_fold": pseudo_fold, "selection": selection, "init": init,
+                      "steps": steps})
 
 
 def control_key(teacher_key: str, cfg: RunConfig, model: int, steps: int) -> str:
     """Key of teacher model `model`'s control, continued for `steps` optimizer steps."""
-    return _key({"version": CACHE_VERSION, "kind": "control", "teacher": teacher_key,
-                 "settings": model_settings(cfg, NOT_CONTROL_SETTINGS),
-                 "model": model, "steps": steps})
-
-
-def folder_of(cfg: RunConfig, kind: str, key: str) -> Path:
-    return Path(cfg.cache_dir) / cfg.competition / kind / key
+    return cache_key({"version": CACHE_VERSION, "kind": "control", "teacher": teacher_key,
+                      "settings": model_settings(cfg, NOT_CONTROL_SETTINGS), "model": model, "steps": steps})
 
 
 def get_or_fit(folder: Path, label: str, shapes: tuple[tuple[int, int], tuple[int, int]],
@@ -103,43 +95,35 @@ def get_or_fit(folder: Path, label: str, shapes: tuple[tuple[int, int], tuple[in
     `predict(model)` returns (test_probs, scored_probs)."""
     from pipeline.model import distribute
 
+    def train() -> tuple[ModelOutcome, dict]:
+        model, info = fit()
+        test_probs, scored_probs = predict(model)
+        info = {**info, "key": folder.name}
+        return (ModelOutcome(test_probs, scored_probs, {**info, "cache": "miss"}, model.get_weights()),
+                _model_files(model, test_probs, scored_probs, info))
+
     # Across machines every worker must run the same fits (their gradients meet in collective ops), so under
     # --distribute multiworker the workers always train, as for the teacher (the chief still caches the model).
-    cached = None if distribute.is_multiworker() else load(folder, *shapes)
-    if cached is not None:
-        print(f"{label}: cached in {folder}", flush=True)
-        return cached
-    model, info = fit()
-    test_probs, scored_probs = predict(model)
-    info = {**info, "key": folder.name}
-    save(folder, model, test_probs, scored_probs, info)
-    return ModelOutcome(test_probs, scored_probs, {**info, "cache": "miss"}, model.get_weights())
+    return get_or_compute(folder, MODEL_FILES, lambda f: _load(f, *shapes), train, f"{label}: cached in {folder}",
+                          read=not distribute.is_multiworker())[0]
 
 
-def save(folder: Path, model, test_probs: np.ndarray, scored_probs: np.ndarray, info: dict) -> Path:
-    return cache.write_entry(folder, {
+def _model_files(model, test_probs: np.ndarray, scored_probs: np.ndarray, info: dict) -> dict:
+    return {
         WEIGHTS: lambda path: model.save_weights(path),
         "test_probs.npy": lambda path: np.save(path, test_probs, allow_pickle=False),
         "scored_probs.npy": lambda path: np.save(path, scored_probs, allow_pickle=False),
         "info.json": lambda path: path.write_text(json.dumps(info, indent=2, default=json_plain)),
-    })
+    }
 
 
-def load(folder: Path, test_shape: tuple[int, int], scored_shape: tuple[int, int]) -> ModelOutcome | None:
-    """The entry in `folder`, or None: a miss, or a damaged entry (warned about, removed, to be trained again).
-
-    Beyond the manifest, the predictions must have this run's shapes and the weights must be readable HDF5."""
-    if cache.load_entry(folder, MODEL_FILES) is None:
-        return None
-    try:
-        info = cache.load_info(folder / "info.json")
-        test_probs = cache.load_array(folder / "test_probs.npy", test_shape)
-        scored_probs = cache.load_array(folder / "scored_probs.npy", scored_shape)
-        problem = hdf5_problem(folder / WEIGHTS)
-        if problem:
-            raise ValueError(f"{WEIGHTS} {problem}")
-    except cache.LOAD_ERRORS as error:
-        cache.discard(folder, f"{type(error).__name__}: {error}")
-        return None
+def _load(folder: Path, test_shape: tuple[int, int], scored_shape: tuple[int, int]) -> ModelOutcome:
+    """A verified entry's model; beyond the manifest, the predictions must have this run's shapes and the weights
+    must be readable HDF5 (else one of entries.LOAD_ERRORS)."""
+    info = cache.load_info(folder / "info.json")
+    test_probs = cache.load_array(folder / "test_probs.npy", test_shape)
+    scored_probs = cache.load_array(folder / "scored_probs.npy", scored_shape)
+    problem = hdf5_problem(folder / WEIGHTS)
+    if problem:
+        raise ValueError(f"{WEIGHTS} {problem}")
     return ModelOutcome(test_probs, scored_probs, {**info, "cache": "hit"}, folder / WEIGHTS)
-

@@ -96,11 +96,11 @@ def load_items(cfg: RunConfig, competition: Competition, data_dir: Path, train: 
     train_x = stores["train"].read(train_rows)
     test_source = stores["test"].pixels
     if cfg.backbone not in ("resnet", "small-cnn") and not cfg.fine_tune:
-        from pipeline.cache import teachers as teacher_cache
+        from pipeline.cache.features import get_or_embed
 
         paths = train["path"].tolist() + test["path"].to_numpy(dtype=str)[readable_test].tolist()
         pixels = np.concatenate([train_x, stores["test"].read(test_rows)])
-        features = teacher_cache.get_or_embed(cfg, paths, pixels, fingerprint)
+        features = get_or_embed(cfg, paths, pixels, fingerprint)
         train_x, test_source = np.asarray(features[: len(train)]), np.asarray(features[len(train):])
         test_rows = np.arange(len(test_source))
     return Items(classes, train, y, fold, train_x, test, readable_test, test_source, test_rows,

@@ -6,6 +6,8 @@ Stratified by class (multi-label: by each item's rarest tag), so small classes a
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
@@ -51,6 +53,12 @@ def assign_folds(y: np.ndarray, folds: int, val_fraction: float, seed: int) -> n
 
 def n_models(fold: np.ndarray) -> int:
     return int(fold.max()) + 1
+
+
+def model_rows(fold: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(m, the rows model m trains on, the rows it is scored on) for every model of the split, in order."""
+    for m in range(n_models(fold)):
+        yield m, np.flatnonzero(fold != m), np.flatnonzero(fold == m)
 
 
 def split_table(paths: list[str], fold: np.ndarray) -> pd.DataFrame:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cache import models as model_cache
+from pipeline.cache.stage import folder_of
 from pipeline.method import pseudo
 from pipeline.data import split
 from pipeline.run.config import RunConfig, control_seed, student_seed
@@ -147,7 +148,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                             train.predict(model, items.train_x, scored_rows, spec))
 
                 n_predicted = int(predict_rows.sum())
-                outcome = model_cache.get_or_fit(model_cache.folder_of(cfg, "students", key), label,
+                outcome = model_cache.get_or_fit(folder_of(cfg, "students", key), label,
                                                  ((n_predicted, probs.shape[1]), (len(scored_rows), probs.shape[1])),
                                                  fit, predict)
                 round_steps = max(round_steps, steps)
@@ -201,7 +202,7 @@ def fit_controls(cfg: RunConfig, spec, items, teacher, key_of_teacher: str, budg
 
         n_classes = teacher.scored_probs.shape[1]
         outcome = model_cache.get_or_fit(
-            model_cache.folder_of(cfg, "controls", model_cache.control_key(key_of_teacher, cfg, m, steps)), label,
+            folder_of(cfg, "controls", model_cache.control_key(key_of_teacher, cfg, m, steps)), label,
             ((len(items.test_rows), n_classes), (len(scored_rows), n_classes)), fit, predict)
         scored[scored_rows] = outcome.scored_probs
         test += outcome.test_probs / len(budgets)

@@ -175,7 +175,7 @@ def check_shift(cfg: RunConfig, items: Items, run_dir: Path) -> ShiftReport | No
     """Train vs public vs private images, before any pseudo-label is chosen; --on-shift decides what a shift does."""
     if cfg.on_shift == "ignore":
         return None
-    from pipeline.cache.teachers import get_or_assess_shift
+    from pipeline.cache.shift import get_or_assess_shift
 
     test = items.test
     sets = {"train": items.stores["train"].paths}
