@@ -76,3 +76,22 @@ def test_train_settings_are_the_runs_options_and_their_defaults_the_runs_default
     assert TrainSettings.of(RunConfig()) == TrainSettings.defaults()
     assert TrainSettings.defaults().batch_size == RunConfig().batch_size == 32
 
+
+def test_a_family_scores_each_labeled_row_with_the_one_model_that_never_trained_on_it():
+    from pipeline.data.split import TRAIN_ONLY
+    from pipeline.model.family import FoldModel, fit_family, mean_over_models
+
+    fold = np.array([0, 1, 2, 0, 1, 2, TRAIN_ONLY])
+    calls = []
+
+    def fit_one(m, label, fit_rows, scored_rows):
+        calls.append((m, label))
+        assert set(fit_rows).isdisjoint(scored_rows) and set(fit_rows) | set(scored_rows) == set(range(len(fold)))
+        return FoldModel(np.full((len(scored_rows), 2), m, np.float32), np.full((4, 2), m, np.float32), {"model": m})
+
+    scored, models = fit_family("control", fold, 2, fit_one)
+    assert calls == [(0, "control 1/3"), (1, "control 2/3"), (2, "control 3/3")]
+    assert np.array_equal(scored[:6, 0], fold[:6]) and np.isnan(scored[6]).all()  # a train-only row is scored by none
+    assert np.allclose(mean_over_models([m.test_probs for m in models]), 1.0)
+    assert fit_family("teacher", np.array([0, TRAIN_ONLY]), 2, lambda m, label, *rows: FoldModel(
+        np.zeros((1, 2)), np.zeros((4, 2)), {"label": label}))[1][0].info == {"label": "teacher"}

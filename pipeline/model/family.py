@@ -47,6 +47,15 @@ def fit_family(name: str, fold: np.ndarray, n_classes: int,
     return scored, models
 
 
+def mean_over_models(test_probs: list[np.ndarray]) -> np.ndarray:
+    """The family's test prediction: the models' mean, summed in model order as p / K, the order every cached control
+    and student prediction was made in (np.mean's pairwise sum can differ in the last bits)."""
+    mean = np.zeros_like(test_probs[0])
+    for probs in test_probs:
+        mean += probs / len(test_probs)
+    return mean
+
+
 def fit_teacher(spec: ModelSpec, items: Items, epochs: int, augment_level: str, seed: int) -> tuple[np.ndarray, list[FoldModel], float]:
     """The teacher's models, trained now: (scored rows' probabilities, the models, seconds)."""
     from pipeline.model import train

@@ -1,0 +1,173 @@
+"""One self-training round of one teacher model's chain: pseudo-label the test set with the chain's current model,
+then fit (or load from the cache) the student of each pseudo-fold and predict with it.
+
+The chain's model labels the round: the teacher model in round 1, then the previous round's students. Its
+scored rows (which no model of the chain trains on) say how far its labels can be trusted: the confidence cut of
+--pseudo-precision, the certain tags of a multi-label item, the loss weights of --pseudo-weight calibrated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.cache import models as model_cache
+from pipeline.cache.stage import folder_of
+from pipeline.method import pseudo
+from pipeline.run.config import RunConfig, student_seed
+
+if TYPE_CHECKING:  # TensorFlow is imported only where a model is built
+    from pipeline.data.items import Items
+    from pipeline.model.spec import ModelSpec
+    from pipeline.plugin.registry import Competition
+
+WORKERS_DIFFER = ("their models, in step until now, predicted differently: run every worker on the same kind of device "
+                  "with the same installation (`make install` from the same checkout)")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every round of every chain reads."""
+
+    cfg: RunConfig
+    spec: ModelSpec  # every student's
+    competition: Competition
+    items: Items
+    teacher_key: str  # the teacher's cache key: every student's key starts from it
+    pseudo_fold: np.ndarray  # the pseudo-fold of each readable test item (--pseudo-folds)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One teacher model's chain as a round starts: its rows, and the model that labels the round."""
+
+    model: int
+    n_models: int
+    fit_rows: np.ndarray  # the labeled rows its models train on
+    scored_rows: np.ndarray  # the labeled rows they never train on
+    thresholds: np.ndarray  # the competition's decision thresholds, fit on the teacher model's scored rows
+    test_probs: np.ndarray  # the labeling model's predictions of the test set
+    scored_probs: np.ndarray  # and of the scored rows
+    init: Path | list[np.ndarray]  # the weights the next student continues (--student-init teacher)
+    init_key: str  # their cache key
+
+    @property
+    def prefix(self) -> str:
+        return f"model {self.model + 1}/{self.n_models} " if self.n_models > 1 else ""
+
+
+@dataclass
+class Round:
+    """One round of one chain: what it selected, what its students learned, and the chain for the next round."""
+
+    round: int
+    chain: Chain  # the next round's: labeled by this round's students
+    steps: int  # the most optimizer steps of its students: the control's budget adds up the rounds'
+    selections: list[pseudo.PseudoSelection]  # one per pseudo-fold
+    info: list[dict]  # one per pseudo-fold: its student's fit (or why none was trained)
+    cutoff: float  # the confidence --pseudo-precision asks for (0 when off, infinite when out of reach)
+    band: tuple[float, float] | None  # a multi-label item's certain tags (see pseudo.certain_tag_band)
+
+
+def fit_round(inputs: Inputs, chain: Chain, r: int) -> Round:
+    """Round r of `chain`: each pseudo-fold's selection from the chain's model, and its student's predictions."""
+    from pipeline.model import distribute
+
+    cfg, items = inputs.cfg, inputs.items
+    y_scored = items.y[chain.scored_rows]
+    multi_label = inputs.competition.multi_label
+    settings = pseudo.PseudoSettings.of(cfg)
+    # the confidence its labels must reach, from how often the labeling model is right on the scored rows
+    cutoff = pseudo.precision_threshold(chain.scored_probs, y_scored, cfg.pseudo_precision, multi_label, chain.thresholds)
+    round_settings = replace(settings, threshold=max(settings.threshold, cutoff))
+    band = None  # only hard multi-label targets have tags to leave out
+    if multi_label and cfg.pseudo_labels == "hard":
+        band = pseudo.certain_tag_band(chain.scored_probs, y_scored, cfg.pseudo_tag_confidence)
+    _print_cuts(cfg, chain, r, cutoff, band)
+    next_probs = np.zeros_like(chain.test_probs)
+    scored_sum = np.zeros((len(chain.scored_rows), chain.test_probs.shape[1]), dtype=np.float32)
+    steps, selections, info, init, init_key = 0, [], [], chain.init, chain.init_key
+    for k in range(cfg.pseudo_folds):
+        predict_rows = inputs.pseudo_fold == k  # all rows when there is one pseudo-fold
+        eligible = ~predict_rows if cfg.pseudo_folds > 1 else predict_rows
+        selection = pseudo.select_pseudo_labels(chain.test_probs, items.test_groups, eligible, len(chain.fit_rows),
+                                                items.y[chain.fit_rows].mean(axis=0), round_settings, multi_label,
+                                                chain.thresholds, round=r, tag_band=band)
+        label = (f"{chain.prefix}student round {r}/{cfg.pseudo_rounds}"
+                 + (f" fold {k + 1}/{cfg.pseudo_folds}" if cfg.pseudo_folds > 1 else ""))
+        print(f"{label}: {len(selection)} pseudo-labels ({selection.stop_reason}); by group "
+              f"{ {g: int((selection.group == g).sum()) for g in settings.groups} }", flush=True)
+        # The count sets the fit's steps and batch (none: no fit), so a worker that picked more or fewer rows
+        # would fall out of step. Which rows may differ: nondeterministic GPU kernels can move a row across the
+        # confidence cut on one worker, and each worker training on its own rows is still in step.
+        distribute.check_workers_agree(f"numbers of pseudo-labels ({label})", str(len(selection)), WORKERS_DIFFER)
+        selections.append(selection)
+        if len(selection) == 0:  # nothing to learn from: this round's model is its predecessor
+            next_probs[predict_rows] = chain.test_probs[predict_rows]
+            scored_sum += chain.scored_probs
+            info.append({"model": chain.model, "round": r, "pseudo_fold": k, "trained": False,
+                         "reason": selection.stop_reason})
+            continue
+        student, key, student_steps = _fit_student(inputs, chain, r, k, selection, label, predict_rows)
+        steps = max(steps, student_steps)
+        next_probs[predict_rows] = student.test_probs
+        scored_sum += student.scored_probs
+        info.append({"model": chain.model, "round": r, "pseudo_fold": k, **student.info})
+        if cfg.pseudo_folds == 1:
+            init, init_key = student.weights, key  # the next round's student continues from this one
+    after = replace(chain, test_probs=next_probs, scored_probs=scored_sum / cfg.pseudo_folds, init=init, init_key=init_key)
+    return Round(r, after, steps, selections, info, cutoff, band)
+
+
+def _print_cuts(cfg: RunConfig, chain: Chain, r: int, cutoff: float, band: tuple[float, float] | None) -> None:
+    if band is not None:
+        print(f"{chain.prefix}round {r}: tags at <= {band[0]:.3f} become 0 and at >= {band[1]:.3f} become 1 (right "
+              f">= {cfg.pseudo_tag_confidence:g} of the time on the scored rows); the tags between stay unlabeled",
+              flush=True)
+    if cfg.pseudo_precision > 0:
+        print(f"{chain.prefix}round {r}: confidence >= {cutoff:.3f} keeps pseudo-label precision >= "
+              f"{cfg.pseudo_precision:g} on the {len(chain.scored_rows)} scored rows", flush=True)
+
+
+def _fit_student(inputs: Inputs, chain: Chain, r: int, k: int, selection: pseudo.PseudoSelection, label: str,
+                 predict_rows: np.ndarray) -> tuple[model_cache.ModelOutcome, str, int]:
+    """The student of pseudo-fold k in round r, cached or fit now: (its outcome, its cache key, its steps)."""
+    from pipeline.model import train
+
+    cfg, spec, items = inputs.cfg, inputs.spec, inputs.items
+    x_fit, y_fit = items.train_x[chain.fit_rows], items.y[chain.fit_rows]
+    weights = None
+    if cfg.pseudo_weight == "calibrated":
+        weights = pseudo.correctness_weights(chain.scored_probs, items.y[chain.scored_rows], selection.confidence,
+                                             inputs.competition.multi_label, chain.thresholds)
+        print(f"{label}: loss weights {weights.min():.2f}-{weights.max():.2f}, mean {weights.mean():.2f} "
+              f"(how often the labeling model is right at each confidence on the scored rows)", flush=True)
+    pooled = cfg.student_batch == "pooled"
+    steps = spec.steps(len(x_fit), cfg.student_epochs, len(selection), pooled=pooled)
+    starts_from = chain.init_key if cfg.student_init == "teacher" else "scratch"
+    key = model_cache.student_key(inputs.teacher_key, cfg, chain.model, r, k, model_cache.selection_digest(
+        selection.index, selection.targets), starts_from, steps)
+    passes = train.labeled_passes(steps, cfg.batch_size, len(x_fit), len(selection), pooled=pooled)
+    noise = train.applied_augmentation(spec, train.student_augment_level(cfg.student_augment, passes))
+    why = " (cached embeddings)" if spec.feature_dim is not None else (" (auto)" if cfg.student_augment == "auto" else "")
+    print(f"{label}: {steps} steps, {passes:.0f} passes over each labeled item, augmentation {noise}{why}", flush=True)
+    seed, start = student_seed(cfg.seed, r, k, chain.model), chain.init if cfg.student_init == "teacher" else None
+
+    def fit():
+        x_pseudo = items.test_x(selection.index)
+        if pooled:
+            pool_weights = None if weights is None else np.concatenate([np.ones(len(x_fit), np.float32), weights])
+            return train.fit(spec, label, np.concatenate([x_fit, x_pseudo]), np.concatenate([y_fit, selection.targets]),
+                             steps, seed, noise, init=start, weights=pool_weights)
+        return train.fit(spec, label, x_fit, y_fit, steps, seed, noise, init=start,
+                         pseudo=(x_pseudo, selection.targets), pseudo_weights=weights)
+
+    def predict(model):
+        return (items.predict_test(model, spec, np.flatnonzero(predict_rows)),
+                train.predict(model, items.train_x, chain.scored_rows, spec))
+
+    n_classes = chain.test_probs.shape[1]
+    shapes = ((int(predict_rows.sum()), n_classes), (len(chain.scored_rows), n_classes))
+    return model_cache.get_or_fit(folder_of(cfg, "students", key), label, shapes, fit, predict), key, steps
