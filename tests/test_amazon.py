@@ -348,7 +348,7 @@ def test_end_to_end_on_a_tiny_sample_beats_the_trivial_baseline(tmp_path: Path):
     # pseudo-tags the holdout cannot vouch for are left unlabeled, and the run says which and where: the band is the
     # one the teacher's holdout rows give (the teacher labels round 1), and each selected item's tags are on at or
     # above it, unlabeled inside it, by the teacher's probabilities the run kept
-    from pipeline.method.pseudo import certain_tag_band
+    from pipeline.method.trust import certain_tag_band
 
     with np.load(result.run_dir / "probabilities.npz") as saved:
         low, high = certain_tag_band(saved["scored_teacher"], saved["y"][saved["fold"] >= 0], RunConfig().pseudo_tag_confidence)

@@ -256,7 +256,9 @@ def test_the_teacher_key_changes_with_the_labels_the_split_and_every_teacher_opt
 
 def test_cache_keys_are_the_ones_existing_entries_were_written_under():
     """Every cache finds its entries by these strings: pinned from the code before the four caches shared one key
-    function (ff373dc), so a change to what goes into a key, or to how it is written, cannot slip in unnoticed."""
+    function (ff373dc), so a change to what goes into a key, or to how it is written, cannot slip in unnoticed.
+    Changed on purpose since: students and controls at model-cache version 5 (a first-round student shares its
+    control's seed), a student's key with the augmentation it trained with."""
     from types import SimpleNamespace
 
     from pipeline.cache.features import features_key
@@ -277,8 +279,9 @@ def test_cache_keys_are_the_ones_existing_entries_were_written_under():
     keys = {
         "teacher": teacher_key(cfg, SimpleNamespace(n_classes=3, multi_label=False, flips="horizontal"), items),
         "teacher2": teacher,
-        "student": student_key("teacher", cfg, 0, 1, 0, "selection", "init", 30),
-        "student2": student_key(teacher, other, 2, 2, 1, selection_digest(np.arange(4), y[:4]), "scratch", 123),
+        "student": student_key("teacher", cfg, 0, 1, 0, "selection", "init", 30, "standard"),
+        "student2": student_key(teacher, other, 2, 2, 1, selection_digest(np.arange(4), y[:4]), "scratch", 123,
+                                    "strong"),
         "control": control_key("teacher", cfg, 0, 20),
         "control2": control_key(teacher, other, 2, 123),
         "features": features_key(cfg, paths, "fp"),
@@ -288,8 +291,8 @@ def test_cache_keys_are_the_ones_existing_entries_were_written_under():
     }
     assert keys == {
         "teacher": "8920f19baa1d37f89b8c", "teacher2": "b52dde6ec964f80a8c00",
-        "student": "6a4f5feccdfcce629536", "student2": "4c62402f65d61ea78fd6",
-        "control": "be89de7ec017fa4b2cfc", "control2": "7b7b0c75519ec0b884e2",
+        "student": "7501d15f42e744caa1ca", "student2": "6d852b0732103d1015a8",
+        "control": "ecee62caad2dd78b9764", "control2": "e6e72ef812fd4db7f76e",
         "features": "2b32fb73f3863c274259", "features2": "cf8394f56475f18e1703",
         "shift": "37cf8e9c7ece2f0db4a5", "shift2": "a96adfa2cc70183a4abe",
     }

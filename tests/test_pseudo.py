@@ -9,8 +9,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline.method.pseudo import (PseudoSettings, assign_folds, certain_tag_band, confidence_and_classes, select_pseudo_labels,
-                                    target_count)
+from pipeline.method.pseudo import PseudoSettings, assign_folds, confidence_and_classes, select_pseudo_labels, target_count
+from pipeline.method.trust import certain_tag_band
 from pipeline.run.config import RunConfig
 
 
@@ -197,7 +197,7 @@ def test_a_pool_smaller_than_the_target_is_still_taken_as_a_curriculum():
 
 
 def test_precision_threshold_keeps_the_largest_confident_slice_that_is_right_often_enough():
-    from pipeline.method.pseudo import precision_threshold
+    from pipeline.method.trust import precision_threshold
 
     # by falling confidence: right, right, right, wrong, right -> running precision 1, 1, 1, 0.75, 0.8
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.55, 0.45]])
@@ -209,7 +209,7 @@ def test_precision_threshold_keeps_the_largest_confident_slice_that_is_right_oft
 
 
 def test_precision_threshold_multi_label_counts_the_share_of_tags_decided_right():
-    from pipeline.method.pseudo import precision_threshold
+    from pipeline.method.trust import precision_threshold
 
     probs = np.array([[0.95, 0.05, 0.9], [0.9, 0.2, 0.1]])  # confidences (smallest margin from 0.5): 0.8, 0.6
     y = np.array([[1, 0, 1], [1, 1, 0]], dtype=float)  # the second row gets one tag of three wrong
@@ -218,7 +218,7 @@ def test_precision_threshold_multi_label_counts_the_share_of_tags_decided_right(
 
 
 def test_a_precision_threshold_only_ever_removes_the_least_confident_items():
-    from pipeline.method.pseudo import precision_threshold
+    from pipeline.method.trust import precision_threshold
 
     rng = np.random.default_rng(0)
     test_probs, scored_probs = rng.dirichlet(np.ones(4), 300), rng.dirichlet(np.ones(4) * 0.3, 100)

@@ -156,21 +156,22 @@ def test_a_models_key_changes_with_every_option_but_those_declared_not_to_change
     cfg = tiny_config(tmp_path / "data", tmp_path)
     # a renamed option is not silently keyed
     assert NOT_MODEL_SETTINGS <= NOT_CONTROL_SETTINGS <= {f.name for f in dataclasses.fields(RunConfig)}
-    key = student_key("teacher", cfg, 0, 1, 0, "selection", "init", 30)
+    key = student_key("teacher", cfg, 0, 1, 0, "selection", "init", 30, "standard")
     unchanged = cfg.replace(run_name="other", runs_dir="elsewhere", cache_dir="elsewhere", guard_confidence=0.5,
                             on_shift="fail", solution="s.csv", output="o.csv", record=True, ledger="l.sqlite")
-    assert student_key("teacher", unchanged, 0, 1, 0, "selection", "init", 30) == key
+    assert student_key("teacher", unchanged, 0, 1, 0, "selection", "init", 30, "standard") == key
     changes = [dict(pseudo_ratio=0.5), dict(pseudo_groups=("private",)), dict(student_epochs=2), dict(seed=1),
                dict(student_augment="light"), dict(augment="light"), dict(plugin_options={"a": "b"}), dict(metric="x")]
-    keys = {student_key("teacher", cfg.replace(**change), 0, 1, 0, "selection", "init", 30) for change in changes}
-    keys |= {student_key(*args) for args in [("teacher2", cfg, 0, 1, 0, "selection", "init", 30),
-                                             ("teacher", cfg, 1, 1, 0, "selection", "init", 30),
-                                             ("teacher", cfg, 0, 2, 0, "selection", "init", 30),
-                                             ("teacher", cfg, 0, 1, 1, "selection", "init", 30),
-                                             ("teacher", cfg, 0, 1, 0, "selection2", "init", 30),
-                                             ("teacher", cfg, 0, 1, 0, "selection", "scratch", 30),
-                                             ("teacher", cfg, 0, 1, 0, "selection", "init", 31)]}
-    assert len(keys) == len(changes) + 7 and key not in keys
+    keys = {student_key("teacher", cfg.replace(**change), 0, 1, 0, "selection", "init", 30, "standard") for change in changes}
+    keys |= {student_key(*args) for args in [("teacher2", cfg, 0, 1, 0, "selection", "init", 30, "standard"),
+                                             ("teacher", cfg, 1, 1, 0, "selection", "init", 30, "standard"),
+                                             ("teacher", cfg, 0, 2, 0, "selection", "init", 30, "standard"),
+                                             ("teacher", cfg, 0, 1, 1, "selection", "init", 30, "standard"),
+                                             ("teacher", cfg, 0, 1, 0, "selection2", "init", 30, "standard"),
+                                             ("teacher", cfg, 0, 1, 0, "selection", "scratch", 30, "standard"),
+                                             ("teacher", cfg, 0, 1, 0, "selection", "init", 31, "standard"),
+                                             ("teacher", cfg, 0, 1, 0, "selection", "init", 30, "strong")]}
+    assert len(keys) == len(changes) + 8 and key not in keys
     assert control_key("teacher", cfg, 0, 20) != control_key("teacher", cfg, 0, 21) != control_key("teacher", cfg, 1, 21)
     # a control never sees the pseudo-labels: a sweep over them reuses it; what it trains with still keys it
     control = control_key("teacher", cfg, 0, 20)

@@ -53,7 +53,7 @@ def test_pseudo_labeled_items_carry_their_own_loss_weights_and_real_ones_weigh_1
 
 
 def test_calibrated_weights_follow_how_often_the_labeler_is_right_at_each_confidence():
-    from pipeline.method.pseudo import correctness_weights
+    from pipeline.method.trust import correctness_weights
 
     # scored rows: right when confident (>= 0.8), wrong otherwise
     probs = np.array([[0.9, 0.1], [0.85, 0.15], [0.95, 0.05], [0.6, 0.4], [0.55, 0.45], [0.4, 0.6]])
@@ -84,8 +84,9 @@ def test_auto_student_augmentation_follows_the_passes_over_the_labels():
     assert labeled_passes(800, 32, 80, 1520, pooled=False) == 320  # 10 labels a class: 32 of 80 labeled items a step
     assert labeled_passes(100, 32, 640, 600, pooled=False) == 5  # the amazon sample at the demo budget
     assert labeled_passes(100, 32, 640, 640, pooled=True) == 2.5  # half of each pooled batch is labeled
-    assert student_augment_level("auto", 320) == "strong"
-    assert student_augment_level("auto", 5) == "none"
-    assert student_augment_level("auto", STRONG_NOISE_PASSES) == "none"
-    assert student_augment_level("auto", STRONG_NOISE_PASSES + 0.1) == "strong"
-    assert student_augment_level("light", 320) == student_augment_level("light", 5) == "light"  # a level is kept
+    assert student_augment_level("auto", 320, "standard") == "strong"
+    assert student_augment_level("auto", 5, "standard") == "standard"  # short fits: the control's augmentation
+    assert student_augment_level("auto", 5, "none") == "none"
+    assert student_augment_level("auto", STRONG_NOISE_PASSES, "light") == "light"
+    assert student_augment_level("auto", STRONG_NOISE_PASSES + 0.1, "light") == "strong"
+    assert student_augment_level("light", 320, "standard") == student_augment_level("light", 5, "none") == "light"

@@ -31,8 +31,9 @@ from pipeline.files import hdf5_problem, json_plain
 
 # bump when training or prediction code changes what a cached student or control would contain
 # (2: the learning-rate schedule without a graph branch, float-level changes; 3: augmentation as one warp;
-# 4: the resnet shortcut subsamples before its 1x1 convolution, float-level changes)
-CACHE_VERSION = 4
+# 4: the resnet shortcut subsamples before its 1x1 convolution, float-level changes; 5: a first-round student
+# draws its train batches with its control's seed)
+CACHE_VERSION = 5
 WEIGHTS = "model.weights.h5"
 MODEL_FILES = (WEIGHTS, "test_probs.npy", "scored_probs.npy", "info.json")
 # Options that never change a trained student or control (where files go, what is done with the predictions).
@@ -72,12 +73,13 @@ def selection_digest(index: np.ndarray, targets: np.ndarray) -> str:
 
 
 def student_key(teacher_key: str, cfg: RunConfig, model: int, round: int, pseudo_fold: int, selection: str,
-                init: str, steps: int) -> str:
+                init: str, steps: int, augmentation: str) -> str:
     """Key of the student at (teacher model, round, pseudo-fold) trained on `selection` for `steps` optimizer steps,
-    starting from `init` (the key of the model whose weights it continues, or "scratch")."""
+    starting from `init` (the key of the model whose weights it continues, or "scratch"), with `augmentation` applied
+    (what --student-augment auto resolved to: the option alone would keep a student trained under an older rule)."""
     return cache_key({"version": CACHE_VERSION, "kind": "student", "teacher": teacher_key, "settings": model_settings(cfg),
                       "model": model, "round": round, "pseudo_fold": pseudo_fold, "selection": selection, "init": init,
-                      "steps": steps})
+                      "steps": steps, "augmentation": augmentation})
 
 
 def control_key(teacher_key: str, cfg: RunConfig, model: int, steps: int) -> str:

@@ -31,7 +31,8 @@ class Items:
     unreadable: dict[str, dict[str, str]]  # "train"/"test" -> {path: why}
     fingerprint: str
     stores: dict  # "train"/"test" -> ImageStore (the shift check reads their properties)
-    adapted: tuple[str, ...] = ()  # test groups predicted with their own batch-norm statistics (--adapt-bn)
+    adapted: tuple[str, ...] = ()  # names of the sets of test items predicted with their own batch-norm statistics
+    domain: np.ndarray | None = None  # per readable test item: its set's name, "" = the model's own (--adapt-bn)
 
     @property
     def test_groups(self) -> np.ndarray:
@@ -42,17 +43,19 @@ class Items:
         return self.test["id"].to_numpy(dtype=str)[self.readable_test]
 
     def predict_test(self, model, spec, index: np.ndarray | None = None) -> np.ndarray:
-        """A model's probabilities of the readable test items (all, or these indices among them), each group
-        predicted with its own batch-norm statistics when it is in `adapted`."""
+        """A model's probabilities of the readable test items (all, or these indices among them), group by group;
+        the items of an adaptation set (`domain`, --adapt-bn) with batch-norm statistics of their own."""
         from pipeline.model import train
 
         index = np.arange(len(self.test_rows)) if index is None else np.asarray(index, dtype=np.int64)
         groups = self.test_groups[index]
+        domain = np.full(len(self.test_rows), "", dtype=object) if self.domain is None else self.domain
+        sets = groups.astype(object) + "\n" + domain[index]
         probs = np.zeros((len(index), model.output_shape[-1]), np.float32)
-        for group in np.unique(groups):
-            mine = groups == group
-            probs[mine] = train.predict(model, self.test_source, self.test_rows[index[mine]], spec,
-                                        adapt=group in self.adapted)
+        for name in sorted(set(sets)):  # by group, then by adaptation set within it
+            mine = sets == name
+            adapted = name.split("\n", 1)[1] != ""
+            probs[mine] = train.predict(model, self.test_source, self.test_rows[index[mine]], spec, adapt=adapted)
         return probs
 
     def test_x(self, index: np.ndarray) -> np.ndarray:

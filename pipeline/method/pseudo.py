@@ -101,76 +101,6 @@ def confidence_and_classes(probs: np.ndarray, multi_label: bool, thresholds: np.
     return margin.min(axis=1), (probs >= t).astype(np.float64)
 
 
-def confidence_and_correctness(probs: np.ndarray, y_true: np.ndarray, multi_label: bool = False,
-                               thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per labeled row: the model's confidence, and whether its pseudo-label would be right (single-label: the
-    predicted class, 0 or 1; multi-label: the share of tags decided correctly)."""
-    confidence, hard = confidence_and_classes(probs, multi_label, thresholds)
-    agree = hard == (np.asarray(y_true) > 0.5)
-    return confidence, agree.mean(axis=1) if multi_label else agree.all(axis=1).astype(np.float64)
-
-
-def precision_threshold(probs: np.ndarray, y_true: np.ndarray, target: float, multi_label: bool = False,
-                        thresholds: np.ndarray | None = None) -> float:
-    """The lowest confidence at which a model's pseudo-labels are still right `target` of the time.
-
-    Measured on labeled rows the model never trained on (holdout or out-of-fold): ranked by confidence, the
-    largest top slice whose labels are right at least `target` of the time sets the threshold. A weak teacher
-    then hands over only what it is sure of, a strong one nearly everything. Right means the predicted class
-    (single-label) or the share of tags decided correctly (multi-label). 0 when `target` is 0; infinite when
-    not even the most confident row reaches it.
-    """
-    if target <= 0 or len(probs) == 0:
-        return 0.0
-    confidence, right = confidence_and_correctness(probs, y_true, multi_label, thresholds)
-    order = np.argsort(-confidence, kind="stable")
-    precision = np.cumsum(right[order]) / np.arange(1, len(order) + 1)
-    reached = np.flatnonzero(precision >= target - 1e-12)
-    return float(confidence[order][reached[-1]]) if len(reached) else float("inf")
-
-
-def correctness_weights(probs: np.ndarray, y_true: np.ndarray, confidence: np.ndarray, multi_label: bool = False,
-                        thresholds: np.ndarray | None = None) -> np.ndarray:
-    """How often the labeling model is right at each of these confidences: a loss weight per pseudo-label.
-
-    Fit on labeled rows the model never trained on (holdout or out-of-fold): an isotonic regression (scikit-learn) of
-    being right (single-label: the predicted class; multi-label: the share of tags decided correctly) on the model's
-    confidence. A weak teacher's pseudo-labels then weigh what they are worth in each step instead of as much as real
-    labels, whatever their number; a strong teacher's keep nearly full weight.
-    """
-    from sklearn.isotonic import IsotonicRegression
-
-    scored_confidence, right = confidence_and_correctness(probs, y_true, multi_label, thresholds)
-    if len(right) == 0:
-        return np.ones(len(confidence), dtype=np.float32)
-    calibration = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scored_confidence, right)
-    return calibration.predict(np.asarray(confidence, dtype=np.float64)).astype(np.float32)
-
-
-def certain_tag_band(probs: np.ndarray, y_true: np.ndarray, confidence: float) -> tuple[float, float] | None:
-    """(low, high): multi-label pseudo-tags at or below `low` are right as 0, at or above `high` as 1, with
-    probability >= `confidence`; the tags between stay unlabeled (UPS, Rizve et al. 2021).
-
-    Measured on labeled rows the model never trained on, pooled over tags: an isotonic regression of the truth
-    on the model's probability (scikit-learn) estimates how often a tag at each probability is on, so a label
-    smoothed or shifted model still gets the band its own holdout shows. None when confidence is 0: every tag
-    labeled at its decision threshold, as before.
-    """
-    if confidence <= 0:
-        return None
-    from sklearn.isotonic import IsotonicRegression
-
-    p = np.asarray(probs, dtype=np.float64).ravel()
-    on = (np.asarray(y_true) > 0.5).ravel().astype(np.float64)
-    if len(p) == 0:
-        return 0.0, float("inf")  # nothing measured: no tag is certain
-    calibrated = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, on).predict(p)
-    negatives, positives = p[calibrated <= 1 - confidence], p[calibrated >= confidence]
-    low = float(negatives.max()) if len(negatives) else -1.0
-    high = float(positives.min()) if len(positives) else float("inf")
-    return low, max(high, low + 1e-12)
-
-
 def select_pseudo_labels(
     probs: np.ndarray,
     groups: np.ndarray,
@@ -190,7 +120,7 @@ def select_pseudo_labels(
     confidence, skipping any whose class already holds `class_cap` x its share of the quota. The share is
     the teacher's predicted class distribution on that group by default: a shifted group whose classes
     differ from train keeps its own balance, and the teacher's favourite class cannot flood the student.
-    Multi-label hard targets with a `tag_band` (low, high) from `certain_tag_band` are NaN (no label) for
+    Multi-label hard targets with a `tag_band` (low, high) from `trust.certain_tag_band` are NaN (no label) for
     tags strictly between low and high; the loss skips them.
     """
     probs = np.asarray(probs, dtype=np.float64)

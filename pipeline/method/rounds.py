@@ -3,7 +3,7 @@ then fit (or load from the cache) the student of each pseudo-fold and predict wi
 
 The chain's model labels the round: the teacher model in round 1, then the previous round's students. Its
 scored rows (which no model of the chain trains on) say how far its labels can be trusted: the confidence cut of
---pseudo-precision, the certain tags of a multi-label item, the loss weights of --pseudo-weight calibrated.
+--pseudo-precision and --pseudo-weight net, the certain tags of a multi-label item, the loss weights of --pseudo-weight.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.cache import models as model_cache
 from pipeline.cache.stage import folder_of
-from pipeline.method import pseudo
+from pipeline.method import pseudo, trust
 from pipeline.run.config import RunConfig, student_seed
 
 if TYPE_CHECKING:  # TensorFlow is imported only where a model is built
@@ -68,7 +68,7 @@ class Round:
     selections: list[pseudo.PseudoSelection]  # one per pseudo-fold
     info: list[dict]  # one per pseudo-fold: its student's fit (or why none was trained)
     cutoff: float  # the confidence --pseudo-precision asks for (0 when off, infinite when out of reach)
-    band: tuple[float, float] | None  # a multi-label item's certain tags (see pseudo.certain_tag_band)
+    band: tuple[float, float] | None  # a multi-label item's certain tags (see trust.certain_tag_band)
 
 
 def fit_round(inputs: Inputs, chain: Chain, r: int) -> Round:
@@ -80,11 +80,13 @@ def fit_round(inputs: Inputs, chain: Chain, r: int) -> Round:
     multi_label = inputs.competition.multi_label
     settings = pseudo.PseudoSettings.of(cfg)
     # the confidence its labels must reach, from how often the labeling model is right on the scored rows
-    cutoff = pseudo.precision_threshold(chain.scored_probs, y_scored, cfg.pseudo_precision, multi_label, chain.thresholds)
+    cutoff = trust.precision_threshold(chain.scored_probs, y_scored, cfg.pseudo_precision, multi_label, chain.thresholds)
+    if cfg.pseudo_weight == "net":  # only labels whose net weight is above 0: likelier right than wrong, with evidence
+        cutoff = max(cutoff, trust.net_threshold(chain.scored_probs, y_scored, multi_label, chain.thresholds))
     round_settings = replace(settings, threshold=max(settings.threshold, cutoff))
     band = None  # only hard multi-label targets have tags to leave out
     if multi_label and cfg.pseudo_labels == "hard":
-        band = pseudo.certain_tag_band(chain.scored_probs, y_scored, cfg.pseudo_tag_confidence)
+        band = trust.certain_tag_band(chain.scored_probs, y_scored, cfg.pseudo_tag_confidence)
     _print_cuts(cfg, chain, r, cutoff, band)
     next_probs = np.zeros_like(chain.test_probs)
     scored_sum = np.zeros((len(chain.scored_rows), chain.test_probs.shape[1]), dtype=np.float32)
@@ -139,18 +141,19 @@ def _fit_student(inputs: Inputs, chain: Chain, r: int, k: int, selection: pseudo
     cfg, spec, items = inputs.cfg, inputs.spec, inputs.items
     x_fit, y_fit = items.train_x[chain.fit_rows], items.y[chain.fit_rows]
     weights = None
-    if cfg.pseudo_weight == "calibrated":
-        weights = pseudo.correctness_weights(chain.scored_probs, items.y[chain.scored_rows], selection.confidence,
-                                             inputs.competition.multi_label, chain.thresholds)
+    if cfg.pseudo_weight in ("calibrated", "net"):
+        weigh = trust.net_weights if cfg.pseudo_weight == "net" else trust.correctness_weights
+        weights = weigh(chain.scored_probs, items.y[chain.scored_rows], selection.confidence,
+                        inputs.competition.multi_label, chain.thresholds)
         print(f"{label}: loss weights {weights.min():.2f}-{weights.max():.2f}, mean {weights.mean():.2f} "
               f"(how often the labeling model is right at each confidence on the scored rows)", flush=True)
     pooled = cfg.student_batch == "pooled"
     steps = spec.steps(len(x_fit), cfg.student_epochs, len(selection), pooled=pooled)
+    passes = train.labeled_passes(steps, cfg.batch_size, len(x_fit), len(selection), pooled=pooled)
+    noise = train.applied_augmentation(spec, train.student_augment_level(cfg.student_augment, passes, cfg.augment))
     starts_from = chain.init_key if cfg.student_init == "teacher" else "scratch"
     key = model_cache.student_key(inputs.teacher_key, cfg, chain.model, r, k, model_cache.selection_digest(
-        selection.index, selection.targets), starts_from, steps)
-    passes = train.labeled_passes(steps, cfg.batch_size, len(x_fit), len(selection), pooled=pooled)
-    noise = train.applied_augmentation(spec, train.student_augment_level(cfg.student_augment, passes))
+        selection.index, selection.targets), starts_from, steps, noise)
     why = " (cached embeddings)" if spec.feature_dim is not None else (" (auto)" if cfg.student_augment == "auto" else "")
     print(f"{label}: {steps} steps, {passes:.0f} passes over each labeled item, augmentation {noise}{why}", flush=True)
     seed, start = student_seed(cfg.seed, r, k, chain.model), chain.init if cfg.student_init == "teacher" else None

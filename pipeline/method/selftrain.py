@@ -34,6 +34,7 @@ class ModelFamily:
     test_probs: np.ndarray  # (n_test, C): the mean over the folds' models
     info: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    per_model_test: list[np.ndarray] = field(default_factory=list)  # (n_test, C) of each fold's model
 
 
 @dataclass
@@ -63,14 +64,28 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
             rounds.append(fit_round(inputs, chain, r))
             chain = rounds[-1].chain
         chains.append(rounds)
-    scored = np.full_like(teacher.scored_probs, np.nan)
-    for rounds in chains:
-        scored[rounds[-1].chain.scored_rows] = rounds[-1].chain.scored_probs
     every = [done for rounds in chains for done in rounds]  # chain by chain, round by round
-    student = ModelFamily("student", scored, mean_over_models([rounds[-1].chain.test_probs for rounds in chains]),
-                          [info for done in every for info in done.info], time.perf_counter() - started)
     budgets = [sum(done.steps for done in rounds) for rounds in chains]
+    as_control = [m for m, rounds in enumerate(chains) if cfg.control and _none_passed(rounds)]
+    for m in as_control:
+        # Asked for pseudo-labels, the chain got none past the cut: self-training is then the teacher continued on
+        # its train rows, which is what the control is. So the control trains for a student's budget without
+        # pseudo-labels, and is this chain's student.
+        budgets[m] = cfg.pseudo_rounds * spec.steps(len(chains[m][-1].chain.fit_rows), cfg.student_epochs, 0,
+                                                    pooled=cfg.student_batch == "pooled")
+        print(f"{chains[m][-1].chain.prefix}no pseudo-label passed the cut: the student is the control ({budgets[m]} "
+              "steps on the train rows)", flush=True)
     control = fit_controls(cfg, spec, items, teacher, inputs.teacher_key, budgets) if cfg.control else None
+    scored = np.full_like(teacher.scored_probs, np.nan)
+    test = []
+    for m, rounds in enumerate(chains):
+        last = rounds[-1].chain
+        scored[last.scored_rows] = control.scored_probs[last.scored_rows] if m in as_control else last.scored_probs
+        test.append(control.per_model_test[m] if m in as_control else last.test_probs)
+    info = [info for done in every for info in done.info]
+    info += [{"model": m, "trained": False, "reason": "no pseudo-label passed the cut: the student is the control"}
+             for m in as_control]
+    student = ModelFamily("student", scored, mean_over_models(test), info, time.perf_counter() - started)
     provenance = [provenance_rows(items.test_ids, items.test_groups, selection, done.chain.model, k, items.classes)
                   for done in every for k, selection in enumerate(done.selections)]
     return SelfTraining(student, control, [s for done in every for s in done.selections],
@@ -102,7 +117,13 @@ def fit_controls(cfg: RunConfig, spec, items, teacher, key_of_teacher: str, budg
     started = time.perf_counter()
     scored, models = fit_family("control", items.fold, n_classes, fit_one)
     return ModelFamily("control", scored, mean_over_models([m.test_probs for m in models]), [m.info for m in models],
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, [m.test_probs for m in models])
+
+
+def _none_passed(rounds: list[Round]) -> bool:
+    """A chain that asked for pseudo-labels (a target above 0: not --pseudo-ratio 0) and trained no student."""
+    asked = any(s.target_count > 0 for done in rounds for s in done.selections)
+    return asked and all(done.steps == 0 for done in rounds)
 
 
 def _summary(cfg: RunConfig, classes: list[str], every: list[Round]) -> dict:

@@ -85,11 +85,13 @@ def applied_augmentation(spec: ModelSpec, level: str) -> str:
     return "none" if spec.feature_dim is not None else level
 
 
-def student_augment_level(level: str, passes: float) -> str:
-    """--student-augment, with `auto` resolved by the labeled passes: strong above STRONG_NOISE_PASSES, else none."""
+def student_augment_level(level: str, passes: float, control_level: str) -> str:
+    """--student-augment, with `auto` resolved by the labeled passes: strong above STRONG_NOISE_PASSES (Noisy
+    Student's noise), else the control's --augment. Never less than the control's: a student trained without the
+    augmentation its control gets loses to it for that alone (benchmarks/RESULTS.md, 7 of 7 runs)."""
     if level != "auto":
         return level
-    return "strong" if passes > STRONG_NOISE_PASSES else "none"
+    return "strong" if passes > STRONG_NOISE_PASSES else control_level
 
 
 def training_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,

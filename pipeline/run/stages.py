@@ -197,19 +197,24 @@ def check_shift(cfg: RunConfig, items: Items, run_dir: Path) -> ShiftReport | No
 
 
 def adapted_groups(cfg: RunConfig, items: Items, shift: ShiftReport | None) -> tuple[str, ...]:
-    """The test groups whose predictions use their own batch-norm statistics (--adapt-bn)."""
-    present = [g for g in GROUPS if g in set(items.test_groups)]
-    if cfg.adapt_bn == "none":
-        return ()
-    if cfg.adapt_bn == "all":
-        chosen = tuple(present)
-    elif shift is None:
+    """Set each readable test item's batch-norm adaptation set (--adapt-bn) and return the sets' names."""
+    from pipeline.method import adaptation
+
+    if cfg.adapt_bn == "shifted" and shift is None:
         print("--adapt-bn shifted: no shift check ran (--on-shift ignore), so no group is adapted", flush=True)
-        return ()
-    else:
-        chosen = tuple(g for g in present if g in shift.shifted_groups())
-    print(f"batch-norm statistics re-estimated on each test group's own images for: {', '.join(chosen) or 'none'} "
-          f"(--adapt-bn {cfg.adapt_bn})", flush=True)
+    tables = None
+    if cfg.adapt_bn == "foreign":
+        test = items.test[items.readable_test]
+        tables = {"train": items.stores["train"].property_table().table}
+        tables.update({g: items.stores["test"].property_table(test.loc[test["group"] == g, "path"].tolist()).table
+                       for g in GROUPS})
+    paths = items.test["path"].to_numpy(dtype=str)[items.readable_test]
+    items.domain = adaptation.domains(cfg.adapt_bn, items.test_groups, paths, tables,
+                                      [] if shift is None else shift.shifted_groups())
+    chosen = tuple(d for d in dict.fromkeys(items.domain) if d)
+    if cfg.adapt_bn != "none":
+        print(f"batch-norm statistics re-estimated on their own images for: {', '.join(chosen) or 'none'} "
+              f"(--adapt-bn {cfg.adapt_bn})", flush=True)
     return chosen
 
 
