@@ -29,6 +29,7 @@ from pipeline.ledger.store import Ledger
 from pipeline.method.verdict import LEVEL, paired_bootstrap
 from pipeline.plugin.api import Competition
 from pipeline.plugin.registry import get_competition
+from pipeline.run.folder import SUBMISSION, model_submission
 from pipeline.submission import align_to_solution, read_solution, score_against_solution
 
 SORT_KEYS = ("holdout", "public", "private")
@@ -103,9 +104,9 @@ def _row(ledger: Ledger, plugin: Competition, run, stored: dict, solution: Path 
     config = stored["config"] or {}
     run_dir = Path(run.submission_path).parent
     # the student's own predictions (runs before the control and guard wrote only submission.csv for it)
-    student_csv = run_dir / "student_submission.csv"
-    student_csv = student_csv if student_csv.is_file() else run_dir / "submission.csv"
-    teacher_csv = run_dir / "teacher_submission.csv"
+    student_csv = run_dir / model_submission("student")
+    student_csv = student_csv if student_csv.is_file() else run_dir / SUBMISSION
+    teacher_csv = run_dir / model_submission("teacher")
     solution_path = Path(solution) if solution else (Path(config["solution"]) if config.get("solution") else None)
     board = {"teacher": {"public": run.lb_teacher_public, "private": run.lb_teacher_private},
              "student": {"public": run.lb_student_public, "private": run.lb_student_private}}
