@@ -54,6 +54,21 @@ def outputs() -> frozenset[str]:
                       REPORT, CONFIDENCE_PLOT, SHIFT, *PLOT_NAMES.values()})
 
 
+def find_run(run: str, runs_dir: Path, competition: str | None = None) -> Path:
+    """RUN as a folder path, or a run id under RUNS_DIR/<competition>/ (any competition when not given)."""
+    if run and Path(run).is_dir():
+        return Path(run)
+    pattern = f"{competition}/{run}" if competition else f"*/{run}"
+    found = sorted(p for p in Path(runs_dir).glob(pattern) if p.is_dir())
+    if not found:
+        raise UserError(f"no run folder {run!r} under {runs_dir}" + (f"/{competition}" if competition else "")
+                        + "; pass the run folder's path, or its id with --runs-dir (and --competition)")
+    if len(found) > 1:
+        raise UserError(f"run id {run!r} is in several competitions ({', '.join(str(p) for p in found)}); "
+                        "pass --competition or the folder's path")
+    return found[0]
+
+
 @dataclass
 class RunProbabilities:
     """What the scores of a run are made of (probabilities.npz): every model's probabilities of the scored train
@@ -134,7 +149,7 @@ class RunFolder:
 
     def read_probabilities(self) -> RunProbabilities:
         """probabilities.npz, checked against split.csv; what older runs did not keep is None."""
-        needed = (CONFIG, SPLIT, PROBABILITIES)
+        needed = (SPLIT, PROBABILITIES)
         missing = [name for name in needed if not self.file(name).is_file()]
         if missing:
             raise UserError(f"run folder {self.path} lacks {', '.join(missing)}; rescoring needs {', '.join(needed)} "
@@ -153,7 +168,8 @@ class RunFolder:
                 or not np.array_equal(table.get("fold", pd.Series(dtype=int)).to_numpy(), arrays["fold"])):
             raise UserError(f"{self.file(SPLIT)} and {PROBABILITIES} disagree on the train rows or their folds; "
                             "the folder was edited or mixes two runs")
-        models = [key[len("scored_"):] for key in arrays if key.startswith("scored_") and f"test_{key[7:]}" in arrays]
+        models = [key.removeprefix("scored_") for key in arrays if key.startswith("scored_")]
+        models = [m for m in models if f"test_{m}" in arrays]  # in the run's order
         ids = arrays.get("submission_ids")
         return RunProbabilities([str(c) for c in arrays["classes"]], arrays["train_paths"], arrays["y"], arrays["fold"],
                                 arrays["test_ids"].astype(str), arrays.get("test_groups"),

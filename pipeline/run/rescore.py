@@ -70,21 +70,6 @@ class Rescore:
         return "\n".join(lines)
 
 
-def find_run(run: str, runs_dir: Path, competition: str | None = None) -> Path:
-    """RUN as a folder path, or a run id under RUNS_DIR/<competition>/ (any competition when not given)."""
-    if run and Path(run).is_dir():
-        return Path(run)
-    pattern = f"{competition}/{run}" if competition else f"*/{run}"
-    found = sorted(p for p in Path(runs_dir).glob(pattern) if p.is_dir())
-    if not found:
-        raise UserError(f"no run folder {run!r} under {runs_dir}" + (f"/{competition}" if competition else "")
-                        + "; pass the run folder's path, or its id with --runs-dir (and --competition)")
-    if len(found) > 1:
-        raise UserError(f"run id {run!r} is in several competitions ({', '.join(str(p) for p in found)}); "
-                        "pass --competition or the folder's path")
-    return found[0]
-
-
 def expected_submission_ids(folder: RunFolder, probs: RunProbabilities, metrics: RunMetrics | None,
                             competition: Competition) -> list[str]:
     """The ids, in order, that every submission of the run must hold: those of the submission the run validated.

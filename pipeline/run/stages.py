@@ -1,7 +1,8 @@
-"""One run, as a list of stages: items -> shift -> teacher -> self-training and control -> verdict -> outputs -> ledger.
+"""One run, as a list of stages: items -> shift -> teacher -> self-training and control -> decision -> outputs -> ledger.
 
 Each stage is a function in the module that owns its policy and returns a dataclass; this module only
-sequences them and records the run.
+sequences them and records the run. The decision stage (pipeline/run/decision.py) reads only what training
+leaves in the run folder, and is the one `runs rescore` runs again.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from pipeline.ledger.provenance import library_versions
 from pipeline.plugin.api import GROUPS, Competition
 from pipeline.plugin.registry import get_competition
 from pipeline.shift.report import ShiftReport, ShiftSettings
+
 
 @dataclass
 class RunResult:
@@ -251,13 +253,16 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
     folder.write_recomputables(probs, provenance)
     student, control = (training.student if training else None), (training.control if training else None)
     metrics = RunMetrics(
-        run_id, cfg.competition, competition.metric_name, competition.greater_is_better, items.fingerprint, cfg.seed,
-        outcome.holdout, outcome.verdict, {**pseudo_summary, "shifted_groups": [] if shift is None else shift.shifted_groups()},
-        None if shift is None else shift.summary(), outcome.decisions, outputs.item_counts(items), teacher.cache_status,
-        teacher.info, student.info if student else [], control.info if control else [],
-        Timings(*(round(seconds, 2) for seconds in (teacher.seconds, student.seconds if student else 0.0,
-                                                   control.seconds if control else 0.0))),
-        submission, library_versions(), resumed, outcome.leaderboard)
+        run_id=run_id, competition=cfg.competition, metric=competition.metric_name,
+        greater_is_better=competition.greater_is_better, data_fingerprint=items.fingerprint, seed=cfg.seed,
+        holdout=outcome.holdout, verdict=outcome.verdict, decision=outcome.decisions, leaderboard=outcome.leaderboard,
+        pseudo={**pseudo_summary, "shifted_groups": [] if shift is None else shift.shifted_groups()},
+        shift=None if shift is None else shift.summary(), items=outputs.item_counts(items),
+        teacher_cache=teacher.cache_status, teacher_training=teacher.info,
+        student_training=student.info if student else [], control_training=control.info if control else [],
+        timings=Timings(round(teacher.seconds, 2), round(student.seconds if student else 0.0, 2),
+                        round(control.seconds if control else 0.0, 2)),
+        submission=submission, versions=library_versions(), resumed=resumed)
     metrics.timings.total_s = round(time.perf_counter() - started, 2)
     outputs.write_metrics(folder, metrics, probs, competition.multi_label, "" if shift is None else shift.html_fragment())
     outputs.print_summary(metrics, folder)
