@@ -120,7 +120,7 @@ def _run_stages(cfg: RunConfig, competition: Competition, data_dir: Path, train,
         items.adapted = adapted_groups(cfg, items, shift)
         if ledger and shift is not None:
             ledger.record_shift(run_id, shift.summary())
-        train_and_submit(cfg, competition, data_dir, items, run_id, folder, started, shift, resumed)
+        train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started, shift, resumed)
         metrics = folder.read_metrics()  # what the folder holds is what the ledger records, as `runs record` does
     except BaseException as error:
         if ledger:
@@ -221,7 +221,7 @@ def adapted_groups(cfg: RunConfig, items: Items, shift: ShiftReport | None) -> t
     return chosen
 
 
-def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, items: Items, run_id: str, folder: RunFolder,
+def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, items: Items, run_id: str, run_dir: Path,
                      started: float, shift: ShiftReport | None, resumed: dict | None = None) -> None:
     """Train the teacher, and the students and control; then the decision stage on what they leave in the run folder
     (the one `runs rescore` calls), and the run's record: every output of the run folder."""
@@ -229,6 +229,7 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
     from pipeline.cache import teachers as teacher_cache
     from pipeline.model import train
 
+    folder = RunFolder(run_dir)
     spec = train.ModelSpec(cfg, len(items.classes), competition.multi_label, getattr(competition, "flips", "horizontal"),
                            feature_dim=None if items.train_x.dtype == np.uint8 else int(items.train_x.shape[1]))
     teacher = teacher_cache.get_or_train(cfg, spec, items)
