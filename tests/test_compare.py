@@ -307,6 +307,7 @@ def test_render_and_plot_with_missing_scores(world: dict, tmp_path: Path) -> Non
 
 
 def test_sweep_settings_run_ratio_zero_once_and_check_groups() -> None:
+    from pipeline.run.metrics import Timings
     from pipeline.run.sweep import SweepResult, summary, sweep_settings
 
     settings = sweep_settings([0, 0.1, 0.25, 0.1], ["public", "private", "public,private", "private,public"])
@@ -315,10 +316,12 @@ def test_sweep_settings_run_ratio_zero_once_and_check_groups() -> None:
                         (0.25, ("public", "private"))]
     with pytest.raises(ValueError, match="'public,stage2' must be a comma-separated subset of public,private"):
         sweep_settings([0.1], ["public,stage2"])
-    text = summary([SweepResult(0.1, ("public",), 30.0, "a", "miss", {"teacher_s": 20.0, "student_s": 8.0}),
-                    SweepResult(0.25, ("public",), 5.0, "b", "hit", {"teacher_s": 0.0, "student_s": 4.0}),
-                    SweepResult(0.33, ("public",), 7.0, "c", "hit", {"teacher_s": 0.0, "student_s": 6.0})])
+    text = summary([SweepResult(0.1, ("public",), 30.0, "a", "miss", Timings(20.0, 8.0)),
+                    SweepResult(0.25, ("public",), 5.0, "b", "hit", Timings(0.0, 4.0, 1.5)),
+                    SweepResult(0.33, ("public",), 7.0, "c", "hit", Timings(0.0, 6.0))])
     assert "first/later wall time: 30.0s / 6.0s (mean of 2) = 5.0x" in text
+    assert "teacher hit    0.0s, control    1.5s, students    4.0s  b" in text
+    assert "teacher miss   20.0s, control    nan" in text  # a run older than the control
 
 
 @pytest.mark.slow

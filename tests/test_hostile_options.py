@@ -263,7 +263,8 @@ def test_every_bounded_shift_option_is_tested():
 # ---- --resume removes only what the run wrote ---------------------------------------------------------------
 
 def test_resume_removes_the_runs_partial_outputs_and_leaves_the_users_files(tmp_path, capsys):
-    from pipeline.run.resume import clear_run_folder, run_outputs
+    from pipeline.run.folder import outputs as run_outputs
+    from pipeline.run.resume import clear_run_folder
 
     cfg = tiny_config(tmp_path / "data", tmp_path, run_name="cut")
     run_dir = tmp_path / "runs" / "fisheries" / "cut"

@@ -1,6 +1,7 @@
 """`runs rescore`: a run's scores, verdict, blends and submissions recomputed from its folder alone."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -8,10 +9,14 @@ import numpy as np
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.plugin.api import Decision
 from pipeline.errors import UserError
-from pipeline.plugin.registry import get_competition
-from pipeline.run.rescore import RunFolder, load_run_folder, rescore, submission_table
+from pipeline.files import write_csv_atomic
+from pipeline.plugin.api import Decision
+from pipeline.plugin.registry import get_competition, list_competitions
+from pipeline.run.decision import submission_table
+from pipeline.run.folder import RunFolder, RunProbabilities, model_submission
+from pipeline.run.metrics import RunMetrics
+from pipeline.run.rescore import rescore
 
 
 def trained(test):
@@ -27,18 +32,62 @@ def run_copy(tiny_plugin_run, tmp_path):
     return target
 
 
-@pytest.mark.parametrize("name", ["fisheries", "amazon"])
+@pytest.mark.parametrize("name", list_competitions())
 @trained
-def test_rescore_reproduces_the_recorded_scores_verdict_decisions_and_leaderboard_exactly(name, tiny_plugin_run, plugin_sample):
+def test_rescore_reproduces_the_run_byte_for_byte(name, tiny_plugin_run, plugin_sample, tmp_path):
     run_dir = tiny_plugin_run(name).run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
     result = rescore(run_dir, solution=plugin_sample(name, small=True) / "solution.csv")
-    assert result.scores == metrics["holdout"]  # exact: same probabilities, same refit decision, same metric
+    assert result.outcome.holdout == metrics["holdout"]  # exact: same probabilities, same refit decision, same metric
     assert result.verdict.to_dict() == metrics["verdict"]  # the bootstrap too (same seed from config.json)
-    assert {m: d.to_dict() for m, d in result.decisions.items()} == metrics["decision"]
-    assert result.leaderboard == metrics["leaderboard"]
-    if name == "amazon":
-        assert all(d.thresholds is not None for d in result.decisions.values())
+    assert {m: d.to_dict() for m, d in result.outcome.decisions.items()} == metrics["decision"]
+    assert result.outcome.leaderboard == metrics["leaderboard"]
+    if get_competition(name).multi_label:  # tags: thresholds fit on the scored rows, refit the same
+        assert all(d.thresholds is not None for d in result.outcome.decisions.values())
+    for model, table in result.outcome.tables.items():  # every submission, as the run wrote it
+        write_csv_atomic(tmp_path / model, table)
+        assert (tmp_path / model).read_bytes() == (run_dir / model_submission(model)).read_bytes(), model
+    assert (tmp_path / result.verdict.submitted).read_bytes() == (run_dir / "submission.csv").read_bytes()
+
+
+@pytest.mark.parametrize("name", list_competitions())
+@trained
+def test_metrics_json_reads_back_to_the_same_bytes(name, tiny_plugin_run):
+    path = tiny_plugin_run(name).run_dir / "metrics.json"
+    metrics = RunFolder(path.parent).read_metrics()
+    assert metrics.verdict.submitted == metrics.submission.model and metrics.timings.total_s > 0
+    assert json.dumps(metrics.to_dict(), indent=2) + "\n" == path.read_text()
+
+
+def test_metrics_json_of_an_older_version_reads_with_defaults():
+    """The oldest form: no verdict, control, shift or submitted model; a teacher and a student only."""
+    old = {"run_id": "r", "competition": "fisheries", "metric": "logloss", "greater_is_better": False,
+           "data_fingerprint": "fp", "seed": 0, "holdout": {"teacher": 1.2, "student": 1.1},
+           "pseudo": {"selected": 3}, "decision": {"teacher": {"thresholds": None}, "student": {"thresholds": None}},
+           "items": {"train": 10}, "teacher_cache": "miss", "teacher_training": {}, "student_training": [],
+           "timings": {"teacher_s": 1.0, "student_s": 2.0}, "submission": {"path": "s.csv", "sha256": "ab", "rows": 4},
+           "versions": {}}
+    metrics = RunMetrics.from_dict(old)
+    assert metrics.verdict is None and metrics.shift is None and metrics.control_training == []
+    assert metrics.submission.model is None and metrics.timings.control_s is None and metrics.timings.total_s is None
+    assert metrics.models == ["teacher", "student"] and metrics.decision["student"] == Decision()
+    with pytest.raises(UserError, match="m.json is not a metrics.json this pipeline wrote"):
+        RunMetrics.from_dict({**old, "submission": {"rows": 4}}, "m.json")
+
+
+@trained
+def test_a_run_folder_written_before_this_version_still_rescores(run_copy):
+    """What older runs lack: the submission ids and test groups in probabilities.npz, the newer metrics.json keys."""
+    with np.load(run_copy / "probabilities.npz") as npz:
+        arrays = {key: npz[key] for key in npz.files if key not in ("submission_ids", "test_groups")}
+    np.savez_compressed(run_copy / "probabilities.npz", **arrays)
+    metrics = json.loads((run_copy / "metrics.json").read_text())
+    for key in ("verdict", "shift", "control_training", "leaderboard", "resumed"):
+        metrics.pop(key, None)
+    (run_copy / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")  # submission.csv keeps its sha256
+    result = rescore(run_copy, write="control")
+    assert result.written.read_bytes() == (run_copy / "control_submission.csv").read_bytes()
+    assert result.outcome.holdout == metrics["holdout"] and "the run recorded" not in result.table()
 
 
 @trained
@@ -60,11 +109,11 @@ def test_a_blend_is_the_weighted_mean_of_the_models_probabilities(run_copy, plug
     out = capsys.readouterr().out
     assert "blend 0.75 student + 0.25 control" in out and "blend vs " in out and "recorded" in out
     fisheries = get_competition("fisheries")
-    run = load_run_folder(run_copy, fisheries)
+    run = RunFolder(run_copy).read_probabilities()
     mixed = 0.75 * run.scored["student"] + 0.25 * run.scored["control"]
     result = rescore(run_copy, blend="student=3,control=1")
-    assert result.scores["blend"] == pytest.approx(fisheries.metric(run.y_scored, mixed), rel=1e-9)
-    assert result.decisions["blend"] == Decision()
+    assert result.outcome.scores["blend"] == pytest.approx(fisheries.metric(run.y_scored, mixed), rel=1e-9)
+    assert result.outcome.decisions["blend"] == Decision() and "blend" not in result.verdict.scores
     written = np.loadtxt(run_copy / "rescored_blend_submission.csv", delimiter=",", skiprows=1, usecols=range(1, 9))
     student = np.loadtxt(run_copy / "student_submission.csv", delimiter=",", skiprows=1, usecols=range(1, 9))
     control = np.loadtxt(run_copy / "control_submission.csv", delimiter=",", skiprows=1, usecols=range(1, 9))
@@ -75,7 +124,9 @@ def test_a_blend_is_the_weighted_mean_of_the_models_probabilities(run_copy, plug
 def test_another_metric_of_the_plugin_can_be_scored(run_copy):
     result = rescore(run_copy, metric="accuracy")
     assert result.metric == "accuracy" and result.greater_is_better
-    assert all(0.0 <= s <= 1.0 for s in result.scores.values())
+    run = RunFolder(run_copy).read_probabilities()
+    hits = {m: float((p.argmax(axis=1) == run.y_scored.argmax(axis=1)).mean()) for m, p in run.scored.items()}
+    assert result.outcome.scores == pytest.approx(hits, abs=1e-12)
 
 
 @pytest.mark.parametrize("blend, message", [
@@ -101,16 +152,18 @@ def test_a_damaged_run_folder_is_named(run_copy, tmp_path):
     assert main(["runs", "rescore", "no-such-run", "--runs-dir", str(tmp_path)]) == 2
 
 
-def test_an_id_with_no_readable_image_gets_the_class_prior_as_in_the_run(tmp_path):
-    """No training: a hand-made RunFolder whose submission lists an id the probabilities lack (unreadable image)."""
+def test_an_id_with_no_readable_image_gets_the_class_prior_as_in_the_run():
+    """No training: hand-made probabilities whose submission lists an id they lack (an unreadable image)."""
     fisheries = get_competition("fisheries")
     y = np.eye(8, dtype=np.float32)[[0, 0, 0, 1]]
-    run = RunFolder(tmp_path, {}, {}, ["ALB", "BET", "DOL", "LAG", "NoF", "OTHER", "SHARK", "YFT"], y, np.array([-1, -1, 0, 0]),
-                    np.array(["b.jpg", "a.jpg"]), {}, {}, ["a.jpg", "broken.jpg", "b.jpg"])
+    probs = RunProbabilities(["ALB", "BET", "DOL", "LAG", "NoF", "OTHER", "SHARK", "YFT"], np.array(["1", "2", "3", "4"]),
+                             y, np.array([-1, -1, 0, 0]), np.array(["b.jpg", "a.jpg"]), None,
+                             ["a.jpg", "broken.jpg", "b.jpg"], {}, {})
     test = np.full((2, 8), 0.125, dtype=np.float32)
     test[1, 2] = 0.3  # a.jpg
-    table = submission_table(fisheries, run, test, Decision())
+    table = submission_table(fisheries, probs, test, Decision())
     assert table["image"].tolist() == ["a.jpg", "broken.jpg", "b.jpg"]
     assert table.iloc[0, 1:].to_numpy(dtype=float)[2] == pytest.approx(0.3)
     assert np.allclose(table.iloc[1, 1:].to_numpy(dtype=float), [0.75, 0.25, 0, 0, 0, 0, 0, 0])  # the train prior
     assert np.allclose(table.iloc[2, 1:].to_numpy(dtype=float), 0.125)
+    assert probs.kind == "holdout" and dataclasses.replace(probs, fold=np.array([0, 1, 0, 1])).kind == "out-of-fold"

@@ -91,7 +91,7 @@ def resumed(reference, tiny_fisheries, tmp_path_factory):
 @pytest.mark.slow
 @tensorflow
 def test_a_killed_run_resumes_from_its_cached_models_to_the_uninterrupted_runs_bytes(reference, resumed):
-    from pipeline.run.resume import run_outputs
+    from pipeline.run.folder import outputs as run_outputs
 
     _, whole = reference
     runs, cache, before, row, out = resumed

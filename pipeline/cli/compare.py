@@ -9,13 +9,14 @@ from pipeline.ledger.compare import SORT_KEYS, compare_runs
 from pipeline.ledger.compare_output import FORMATS, plot_path, render, write_plot
 from pipeline.cli.kaggle import add_ledger_options, ledger_path
 from pipeline.ledger.store import Ledger
+from pipeline.method.verdict import LEVEL
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compare", help="table and plot of the recorded runs: holdout vs public vs private, gains, noise",
         description="Compare the done runs of a competition. Gains are over each run's own teacher (positive = "
-                    "better); a public gain is 'noise' when its 95%% paired-bootstrap interval contains 0.",
+                    f"better); a public gain is 'noise' when its {LEVEL:.0%} paired-bootstrap interval contains 0.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--competition", required=True, help="plugin name, e.g. fisheries")
     add_ledger_options(parser)

@@ -102,7 +102,8 @@ def score_run(args: argparse.Namespace) -> int:
 
 
 def rescore_run(args: argparse.Namespace) -> int:
-    from pipeline.run.rescore import find_run, rescore
+    from pipeline.run.folder import find_run
+    from pipeline.run.rescore import rescore
 
     result = rescore(find_run(args.run_id, args.runs_dir, args.competition), args.metric, args.solution, args.blend,
                      args.write)
@@ -112,7 +113,7 @@ def rescore_run(args: argparse.Namespace) -> int:
 
 def record_run(args: argparse.Namespace) -> int:
     from pipeline.ledger.record import record_run_folder
-    from pipeline.run.rescore import find_run
+    from pipeline.run.folder import find_run
 
     run_id, outcome, ledger = record_run_folder(find_run(args.run_id, args.runs_dir, args.competition), args.ledger)
     print({"recorded": f"recorded run {run_id} as done in {ledger}",

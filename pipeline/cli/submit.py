@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.upload and distribute.is_chief():  # other workers of --distribute multiworker wrote nothing to upload
         from pipeline.kaggle.submit import upload_run_submission
+        from pipeline.run.folder import SUBMISSION
 
-        upload_run_submission(cfg.competition, result.run_dir / "submission.csv", Path(cfg.data), result.run_id,
+        upload_run_submission(cfg.competition, result.run_dir / SUBMISSION, Path(cfg.data), result.run_id,
                               args.message, cfg.ledger_path, poll_timeout_s=args.poll_timeout)
     return 0
 

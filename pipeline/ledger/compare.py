@@ -1,10 +1,11 @@
 """Compare the recorded runs of one competition: holdout vs public vs private, gains over each run's teacher,
 how well the scores agree across runs (Spearman), and whether a public gain is bigger than its noise.
 
-A public gain is "noise" when the 95% paired-bootstrap interval of (student - teacher) on the public rows
+A public gain is "noise" when the 90% paired-bootstrap interval of (student - teacher) on the public rows
 contains 0: the same rows resampled with replacement for both submissions, scored with the competition's
-own metric. That is the check a leaderboard climber should make before trusting a public improvement
-(the spirit of Blum & Hardt's Ladder): the private leaderboard has other rows.
+own metric, by the verdict's bootstrap (pipeline/method/verdict.py) at its level. That is the check a
+leaderboard climber should make before trusting a public improvement (the spirit of Blum & Hardt's Ladder):
+the private leaderboard has other rows.
 
 Comparing only reads the ledger. With `record=True` (`compare --record`) the local leaderboard scores and
 bootstrap intervals it had to compute are stored in the ledger, so later comparisons reuse them.
@@ -25,16 +26,19 @@ from scipy import stats
 from pipeline.errors import UserError
 from pipeline.files import sha256_of
 from pipeline.ledger.store import Ledger
+from pipeline.method.verdict import LEVEL, paired_bootstrap
 from pipeline.plugin.api import Competition
 from pipeline.plugin.registry import get_competition
+from pipeline.run.folder import SUBMISSION, model_submission
 from pipeline.submission import align_to_solution, read_solution, score_against_solution
 
 SORT_KEYS = ("holdout", "public", "private")
-LEVEL = 0.95
 
 
 @dataclass
-class Comparison:
+class ComparedRuns:
+    """The done runs of a competition side by side (one row each), with how well their scores agree."""
+
     competition: str
     metric: str
     greater_is_better: bool
@@ -47,7 +51,7 @@ class Comparison:
 
 def compare_runs(ledger: Ledger, competition: str, sort: str = "public", solution: Path | None = None,
                  metric: str | None = None, run_ids: list[str] | None = None, resamples: int = 1000,
-                 seed: int = 0, record: bool = False) -> Comparison:
+                 seed: int = 0, record: bool = False) -> ComparedRuns:
     """Build the comparison of the done runs of `competition` (or only `run_ids`); fills in local leaderboard
     scores and bootstrap intervals the ledger lacks when a solution file is known, and with `record` stores
     them in the ledger (which must then be writable)."""
@@ -56,7 +60,7 @@ def compare_runs(ledger: Ledger, competition: str, sort: str = "public", solutio
     if sort not in SORT_KEYS:
         raise UserError(f"--sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
     if resamples != 0 and resamples < 100:
-        raise UserError(f"--resamples must be 0 (no noise check) or at least 100 for a 95% interval, got {resamples}")
+        raise UserError(f"--resamples must be 0 (no noise check) or at least 100 for a {LEVEL:.0%} interval, got {resamples}")
     runs = ledger.runs(competition)
     if run_ids is not None:
         runs = runs[runs["run_id"].isin(run_ids)]
@@ -91,7 +95,7 @@ def compare_runs(ledger: Ledger, competition: str, sort: str = "public", solutio
         "holdout_vs_public": _spearman(table["holdout"], table["public"]),
         "public_vs_private": _spearman(table["public"], table["private"]),
     }
-    return Comparison(competition, plugin.metric_name, plugin.greater_is_better, sort, table, correlations, notes)
+    return ComparedRuns(competition, plugin.metric_name, plugin.greater_is_better, sort, table, correlations, notes)
 
 
 def _row(ledger: Ledger, plugin: Competition, run, stored: dict, solution: Path | None,
@@ -100,9 +104,9 @@ def _row(ledger: Ledger, plugin: Competition, run, stored: dict, solution: Path 
     config = stored["config"] or {}
     run_dir = Path(run.submission_path).parent
     # the student's own predictions (runs before the control and guard wrote only submission.csv for it)
-    student_csv = run_dir / "student_submission.csv"
-    student_csv = student_csv if student_csv.is_file() else run_dir / "submission.csv"
-    teacher_csv = run_dir / "teacher_submission.csv"
+    student_csv = run_dir / model_submission("student")
+    student_csv = student_csv if student_csv.is_file() else run_dir / SUBMISSION
+    teacher_csv = run_dir / model_submission("teacher")
     solution_path = Path(solution) if solution else (Path(config["solution"]) if config.get("solution") else None)
     board = {"teacher": {"public": run.lb_teacher_public, "private": run.lb_teacher_private},
              "student": {"public": run.lb_student_public, "private": run.lb_student_private}}
@@ -157,7 +161,7 @@ def _local_scores(ledger: Ledger, plugin: Competition, run, stored: dict, soluti
                      + ("recorded in the ledger" if record else "not stored (--record stores it)"))
     key = {"student_sha256": sha256_of(student_csv), "teacher_sha256": sha256_of(teacher_csv),
            "solution_sha256": sha256_of(solution_path), "resamples": resamples, "seed": seed,
-           "metric": plugin.metric_name}
+           "metric": plugin.metric_name, "level": LEVEL}  # an interval cached at another level is computed again
     cached = stored.get("public_gain") or {}
     if key["student_sha256"] == key["teacher_sha256"]:
         gain_ci = {"gain": 0.0, "low": 0.0, "high": 0.0, "verdict": "same as teacher"}
@@ -176,9 +180,9 @@ def _local_scores(ledger: Ledger, plugin: Competition, run, stored: dict, soluti
 
 def public_gain_interval(competition: Competition, student: pd.DataFrame, teacher: pd.DataFrame,
                          solution: pd.DataFrame, classes: list[str], resamples: int = 1000, seed: int = 0) -> dict:
-    """Paired bootstrap of the student's gain over the teacher on the public rows (positive = better).
+    """The student's gain over the teacher on the public rows (positive = better), by the verdict's paired bootstrap.
 
-    Returns {gain, low, high, rows, verdict}: verdict "noise" when the 95% interval contains 0.
+    Returns {gain, low, high, rows, verdict}: verdict "noise" when the LEVEL interval contains 0.
     """
     aligned = {}
     for name, table in (("student", student), ("teacher", teacher)):
@@ -190,32 +194,11 @@ def public_gain_interval(competition: Competition, student: pd.DataFrame, teache
         if not public.any():
             raise UserError("the solution has no Usage=Public rows; the public gain cannot be measured")
         aligned[name] = values[public]
-    y_public = y_true[public]
-    sign = 1.0 if competition.greater_is_better else -1.0
-
-    rows_s = competition.metric_rows(y_public, aligned["student"])
-    rows_t = competition.metric_rows(y_public, aligned["teacher"])
-    per_row = None if rows_s is None or rows_t is None else sign * (np.asarray(rows_s, np.float64) - np.asarray(rows_t, np.float64))
-
-    def gain(rows: np.ndarray, axis: int = -1) -> float | np.ndarray:
-        rows = rows.astype(int)
-        if per_row is not None:  # a mean of per-row values: every resample at once, no metric call per resample
-            return per_row[rows].mean(axis=axis)
-        return sign * (competition.metric(y_public[rows], aligned["student"][rows])
-                       - competition.metric(y_public[rows], aligned["teacher"][rows]))
-
-    everything = np.arange(len(y_public))
-    observed = float(sign * (competition.metric(y_public, aligned["student"]) - competition.metric(y_public, aligned["teacher"])))
-    result = stats.bootstrap((everything,), gain, vectorized=per_row is not None, n_resamples=resamples,
-                             confidence_level=LEVEL, method="percentile", rng=np.random.default_rng(seed))
-    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-    if low > 0:
-        verdict = "real gain"
-    elif high < 0:
-        verdict = "real loss"
-    else:
-        verdict = "noise"
-    return {"gain": observed, "low": low, "high": high, "rows": int(len(y_public)), "verdict": verdict}
+    gain = paired_bootstrap(competition, y_true[public], aligned["student"], aligned["teacher"], ("student", "teacher"),
+                            seed, resamples)
+    low, high = gain.interval
+    verdict = "real gain" if low > 0 else "real loss" if high < 0 else "noise"
+    return {"gain": gain.gain, "low": low, "high": high, "rows": int(public.sum()), "verdict": verdict}
 
 
 # ---- helpers -----------------------------------------------------------------------------------------

@@ -10,15 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.ledger.compare import LEVEL, Comparison
+from pipeline.ledger.compare import ComparedRuns
 from pipeline.errors import UserError
 from pipeline.files import write_bytes_atomic
 from pipeline.ledger.store import Ledger
+from pipeline.method.verdict import LEVEL
 
 FORMATS = ("table", "csv", "json", "markdown")
 
 
-def render(comparison: Comparison, fmt: str) -> str:
+def render(comparison: ComparedRuns, fmt: str) -> str:
     """The comparison as an aligned text table, CSV, JSON or a Markdown table."""
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -49,7 +50,7 @@ def render(comparison: Comparison, fmt: str) -> str:
     return "\n".join([header, "", body, "", *footer]) + "\n"
 
 
-def write_plot(comparison: Comparison, path: Path) -> Path:
+def write_plot(comparison: ComparedRuns, path: Path) -> Path:
     """PNG: per run, holdout/public/private of the student against its teacher, and the public gain with its
     bootstrap interval (an interval crossing 0 is noise)."""
     import matplotlib
@@ -85,7 +86,7 @@ def write_plot(comparison: Comparison, path: Path) -> Path:
             gains.annotate(verdict, (position, end), textcoords="offset points", xytext=(0, 3 if gain >= 0 else -3),
                            ha="center", va="bottom" if gain >= 0 else "top", fontsize=7)
     gains.axhline(0, color="black", linewidth=0.8)
-    gains.set_ylabel(f"public gain over teacher\n({int(LEVEL * 100)}% bootstrap interval)")
+    gains.set_ylabel(f"public gain over teacher\n({LEVEL:.0%} bootstrap interval)")
     gains.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
     gains.grid(alpha=0.3)
     fig.tight_layout()
@@ -119,7 +120,7 @@ def _display_table(table: pd.DataFrame) -> pd.DataFrame:
         "submitted": table["submitted"].fillna("-"),
         "public": [number(v) for v in table["public"]],
         "public gain": [number(v, True) for v in table["public_gain"]],
-        "95% CI of public gain": [interval(a, b) for a, b in zip(table["public_gain_low"], table["public_gain_high"])],
+        f"{LEVEL:.0%} interval of public gain": [interval(a, b) for a, b in zip(table["public_gain_low"], table["public_gain_high"])],
         "verdict": table["verdict"],
         "private": [number(v) for v in table["private"]],
         "private gain": [number(v, True) for v in table["private_gain"]],

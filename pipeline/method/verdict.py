@@ -1,6 +1,9 @@
 """Did pseudo-labeling help? Teacher, control and student scored on the same labeled rows, compared with a
 paired bootstrap, and the guard that decides which model's predictions become submission.csv.
 
+`paired_bootstrap` is the pipeline's one bootstrap of a gain and `Comparison` its one result, at one interval
+level (LEVEL): `compare` (the local leaderboard's public gain) resamples the public rows with it too.
+
 The scored rows are the holdout (--folds 1) or every labeled row out of fold (--folds K): no model of a
 chain ever trained on them, and no epoch was picked on them (fits run a fixed budget), so their scores
 are unbiased, if noisy; the bootstrap says how noisy.
@@ -13,19 +16,45 @@ import numpy as np
 
 from pipeline.plugin.api import Decision
 
-BOOTSTRAP_RESAMPLES = 500
+MODELS = ("teacher", "control", "student")  # every model a run can have, in the order tables show them
+BOOTSTRAP_RESAMPLES = 500  # the verdict's; `compare --resamples` chooses its own
+LEVEL = 0.90  # of every bootstrap interval reported: the verdict's, `runs rescore`'s and `compare`'s
+# LEVEL's two tails, written out: (1 - LEVEL) / 2 is 0.04999999999999999, and a quantile taken there would move
+# the intervals recorded by earlier runs, which `runs rescore` reproduces exactly
+_QUANTILES = (0.05, 0.95)
 
 
 @dataclass
 class Comparison:
+    """Model `better` against its baseline `worse` on the same rows: the one paired bootstrap of this pipeline."""
+
     better: str  # the model that should win, e.g. "student"
     worse: str  # its baseline, e.g. "control"
     gain: float  # metric difference, signed so that > 0 means `better` is better
     p_better: float  # share of bootstrap resamples in which `better` is better
-    interval: tuple[float, float]  # 90% bootstrap interval of the gain
+    interval: tuple[float, float]  # LEVEL bootstrap interval of the gain
+
+    @property
+    def name(self) -> str:
+        return f"{self.better}_vs_{self.worse}"
+
+    def describe(self) -> str:
+        """The gain, its interval and p_better in words: what the run, its report and `runs rescore` print."""
+        return (f"gain {self.gain:+.4f} ({LEVEL:.0%} interval {self.interval[0]:+.4f} .. {self.interval[1]:+.4f}; "
+                f"better in {self.p_better:.0%} of resamples)")
+
+    def line(self) -> str:
+        return f"{self.better + ' vs ' + self.worse:<22} {self.describe()}"
 
     def to_dict(self) -> dict:
         return {"gain": self.gain, "p_better": self.p_better, "interval": list(self.interval)}
+
+    @classmethod
+    def from_dict(cls, name: str, record: dict) -> "Comparison":
+        """`to_dict`'s form back, under its key in the verdict (`student_vs_control`)."""
+        better, _, worse = name.partition("_vs_")
+        low, high = record["interval"]
+        return cls(better, worse, float(record["gain"]), float(record["p_better"]), (float(low), float(high)))
 
 
 @dataclass
@@ -41,12 +70,30 @@ class Verdict:
         return {"scores": self.scores, "rows": self.rows, "kind": self.kind, "submitted": self.submitted, "reason": self.reason,
                 **{name: c.to_dict() for name, c in self.comparisons.items()}}
 
+    @classmethod
+    def from_dict(cls, record: dict) -> "Verdict":
+        """`to_dict`'s form back (metrics.json)."""
+        comparisons = {key: Comparison.from_dict(key, value) for key, value in record.items() if "_vs_" in key}
+        return cls(dict(record["scores"]), int(record["rows"]), record["kind"], comparisons, record["submitted"],
+                   record["reason"])
+
+
+def score(competition, y: np.ndarray, probs: np.ndarray, decision: Decision) -> float:
+    """The metric of what `decision` submits for these probabilities."""
+    return float(competition.metric(y, competition.decide(probs, decision)))
+
 
 def compare(competition, y: np.ndarray, a: np.ndarray, b: np.ndarray, decisions: tuple[Decision, Decision], names: tuple[str, str],
             seed: int) -> Comparison:
-    """Paired bootstrap over rows of the metric difference between model a and model b."""
-    submitted_a = competition.decide(a, decisions[0])
-    submitted_b = competition.decide(b, decisions[1])
+    """Model a against model b on their probabilities: each submits under its decision, then `paired_bootstrap`."""
+    return paired_bootstrap(competition, y, competition.decide(a, decisions[0]), competition.decide(b, decisions[1]),
+                            names, seed)
+
+
+def paired_bootstrap(competition, y: np.ndarray, submitted_a: np.ndarray, submitted_b: np.ndarray,
+                     names: tuple[str, str], seed: int, resamples: int = BOOTSTRAP_RESAMPLES) -> Comparison:
+    """Paired bootstrap over rows of the metric difference between what a and b submit: the same resampled rows
+    for both, the gain signed so that > 0 means a is better, its LEVEL percentile interval."""
     sign = 1.0 if competition.greater_is_better else -1.0
     rows_a, rows_b = competition.metric_rows(y, submitted_a), competition.metric_rows(y, submitted_b)
     per_row = None if rows_a is None or rows_b is None else sign * (np.asarray(rows_a, np.float64) - np.asarray(rows_b, np.float64))
@@ -57,8 +104,8 @@ def compare(competition, y: np.ndarray, a: np.ndarray, b: np.ndarray, decisions:
         return sign * (competition.metric(y[rows], submitted_a[rows]) - competition.metric(y[rows], submitted_b[rows]))
 
     rng = np.random.default_rng(seed)
-    gains = np.array([gain(rng.integers(0, len(y), len(y))) for _ in range(BOOTSTRAP_RESAMPLES)])
-    low, high = np.quantile(gains, [0.05, 0.95])
+    gains = np.array([gain(rng.integers(0, len(y), len(y))) for _ in range(resamples)])
+    low, high = np.quantile(gains, _QUANTILES)
     whole = sign * (competition.metric(y, submitted_a) - competition.metric(y, submitted_b))
     return Comparison(names[0], names[1], float(whole), float((gains > 0).mean()), (float(low), float(high)))
 
@@ -68,13 +115,14 @@ def decide_submission(competition, y: np.ndarray, scored: dict[str, np.ndarray],
     """Score every model on the scored rows; submit the student only if it beats the control (or, without a
     control, the teacher) in at least `guard_confidence` of the bootstrap resamples. Otherwise submit the
     better of control and teacher, and say why."""
-    scores = {name: float(competition.metric(y, competition.decide(p, decisions[name]))) for name, p in scored.items()}
+    scores = {name: score(competition, y, p, decisions[name]) for name, p in scored.items()}
     verdict = Verdict(scores, len(y), kind)
     pairs = [("student", "control"), ("control", "teacher"), ("student", "teacher")]
     for better, worse in pairs:
         if better in scored and worse in scored:
-            verdict.comparisons[f"{better}_vs_{worse}"] = compare(competition, y, scored[better], scored[worse],
-                                                                  (decisions[better], decisions[worse]), (better, worse), seed)
+            duel = compare(competition, y, scored[better], scored[worse], (decisions[better], decisions[worse]),
+                           (better, worse), seed)
+            verdict.comparisons[duel.name] = duel
     baseline = "control" if "control" in scored else "teacher"
     if "student" not in scored:
         verdict.submitted, verdict.reason = "teacher", "no student was trained"

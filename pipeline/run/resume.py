@@ -7,14 +7,14 @@ and control) is reused, so the submission is byte for byte the one the run would
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 from pathlib import Path
 
-from pipeline.run.config import RunConfig
 from pipeline.errors import UserError
 from pipeline.files import pid_is_alive, remove_stale_temporaries
+from pipeline.run.config import RunConfig
+from pipeline.run.folder import CONFIG, METRICS, RUN_NAME, SUBMISSION, RunFolder
+from pipeline.run.folder import outputs as folder_outputs
 
 RESUMABLE = ("interrupted", "failed")
 NOT_RECORDED = "not recorded"  # a run with no ledger row (recorded with --no-ledger, or the ledger was replaced)
@@ -25,48 +25,30 @@ def load_run(runs_dir: Path, competition: str, run: str, cache_dir: str | None, 
 
     The run's own config is used as it is, except where its files go: the runs folder it was found in, and the
     cache folder and ledger when given."""
-    from pipeline.run.stages import RUN_NAME
-
     if not RUN_NAME.match(run):
         raise UserError(f"--resume {run!r} is not a run name (letters, digits, '.', '_' or '-'); "
                         "`python -m pipeline runs list` shows the recorded runs")
-    run_dir = Path(runs_dir) / competition / run
-    if not run_dir.is_dir():
-        raise UserError(f"--resume {run}: no run {run!r} of {competition} in {runs_dir} ({run_dir} does not exist); "
+    folder = RunFolder(Path(runs_dir) / competition / run)
+    if not folder.path.is_dir():
+        raise UserError(f"--resume {run}: no run {run!r} of {competition} in {runs_dir} ({folder.path} does not exist); "
                         "`python -m pipeline runs list` shows the recorded runs, --runs-dir says where to look")
-    path = run_dir / "config.json"
+    if not folder.file(CONFIG).is_file():
+        raise UserError(f"--resume {run}: {folder.file(CONFIG)} is missing (the run stopped before saving its config): "
+                        f"nothing to resume; delete {folder.path} and start the run again")
     try:
-        values = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"--resume {run}: {path} is missing (the run stopped before saving its config): nothing to "
-                        f"resume; delete {run_dir} and start the run again") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"--resume {run}: {path} is unreadable ({error}); it must be the config.json the run wrote") from None
-    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(values) - set(fields)) if isinstance(values, dict) else ["(not an object)"]
-    if unknown:
-        raise UserError(f"--resume {run}: {path} holds {', '.join(unknown)}, which are not options of this version; "
-                        "resume it with the version that started it, or start a new run")
-    for name, value in values.items():
-        if isinstance(fields[name].default, tuple) and isinstance(value, list):
-            values[name] = tuple(value)  # JSON has no tuples
-    if values.get("competition") != competition:
-        raise UserError(f"--resume {run}: {path} is a run of {values.get('competition')!r}, not of {competition!r}")
-    values["runs_dir"] = str(runs_dir)
-    if cache_dir is not None:
-        values["cache_dir"] = cache_dir
-    if ledger is not None:
-        values["ledger"] = ledger
-    try:
-        cfg = RunConfig(**values)
+        cfg = folder.read_config()
     except UserError as error:
-        raise UserError(f"--resume {run}: {path}: {error}") from None
+        raise UserError(f"--resume {run}: {error}") from None
+    if cfg.competition != competition:
+        raise UserError(f"--resume {run}: {folder.file(CONFIG)} is a run of {cfg.competition!r}, not of {competition!r}")
+    where = {"runs_dir": str(runs_dir), "cache_dir": cache_dir, "ledger": ledger}
+    cfg = cfg.replace(**{name: value for name, value in where.items() if value is not None})
     from pipeline.run.preflight import data_folder_problems
 
     inside = data_folder_problems(cfg)  # here, before the ledger is opened (and created) there
     if inside:
         raise UserError(f"--resume {run}: {inside[0]}")
-    return cfg, run_dir
+    return cfg, folder.path
 
 
 def check_unfinished(run: str, run_dir: Path, ledger) -> str:
@@ -87,22 +69,11 @@ def check_unfinished(run: str, run_dir: Path, ledger) -> str:
             raise UserError(f"--resume {run}: run {run} is still running (status running, process {row['pid']} on "
                             f"{row['hostname']}); wait for it, or stop it first")
         raise UserError(f"--resume {run}: run {run} already finished (status {row['status']} in {ledger.path}); its "
-                        f"submission is {run_dir / 'submission.csv'}; start a new run to train again")
-    if (run_dir / "metrics.json").is_file() and (run_dir / "submission.csv").is_file():
+                        f"submission is {run_dir / SUBMISSION}; start a new run to train again")
+    if (run_dir / METRICS).is_file() and (run_dir / SUBMISSION).is_file():
         raise UserError(f"--resume {run}: run {run} already finished (status finished: {run_dir} holds its metrics.json "
                         "and submission.csv); start a new run to train again")
     return NOT_RECORDED
-
-
-def run_outputs() -> frozenset[str]:
-    """The names of the files a run writes into its folder besides config.json (pipeline/run/outputs.py, report.py and
-    the shift check's shift.json and plots): what --resume may remove."""
-    from pipeline.run.outputs import MODELS
-    from pipeline.shift.plots import PLOT_NAMES
-
-    return frozenset({"submission.csv", *(f"{model}_submission.csv" for model in MODELS), "split.csv",
-                      "probabilities.npz", "pseudo_labels.csv", "metrics.json", "report.html", "confidence.png",
-                      "shift.json", *PLOT_NAMES.values()})
 
 
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.pid(?P<pid>\d+)\..*\.tmp$")  # pipeline/files.py's atomic writes
@@ -113,10 +84,10 @@ def clear_run_folder(cfg: RunConfig, run_dir: Path) -> list[str]:
     half-written), and temporaries of dead writers in its cache folder; anything else is the user's and stays.
 
     The resumed run writes every output again: nothing stale survives beside a fresh file."""
-    outputs = run_outputs()
+    outputs = folder_outputs()
     removed, left = [], []
     for path in sorted(run_dir.iterdir()):
-        if path.name == "config.json":
+        if path.name == CONFIG:
             continue
         temporary = _TEMPORARY.match(path.name)
         ours = path.name in outputs or (temporary is not None and temporary["name"] in outputs

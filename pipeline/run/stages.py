@@ -1,11 +1,11 @@
-"""One run, as a list of stages: items -> shift -> teacher -> self-training and control -> verdict -> outputs -> ledger.
+"""One run, as a list of stages: items -> shift -> teacher -> self-training and control -> decision -> outputs -> ledger.
 
 Each stage is a function in the module that owns its policy and returns a dataclass; this module only
-sequences them and records the run.
+sequences them and records the run. The decision stage (pipeline/run/decision.py) reads only what training
+leaves in the run folder, and is the one `runs rescore` runs again.
 """
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 import time
@@ -19,6 +19,9 @@ import numpy as np
 from pipeline.run import outputs
 from pipeline.run import preflight
 from pipeline.run.config import RunConfig
+from pipeline.run.decision import decide
+from pipeline.run.folder import RUN_NAME, SHIFT, RunFolder
+from pipeline.run.metrics import RunMetrics, Timings
 from pipeline.errors import UserError
 from pipeline.files import no_space_error
 from pipeline.data.items import Items, load_items
@@ -27,14 +30,17 @@ from pipeline.plugin.api import GROUPS, Competition
 from pipeline.plugin.registry import get_competition
 from pipeline.shift.report import ShiftReport, ShiftSettings
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
 
 @dataclass
 class RunResult:
     run_id: str
     run_dir: Path
-    metrics: dict
+    record: RunMetrics  # the finished run's metrics.json
+
+    @property
+    def metrics(self) -> dict:
+        """metrics.json's content, as JSON holds it."""
+        return self.record.to_dict()
 
 
 def run_pipeline(cfg: RunConfig) -> RunResult:
@@ -56,7 +62,7 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     ledger = _open_ledger(cfg)  # a corrupt ledger stops the run before it leaves a folder behind
     run_dir.mkdir(parents=True)
     try:
-        cfg.save(run_dir / "config.json")
+        RunFolder(run_dir).save_config(cfg)
     except BaseException:  # e.g. a full disk: no folder is left behind to block the same --run-name
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
@@ -95,7 +101,7 @@ def resume_pipeline(runs_dir: str, competition_name: str, run: str, cache_dir: s
     print(f"run {run}: resuming ({previous}) {cfg.competition} from {data_dir}", flush=True)
     try:
         resume.clear_run_folder(cfg, run_dir)
-        cfg.save(run_dir / "config.json")
+        RunFolder(run_dir).save_config(cfg)
     except BaseException:
         if ledger:
             ledger.fail_run(run, traceback.format_exc())
@@ -107,13 +113,15 @@ def resume_pipeline(runs_dir: str, competition_name: str, run: str, cache_dir: s
 def _run_stages(cfg: RunConfig, competition: Competition, data_dir: Path, train, test, run_id: str, run_dir: Path, ledger,
                 started: float, resumed: dict | None = None) -> RunResult:
     """The stages of a run whose folder and ledger row exist: a failure is recorded, success finishes the row."""
+    folder = RunFolder(run_dir)
     try:
         items = load_items(cfg, competition, data_dir, train, test)
         shift = check_shift(cfg, items, run_dir)
         items.adapted = adapted_groups(cfg, items, shift)
         if ledger and shift is not None:
             ledger.record_shift(run_id, shift.summary())
-        metrics = train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started, shift, resumed)
+        train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started, shift, resumed)
+        metrics = folder.read_metrics()  # what the folder holds is what the ledger records, as `runs record` does
     except BaseException as error:
         if ledger:
             _record_failure(ledger, run_id)
@@ -122,11 +130,11 @@ def _run_stages(cfg: RunConfig, competition: Competition, data_dir: Path, train,
             raise UserError(_no_space_line(cfg, run_id, full)) from error
         raise
     if ledger:
-        _record_finish(ledger, run_id, run_dir, metrics)
+        _record_finish(ledger, run_id, folder, metrics)
     return RunResult(run_id, run_dir, metrics)
 
 
-def _record_finish(ledger, run_id: str, run_dir: Path, metrics: dict) -> None:
+def _record_finish(ledger, run_id: str, folder: RunFolder, metrics: RunMetrics) -> None:
     """Mark the run done. A ledger that cannot be written now (locked past the busy timeout, a full disk) is a
     warning, not a failure: the run wrote every output, its submission is valid and usable, and one command
     records it later. So the run ends with status 0, as its submission is what a Kaggle user ran it for (an
@@ -135,11 +143,11 @@ def _record_finish(ledger, run_id: str, run_dir: Path, metrics: dict) -> None:
     from pipeline.ledger.record import record_command
 
     try:
-        ledger.finish_run(run_id, metrics, Path(metrics["submission"]["path"]), metrics["timings"]["total_s"])
+        ledger.finish_run(run_id, metrics.to_dict(), Path(metrics.submission.path), metrics.timings.total_s)
     except LedgerUnavailable as error:
-        print(f"WARNING: run {run_id} finished and wrote every output to {run_dir} (its submission.csv is valid), but "
-              f"it is not recorded as done: {error.why}; once the ledger is free, record it with "
-              f"`{record_command(run_dir, ledger.path)}`", file=sys.stderr, flush=True)
+        print(f"WARNING: run {run_id} finished and wrote every output to {folder.path} (its submission.csv is valid), "
+              f"but it is not recorded as done: {error.why}; once the ledger is free, record it with "
+              f"`{record_command(folder.path, ledger.path)}`", file=sys.stderr, flush=True)
 
 
 def _record_failure(ledger, run_id: str) -> None:
@@ -188,9 +196,9 @@ def check_shift(cfg: RunConfig, items: Items, run_dir: Path) -> ShiftReport | No
     if shifted and cfg.on_shift == "fail":
         reasons = "; ".join(f"{g}: {shift.pairs[f'train_vs_{g}'].reason}" for g in shifted)
         raise UserError(f"distribution shift between train and {', '.join(shifted)} ({reasons}); see "
-                        f"{run_dir / 'shift.json'}; rerun with --on-shift warn to pseudo-label anyway")
+                        f"{run_dir / SHIFT}; rerun with --on-shift warn to pseudo-label anyway")
     if shifted:
-        print(f"WARNING: test group(s) {', '.join(shifted)} differ from train (see {run_dir / 'shift.json'}); "
+        print(f"WARNING: test group(s) {', '.join(shifted)} differ from train (see {run_dir / SHIFT}); "
               "pseudo-labeling them is where the student can adapt, and where the public score says least",
               file=sys.stderr, flush=True)
     return shift
@@ -219,72 +227,51 @@ def adapted_groups(cfg: RunConfig, items: Items, shift: ShiftReport | None) -> t
 
 
 def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, items: Items, run_id: str, run_dir: Path,
-                     started: float, shift: ShiftReport | None, resumed: dict | None = None) -> dict:
+                     started: float, shift: ShiftReport | None, resumed: dict | None = None) -> None:
+    """Train the teacher, and the students and control; then the decision stage on what they leave in the run folder
+    (the one `runs rescore` calls), and the run's record: every output of the run folder."""
     from pipeline.method import selftrain
     from pipeline.cache import teachers as teacher_cache
     from pipeline.model.spec import ModelSpec, TrainSettings
-    from pipeline.method import verdict
 
+    folder = RunFolder(run_dir)
     spec = ModelSpec(TrainSettings.of(cfg), len(items.classes), competition.multi_label, getattr(competition, "flips", "horizontal"),
                      feature_dim=None if items.train_x.dtype == np.uint8 else int(items.train_x.shape[1]))
     teacher = teacher_cache.get_or_train(cfg, spec, items)
-    scored_rows = items.fold >= 0
-    y_scored = items.y[scored_rows]
     scored = {"teacher": teacher.scored_probs}
     test = {"teacher": teacher.mean_test_probs}
-    student_s = control_s = 0.0
     training = None
     if cfg.pseudo_ratio > 0:
         training = selftrain.fit_students(cfg, spec, competition, items, teacher)
         scored["student"], test["student"] = training.student.scored_probs, training.student.test_probs
-        student_s = training.student.seconds
         if training.control is not None:
             scored["control"], test["control"] = training.control.scored_probs, training.control.test_probs
-            control_s = training.control.seconds
-    scored = {name: p[scored_rows] for name, p in scored.items()}
-    decisions = {name: competition.fit_decision(y_scored, p) for name, p in scored.items()}
-    kind = "holdout" if items.fold.max() == 0 else "out-of-fold"
-    outcome = verdict.decide_submission(competition, y_scored, scored, decisions, kind, cfg.guard_confidence, cfg.seed)
-    print(("" if outcome.submitted == "student" else "WARNING: ") + outcome.reason, file=sys.stderr if outcome.submitted != "student" else sys.stdout, flush=True)
-
-    tables = outputs.write_submissions(cfg, competition, data_dir, items, run_dir, test, decisions, outcome.submitted)
+    probs = outputs.run_probabilities(competition, data_dir, items, {name: p[items.fold >= 0] for name, p in scored.items()}, test)
+    outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, cfg.solution)
+    chosen = outcome.verdict.submitted
+    print(("" if chosen == "student" else "WARNING: ") + outcome.verdict.reason,
+          file=sys.stderr if chosen != "student" else sys.stdout, flush=True)
+    submission = folder.write_submissions(outcome.tables, chosen, cfg.output)
     if training:
         provenance, pseudo_summary = training.provenance, training.summary
     else:
         provenance, pseudo_summary = _teacher_only_selection(cfg, items, teacher)
-    outputs.write_recomputables(run_dir, items, scored, test, provenance,
-                                competition.from_submission(tables[outcome.submitted], items.classes)[0])
-    submission_path = run_dir / "submission.csv"
-    metrics = {
-        "run_id": run_id,
-        "competition": cfg.competition,
-        "metric": competition.metric_name,
-        "greater_is_better": competition.greater_is_better,
-        "data_fingerprint": items.fingerprint,
-        "seed": cfg.seed,
-        "holdout": {name: outcome.scores.get(name) for name in outputs.MODELS},
-        "verdict": outcome.to_dict(),
-        "pseudo": {**pseudo_summary, "shifted_groups": [] if shift is None else shift.shifted_groups()},
-        "shift": None if shift is None else shift.summary(),
-        "decision": {name: d.to_dict() for name, d in decisions.items()},
-        "items": outputs.item_counts(items),
-        "teacher_cache": teacher.cache_status,
-        "teacher_training": teacher.info,
-        "student_training": training.student.info if training else [],
-        "control_training": training.control.info if training and training.control else [],
-        "timings": {"teacher_s": round(teacher.seconds, 2), "student_s": round(student_s, 2), "control_s": round(control_s, 2)},
-        "submission": {**outputs.submission_record(submission_path, len(tables[outcome.submitted])), "model": outcome.submitted},
-        "versions": library_versions(),
-    }
-    if resumed:
-        metrics["resumed"] = resumed
-    board = outputs.leaderboard(cfg, competition, items, tables)
-    if board:
-        metrics["leaderboard"] = board
-    metrics["timings"]["total_s"] = round(time.perf_counter() - started, 2)
-    outputs.write_metrics(run_dir, metrics, items, test, competition.multi_label, "" if shift is None else shift.html_fragment())
-    outputs.print_summary(metrics, run_dir)
-    return metrics
+    folder.write_recomputables(probs, provenance)
+    student, control = (training.student if training else None), (training.control if training else None)
+    metrics = RunMetrics(
+        run_id=run_id, competition=cfg.competition, metric=competition.metric_name,
+        greater_is_better=competition.greater_is_better, data_fingerprint=items.fingerprint, seed=cfg.seed,
+        holdout=outcome.holdout, verdict=outcome.verdict, decision=outcome.decisions, leaderboard=outcome.leaderboard,
+        pseudo={**pseudo_summary, "shifted_groups": [] if shift is None else shift.shifted_groups()},
+        shift=None if shift is None else shift.summary(), items=outputs.item_counts(items),
+        teacher_cache=teacher.cache_status, teacher_training=teacher.info,
+        student_training=student.info if student else [], control_training=control.info if control else [],
+        timings=Timings(round(teacher.seconds, 2), round(student.seconds if student else 0.0, 2),
+                        round(control.seconds if control else 0.0, 2)),
+        submission=submission, versions=library_versions(), resumed=resumed)
+    metrics.timings.total_s = round(time.perf_counter() - started, 2)
+    outputs.write_metrics(folder, metrics, probs, competition.multi_label, "" if shift is None else shift.html_fragment())
+    outputs.print_summary(metrics, folder)
 
 
 def _teacher_only_selection(cfg: RunConfig, items: Items, teacher) -> tuple:

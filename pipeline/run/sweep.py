@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pipeline.run.config import RunConfig
 from pipeline.errors import UserError
 from pipeline.plugin.api import GROUPS
+from pipeline.run.metrics import Timings
 
 
 @dataclass
@@ -22,7 +23,7 @@ class SweepResult:
     wall_s: float
     run_id: str | None = None
     teacher_cache: str | None = None  # "hit" | "miss"
-    timings: dict | None = None  # the run's metrics["timings"]: teacher_s, control_s, student_s, total_s
+    timings: Timings | None = None  # the run's
     error: str | None = None
 
     @property
@@ -67,8 +68,7 @@ def run_sweep(base: RunConfig, settings: list[tuple[float, tuple[str, ...]]]) ->
             result.error = f"{type(error).__name__}: {error}"
             traceback.print_exc()
         else:
-            result.run_id, result.teacher_cache = outcome.run_id, outcome.metrics.get("teacher_cache")
-            result.timings = outcome.metrics.get("timings")
+            result.run_id, result.teacher_cache, result.timings = outcome.run_id, outcome.record.teacher_cache, outcome.record.timings
         result.wall_s = time.perf_counter() - started
         print(f"=== sweep {number}/{len(configs)}: {result.label} took {result.wall_s:.1f}s"
               + (f" (FAILED: {result.error})" if result.error else f", teacher cache {result.teacher_cache}"), flush=True)
@@ -84,10 +84,9 @@ def summary(results: list[SweepResult]) -> str:
         if r.error:
             outcome = f"FAILED {r.error}"
         else:
-            t = r.timings or {}
-            outcome = (f"teacher {r.teacher_cache or '?'} {t.get('teacher_s', float('nan')):6.1f}s, "
-                       f"control {t.get('control_s', float('nan')):6.1f}s, "
-                       f"students {t.get('student_s', float('nan')):6.1f}s  {r.run_id}")
+            t = r.timings or Timings()
+            outcome = (f"teacher {r.teacher_cache or '?'} {_seconds(t.teacher_s):6.1f}s, "
+                       f"control {_seconds(t.control_s):6.1f}s, students {_seconds(t.student_s):6.1f}s  {r.run_id}")
         lines.append(f"  {r.label:<{width}}  {r.wall_s:7.1f}s  {outcome}")
     later = [r.wall_s for r in results[1:] if not r.error]
     if later and not results[0].error:
@@ -100,3 +99,7 @@ def summary(results: list[SweepResult]) -> str:
     if misses:
         lines.append(f"note: the teacher was retrained for {', '.join(misses)}: is the cache folder writable?")
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> float:
+    return float("nan") if value is None else value
