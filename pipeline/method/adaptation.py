@@ -12,10 +12,18 @@ train has about 1% such images by chance: below MIN_SHARE of the group, nothing 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
-ADAPT_BN_MODES = ("none", "foreign", "shifted", "all")
+from pipeline.plugin.api import GROUPS
+from pipeline.run.config import ADAPT_BN_MODES
+
+if TYPE_CHECKING:
+    from pipeline.data.items import Items
+    from pipeline.shift.report import ShiftReport
+
 PIXEL_PROPERTIES = ("mean_intensity", "contrast", "red_mean", "green_mean", "blue_mean", "red_rel", "green_rel", "blue_rel")
 TRAIN_QUANTILE = 0.99  # foreign: farther from train than this share of train images are from each other
 MIN_SHARE = 0.10  # fewer foreign images than this share of a group: chance (1 - TRAIN_QUANTILE, more with few train images)
@@ -74,3 +82,22 @@ def domains(mode: str, groups: np.ndarray, paths: np.ndarray, tables: dict[str, 
         mine = (groups == g) & np.isin(np.asarray(paths).astype(str), list(foreign_paths))
         out[mine] = f"{g} foreign ({int(mine.sum())} images)"
     return out
+
+
+def assign_sets(mode: str, items: Items, shift: ShiftReport | None) -> tuple[str, ...]:
+    """Set each readable test item's adaptation set (`items.domain`, --adapt-bn `mode`); return the sets' names."""
+    if mode == "shifted" and shift is None:
+        print("--adapt-bn shifted: no shift check ran (--on-shift ignore), so no group is adapted", flush=True)
+    tables = None
+    if mode == "foreign":  # the image store measured every image's properties when it decoded it
+        test = items.test[items.readable_test]
+        tables = {"train": items.stores["train"].property_table().table}
+        tables.update({g: items.stores["test"].property_table(test.loc[test["group"] == g, "path"].tolist()).table
+                       for g in GROUPS})
+    paths = items.test["path"].to_numpy(dtype=str)[items.readable_test]
+    items.domain = domains(mode, items.test_groups, paths, tables, [] if shift is None else shift.shifted_groups())
+    chosen = tuple(d for d in dict.fromkeys(items.domain) if d)
+    if mode != "none":
+        print(f"batch-norm statistics re-estimated on their own images for: {', '.join(chosen) or 'none'} "
+              f"(--adapt-bn {mode})", flush=True)
+    return chosen

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.method.adaptation import ADAPT_BN_MODES
 from pipeline.plugin.api import GROUPS
 from pipeline.run.options import Bounds, between, flag_of, groups_subset, integer, one_of, option, parse_groups
 
@@ -30,6 +29,7 @@ AUGMENT_LEVELS = ("none", "light", "standard", "strong")
 # with strong, 1.649 with standard, the control 1.627). benchmarks/RESULTS.md.
 STRONG_NOISE_PASSES = 50
 BALANCE_MODES = ("predicted", "train", "none")
+ADAPT_BN_MODES = ("none", "foreign", "shifted", "all")  # pipeline/method/adaptation.py
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker")  # pipeline/model/distribute.py builds them
 
 

@@ -25,6 +25,7 @@ from pipeline.run.metrics import RunMetrics, Timings
 from pipeline.errors import UserError
 from pipeline.files import no_space_error
 from pipeline.data.items import Items, load_items
+from pipeline.method import adaptation
 from pipeline.ledger.provenance import library_versions
 from pipeline.plugin.api import GROUPS, Competition
 from pipeline.plugin.registry import get_competition
@@ -117,7 +118,7 @@ def _run_stages(cfg: RunConfig, competition: Competition, data_dir: Path, train,
     try:
         items = load_items(cfg, competition, data_dir, train, test)
         shift = check_shift(cfg, items, run_dir)
-        items.adapted = adapted_groups(cfg, items, shift)
+        items.adapted = adaptation.assign_sets(cfg.adapt_bn, items, shift)
         if ledger and shift is not None:
             ledger.record_shift(run_id, shift.summary())
         train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started, shift, resumed)
@@ -202,28 +203,6 @@ def check_shift(cfg: RunConfig, items: Items, run_dir: Path) -> ShiftReport | No
               "pseudo-labeling them is where the student can adapt, and where the public score says least",
               file=sys.stderr, flush=True)
     return shift
-
-
-def adapted_groups(cfg: RunConfig, items: Items, shift: ShiftReport | None) -> tuple[str, ...]:
-    """Set each readable test item's batch-norm adaptation set (--adapt-bn) and return the sets' names."""
-    from pipeline.method import adaptation
-
-    if cfg.adapt_bn == "shifted" and shift is None:
-        print("--adapt-bn shifted: no shift check ran (--on-shift ignore), so no group is adapted", flush=True)
-    tables = None
-    if cfg.adapt_bn == "foreign":
-        test = items.test[items.readable_test]
-        tables = {"train": items.stores["train"].property_table().table}
-        tables.update({g: items.stores["test"].property_table(test.loc[test["group"] == g, "path"].tolist()).table
-                       for g in GROUPS})
-    paths = items.test["path"].to_numpy(dtype=str)[items.readable_test]
-    items.domain = adaptation.domains(cfg.adapt_bn, items.test_groups, paths, tables,
-                                      [] if shift is None else shift.shifted_groups())
-    chosen = tuple(d for d in dict.fromkeys(items.domain) if d)
-    if cfg.adapt_bn != "none":
-        print(f"batch-norm statistics re-estimated on their own images for: {', '.join(chosen) or 'none'} "
-              f"(--adapt-bn {cfg.adapt_bn})", flush=True)
-    return chosen
 
 
 def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, items: Items, run_id: str, run_dir: Path,
