@@ -25,11 +25,15 @@ def tiny_config(data: Path, tmp: Path, **changes):
     """A RunConfig small enough for tests: 32 px, few epochs, one self-training round, no shift check (about half
     of a tiny run's CPU; the tests of rounds and of the shift check turn them on), pooled student batches (the
     default real+pseudo doubles a student's batch: the suite went from 7 min 43 s to 8 min 20 s; its batches are
-    tested in test_student_batches.py and the Amazon end-to-end run keeps it), everything written under tmp."""
+    tested in test_student_batches.py and the Amazon end-to-end run keeps it), every selected pseudo-label at weight
+    1 and no batch-norm adaptation (a tiny teacher scored on a few rows earns no pseudo-label under the default
+    --pseudo-weight net, and the tests of selection, rounds and folds need some; net weights and --adapt-bn foreign
+    have their own tests), everything written under tmp."""
     from pipeline.run.config import RunConfig
 
     values = dict(competition="fisheries", data=str(data), image_size=32, epochs=3, batch_size=32, min_steps=10, width=8,
-                  student_epochs=1, pseudo_rounds=1, on_shift="ignore", student_batch="pooled",
+                  student_epochs=1, pseudo_rounds=1, on_shift="ignore", student_batch="pooled", pseudo_weight="none",
+                  adapt_bn="none",
                   runs_dir=str(tmp / "runs"), cache_dir=str(tmp / "cache"), record=False)
     values.update(changes)
     return RunConfig(**values)

@@ -118,7 +118,7 @@ class RunConfig:
     val_fraction: float = option(0.2, "with --folds 1: stratified holdout share, never trained on nor pseudo-labeled",
                                  check=between(0.05, 0.5), teacher=True)
     # ---- pseudo-labels and students ----
-    adapt_bn: str = option("none", "re-estimate batch-norm statistics on a test group's own images before predicting it "
+    adapt_bn: str = option("foreign", "re-estimate batch-norm statistics on a test group's own images before predicting it "
                                    "(AdaBN): none | foreign (in each group, the images unlike every train image, when there are enough) | "
                                    "shifted (the groups the shift check flags) | all",
                            check=one_of(*ADAPT_BN_MODES), teacher=True)
@@ -135,7 +135,7 @@ class RunConfig:
                                                "holdout/out-of-fold rows say it is right this often (isotonic calibration); "
                                                "the other tags stay unlabeled (0 = every tag, at its decision threshold)",
                                           check=between(0.0, 1.0))
-    pseudo_weight: str = option("none", "loss weight of a pseudo-labeled item: none (1, as a real label) | calibrated "
+    pseudo_weight: str = option("net", "loss weight of a pseudo-labeled item: none (1, as a real label) | calibrated "
                                         "(how often the labeling model is right at its confidence on the "
                                         "holdout/out-of-fold rows) | net (2x that - 1, and only the items it keeps above 0: a "
                                         "label no likelier right than wrong is not handed over)",
