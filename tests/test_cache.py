@@ -247,7 +247,7 @@ def test_the_teacher_key_changes_with_the_labels_the_split_and_every_teacher_opt
     for name in teacher_settings(cfg):  # every option marked `teacher` in the table keys the cache
         value = getattr(cfg, name)
         changed = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v / 2,
-                   str: lambda v: {"standard": "strong", "resnet": "small-cnn", "none": "all"}.get(v, v + "x")}[type(value)](value)
+                   str: lambda v: {"standard": "strong", "resnet": "small-cnn", "none": "all", "foreign": "none"}.get(v, v + "x")}[type(value)](value)
         if name == "weights":
             continue  # must name an existing file; a weights file's sha256 keys the cache (see _weights_identity)
         assert teacher_key(cfg.replace(**{name: changed}), spec, items) != base, name
@@ -267,9 +267,10 @@ def test_cache_keys_are_the_ones_existing_entries_were_written_under():
     from pipeline.cache.teachers import teacher_key
     from pipeline.run.config import RunConfig
 
-    cfg = RunConfig(competition="fisheries", data="d")
+    # the options' values of the pinned runs (the defaults then: what older entries were written under)
+    cfg = RunConfig(competition="fisheries", data="d", adapt_bn="none", pseudo_weight="none")
     other = RunConfig(competition="amazon", data="d2", folds=3, seed=5, pseudo_groups=("public",), plugin_options={"a": "b"},
-                      backbone="MobileNetV2", image_size=32, adapt_bn="all")
+                      backbone="MobileNetV2", image_size=32, adapt_bn="all", pseudo_weight="none")
     y = np.eye(3, dtype=np.float32)[np.arange(30) % 3]
     items = SimpleNamespace(fingerprint="f", y=y, fold=np.arange(30) % 5, adapted=())
     other_items = SimpleNamespace(fingerprint="g", y=y[::-1].copy(), fold=np.arange(30) % 3, adapted=("private",))

@@ -157,7 +157,8 @@ def _run_two_workers(commands: list[list[str]]) -> list[tuple[int, str]]:
 @pytest.mark.slow
 def test_two_multiworker_processes_on_localhost_train_in_step_and_only_the_chief_writes(tiny_fisheries, tmp_path):
     # one self-training round too: the workers must pick as many pseudo-labels (a check all-gathers the count)
-    command = ["submit", *TINY_RUN, "--min-steps", "20", "--pseudo-ratio", "0.25", "--pseudo-rounds", "1",
+    # (every selected label at weight 1: a tiny teacher earns none under the default --pseudo-weight net)
+    command = ["submit", *TINY_RUN, "--min-steps", "20", "--pseudo-ratio", "0.25", "--pseudo-rounds", "1", "--pseudo-weight", "none",
                "--student-epochs", "1", "--data", str(tiny_fisheries / "data"), "--distribute", "multiworker",
                "--runs-dir", str(tmp_path / "runs"),
                "--cache-dir", str(tmp_path / "cache")]  # one folder for both, as on a shared disk
