@@ -66,6 +66,8 @@ def test_run_writes_a_valid_submission_with_every_expected_id(base_run, data_wit
                  "student_submission.csv", "pseudo_labels.csv", "split.csv", "probabilities.npz"):
         assert (result.run_dir / name).is_file(), name
     assert (result.run_dir / "confidence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (result.run_dir / "report.html").read_text()
+    assert "per round: round 1: " in page and "{'" not in page and "{&#x27;" not in page  # words, not a dict's repr
 
 
 def test_metrics_record_scores_counts_and_unreadable_images(base_run, night_private):

@@ -73,7 +73,8 @@ def print_summary(metrics: RunMetrics, folder: RunFolder) -> None:
     if metrics.shift:
         print(f"shift       {metrics.shift['worst']}; shifted groups: {', '.join(metrics.pseudo['shifted_groups']) or 'none'}")
     pseudo = metrics.pseudo
-    print(f"pseudo-labels per round {pseudo['selected_per_round']} ({pseudo['stop_reason']}): last round {pseudo['by_group']}")
+    print(f"pseudo-labels per round: {report.counts_text(pseudo['selected_per_round'], 'round ')} ({pseudo['stop_reason']}); "
+          f"last round: {report.counts_text(pseudo['by_group'])}")
     print(f"submission  {metrics.submission.path} ({metrics.submission.rows} rows)")
     print(f"report      {folder.file(REPORT)}")
     t = metrics.timings

@@ -67,7 +67,7 @@ def write_report(folder: RunFolder, metrics: RunMetrics, probs: RunProbabilities
 <h2>Scores ({html.escape(metrics.metric)}, {better} is better)</h2>
 <table><tr><th></th>{header}</tr>{score_rows}</table>
 {verdict_html}
-<h2>Pseudo-labels (last round): {pseudo['selected']} of {pseudo['target']} wanted; per round {html.escape(str(pseudo.get('selected_per_round', {})))}</h2><p>Stopped: {html.escape(pseudo['stop_reason'])}</p>{_tag_bands(pseudo)}
+<h2>Pseudo-labels (last round): {pseudo['selected']} of {pseudo['target']} wanted; per round: {html.escape(counts_text(pseudo.get('selected_per_round', {}), 'round '))}</h2><p>Stopped: {html.escape(pseudo['stop_reason'])}</p>{_tag_bands(pseudo)}
 <table><tr><th>group</th>{''.join(f'<th>{html.escape(c)}</th>' for c in classes)}<th>total</th><th>mean confidence</th></tr>{count_rows}</table>
 <h2>Confidence on the test set</h2><img src="{CONFIDENCE_PLOT}" alt="confidence histograms per test group">
 {extra_html}
@@ -93,3 +93,8 @@ def _tag_bands(pseudo: dict) -> str:
         return ""
     text = "; ".join(f"round {r}: " + ", ".join(f"{low:.3f}-{high:.3f}" for low, high in per_model) for r, per_model in bands.items())
     return f"<p>Tags left unlabeled (probability strictly between), per round and model: {html.escape(text)}</p>"
+
+
+def counts_text(counts: dict, prefix: str = "") -> str:
+    """{"1": 1520, "2": 3040} -> "round 1: 1520, round 2: 3040" (with prefix "round "): for people, not a dict's repr."""
+    return ", ".join(f"{prefix}{key}: {value}" for key, value in counts.items()) or "none"
