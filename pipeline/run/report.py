@@ -72,7 +72,7 @@ def write_report(folder: RunFolder, metrics: RunMetrics, probs: RunProbabilities
 <h2>Confidence on the test set</h2><img src="{CONFIDENCE_PLOT}" alt="confidence histograms per test group">
 {extra_html}
 <h2>Items</h2><p>labeled {items['labeled']} in {items['folds']} fold(s) (train {items['train']}, holdout {items['holdout']}; scored rows are never pseudo-labeled),
-test {html.escape(str(items['test']))}; unreadable: {len(unreadable)}</p>
+test {html.escape(counts_text(items['test']))}; unreadable: {len(unreadable)}</p>
 <ul>{''.join(f'<li>{html.escape(p)}</li>' for p in unreadable)}</ul>
 <p>Submission: {html.escape(metrics.submission.path)} ({metrics.submission.rows} rows, sha256 {metrics.submission.sha256[:12]})</p>
 </body></html>
