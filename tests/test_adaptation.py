@@ -29,7 +29,7 @@ def test_a_group_drawn_like_train_gets_no_adaptation_set_even_when_re_encoded():
     group["width"] *= 2
     groups = np.full(300, "private")
     out = adaptation.domains("foreign", groups, group["path"].to_numpy(), {"train": train, "private": group}, [])
-    foreign, _ = adaptation.foreign_images(train, group)
+    foreign = adaptation.foreign_images(train, group)
     assert foreign.mean() < adaptation.MIN_SHARE  # only chance look-alikes, under the share that means a shift
     assert (out == "").all()
 

@@ -31,8 +31,12 @@ class Items:
     unreadable: dict[str, dict[str, str]]  # "train"/"test" -> {path: why}
     fingerprint: str
     stores: dict  # "train"/"test" -> ImageStore (the shift check reads their properties)
-    adapted: tuple[str, ...] = ()  # names of the sets of test items predicted with their own batch-norm statistics
-    domain: np.ndarray | None = None  # per readable test item: its set's name, "" = the model's own (--adapt-bn)
+    domain: np.ndarray | None = None  # per readable test item: its adaptation set's name, "" = none (--adapt-bn)
+
+    @property
+    def adapted(self) -> tuple[str, ...]:
+        """The adaptation sets' names, in item order: the test items predicted with their own batch-norm statistics."""
+        return () if self.domain is None else tuple(d for d in dict.fromkeys(self.domain) if d)
 
     @property
     def test_groups(self) -> np.ndarray:

@@ -30,13 +30,13 @@ MIN_SHARE = 0.10  # fewer foreign images than this share of a group: chance (1 -
 MIN_IMAGES = 32  # batch-norm statistics need a few batches' worth of images
 
 
-def foreign_images(train: pd.DataFrame, group: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(foreign, distance) per row of `group`: whether it looks unlike every train image, and its distance to the
-    nearest train image in units of the train images' spread (per property: its standard deviation)."""
+def foreign_images(train: pd.DataFrame, group: pd.DataFrame) -> np.ndarray:
+    """Per row of `group`: whether it looks unlike every train image, by its distance to the nearest train image in
+    units of the train images' spread (per property: its standard deviation)."""
     from sklearn.neighbors import NearestNeighbors
 
     if len(train) < 2 or len(group) == 0:
-        return np.zeros(len(group), dtype=bool), np.zeros(len(group))
+        return np.zeros(len(group), dtype=bool)
     columns = list(PIXEL_PROPERTIES)
     a, b = train[columns].to_numpy(np.float64), group[columns].to_numpy(np.float64)
     centre, spread = a.mean(axis=0), a.std(axis=0)
@@ -45,7 +45,7 @@ def foreign_images(train: pd.DataFrame, group: pd.DataFrame) -> tuple[np.ndarray
     neighbours = NearestNeighbors(n_neighbors=2).fit(a)
     within = neighbours.kneighbors(a)[0][:, 1]  # each train image's nearest other train image
     to_train = neighbours.kneighbors(b, n_neighbors=1)[0][:, 0]
-    return to_train > np.quantile(within, TRAIN_QUANTILE), to_train
+    return to_train > np.quantile(within, TRAIN_QUANTILE)
 
 
 def domains(mode: str, groups: np.ndarray, paths: np.ndarray, tables: dict[str, pd.DataFrame] | None,
@@ -60,7 +60,7 @@ def domains(mode: str, groups: np.ndarray, paths: np.ndarray, tables: dict[str, 
         raise ValueError(f"unknown --adapt-bn {mode!r}; expected one of {', '.join(ADAPT_BN_MODES)}")
     groups = np.asarray(groups).astype(str)
     out = np.full(len(groups), "", dtype=object)
-    present = [g for g in dict.fromkeys(groups)]
+    present = list(dict.fromkeys(groups))
     if mode == "none":
         return out
     if mode in ("all", "shifted"):
@@ -75,7 +75,7 @@ def domains(mode: str, groups: np.ndarray, paths: np.ndarray, tables: dict[str, 
         table = tables.get(g)
         if table is None or len(table) == 0:
             continue
-        foreign, _ = foreign_images(train, table)
+        foreign = foreign_images(train, table)
         if foreign.sum() < max(MIN_IMAGES, MIN_SHARE * len(table)):
             continue
         foreign_paths = set(table["path"].to_numpy(dtype=str)[foreign])
@@ -84,8 +84,8 @@ def domains(mode: str, groups: np.ndarray, paths: np.ndarray, tables: dict[str, 
     return out
 
 
-def assign_sets(mode: str, items: Items, shift: ShiftReport | None) -> tuple[str, ...]:
-    """Set each readable test item's adaptation set (`items.domain`, --adapt-bn `mode`); return the sets' names."""
+def assign_sets(mode: str, items: Items, shift: ShiftReport | None) -> None:
+    """Set each readable test item's adaptation set (`items.domain`, --adapt-bn `mode`)."""
     if mode == "shifted" and shift is None:
         print("--adapt-bn shifted: no shift check ran (--on-shift ignore), so no group is adapted", flush=True)
     tables = None
@@ -96,8 +96,6 @@ def assign_sets(mode: str, items: Items, shift: ShiftReport | None) -> tuple[str
                        for g in GROUPS})
     paths = items.test["path"].to_numpy(dtype=str)[items.readable_test]
     items.domain = domains(mode, items.test_groups, paths, tables, [] if shift is None else shift.shifted_groups())
-    chosen = tuple(d for d in dict.fromkeys(items.domain) if d)
     if mode != "none":
-        print(f"batch-norm statistics re-estimated on their own images for: {', '.join(chosen) or 'none'} "
+        print(f"batch-norm statistics re-estimated on their own images for: {', '.join(items.adapted) or 'none'} "
               f"(--adapt-bn {mode})", flush=True)
-    return chosen

@@ -46,9 +46,13 @@ def correctness_weights(probs: np.ndarray, y_true: np.ndarray, confidence: np.nd
     confidence. A weak teacher's pseudo-labels then weigh what they are worth in each step instead of as much as real
     labels, whatever their number; a strong teacher's keep nearly full weight.
     """
+    return _right_at(*confidence_and_correctness(probs, y_true, multi_label, thresholds), confidence)
+
+
+def _right_at(scored_confidence: np.ndarray, right: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """correctness_weights on already-measured scored rows: 1 where there are none."""
     from sklearn.isotonic import IsotonicRegression
 
-    scored_confidence, right = confidence_and_correctness(probs, y_true, multi_label, thresholds)
     if len(right) == 0:
         return np.ones(len(confidence), dtype=np.float32)
     calibration = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scored_confidence, right)
@@ -72,8 +76,12 @@ def net_weights(probs: np.ndarray, y_true: np.ndarray, confidence: np.ndarray, m
     weight 0.82). So a weak teacher, or one measured on few rows, hands over few pseudo-labels at small weights,
     and a strong one nearly all at nearly full weight.
     """
+    return _net_at(*confidence_and_correctness(probs, y_true, multi_label, thresholds), confidence)
+
+
+def _net_at(scored_confidence: np.ndarray, right: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """net_weights on already-measured scored rows: 1 where there are none."""
     confidence = np.asarray(confidence, dtype=np.float64)
-    scored_confidence, right = confidence_and_correctness(probs, y_true, multi_label, thresholds)
     if len(right) == 0:
         return np.ones(len(confidence), dtype=np.float32)
     order = np.argsort(-scored_confidence, kind="stable")
@@ -85,7 +93,7 @@ def net_weights(probs: np.ndarray, y_true: np.ndarray, confidence: np.ndarray, m
     best = np.maximum.accumulate(slice_weight[::-1])
     at = np.searchsorted(ascending, confidence, side="right") - 1  # the highest scored confidence <= c
     evidence = np.where(at >= 0, best[np.clip(at, 0, None)], 0.0)
-    local = 2.0 * correctness_weights(probs, y_true, confidence, multi_label, thresholds) - 1.0
+    local = 2.0 * _right_at(scored_confidence, right, confidence) - 1.0
     return np.clip(np.minimum(evidence, local), 0.0, 1.0).astype(np.float32)
 
 
@@ -93,11 +101,11 @@ def net_threshold(probs: np.ndarray, y_true: np.ndarray, multi_label: bool = Fal
                   thresholds: np.ndarray | None = None) -> float:
     """The lowest confidence whose pseudo-labels have a positive net weight (`net_weights`). Infinite when none has
     (nothing is handed over); 0 with no scored rows."""
-    scored_confidence, _ = confidence_and_correctness(probs, y_true, multi_label, thresholds)
+    scored_confidence, right = confidence_and_correctness(probs, y_true, multi_label, thresholds)
     if len(scored_confidence) == 0:
         return 0.0
     candidates = np.unique(scored_confidence)
-    positive = candidates[net_weights(probs, y_true, candidates, multi_label, thresholds) > 0]
+    positive = candidates[_net_at(scored_confidence, right, candidates) > 0]
     return float(positive.min()) if len(positive) else float("inf")
 
 

@@ -118,7 +118,7 @@ def _run_stages(cfg: RunConfig, competition: Competition, data_dir: Path, train,
     try:
         items = load_items(cfg, competition, data_dir, train, test)
         shift = check_shift(cfg, items, run_dir)
-        items.adapted = adaptation.assign_sets(cfg.adapt_bn, items, shift)
+        adaptation.assign_sets(cfg.adapt_bn, items, shift)
         if ledger and shift is not None:
             ledger.record_shift(run_id, shift.summary())
         train_and_submit(cfg, competition, data_dir, items, run_id, run_dir, started, shift, resumed)
