@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import random
 import shutil
 import socket
 import sqlite3
@@ -93,7 +94,7 @@ def test_mirrored_over_two_cpu_devices_gives_the_submission_and_nearly_the_score
     args = [*TINY_RUN, "--data", str(data), "--solution", str(tiny_fisheries / "solution.csv"), "--runs-dir",
             str(tmp_path / "runs"), "--no-ledger"]
     done = subprocess.run([sys.executable, "-c", MIRRORED, str(tmp_path), *args], cwd=REPO, env=_environment(),
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=WORKER_BUDGET + 50)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "devices: MirroredStrategy (--distribute mirrored), 2 replica(s)" in done.stdout
     assert "devices: _DefaultDistributionStrategy (--distribute none), 1 replica(s)" in done.stdout
@@ -118,10 +119,25 @@ def test_mirrored_over_two_cpu_devices_gives_the_submission_and_nearly_the_score
     assert "--batch-size 1 is smaller than the 2 replicas" in check["refused"]
 
 
+# Every wait on a worker process ends well inside the per-test timeout (pyproject.toml): a worker that hangs then
+# fails its test with its output, instead of the timeout killing the xdist worker with nothing to read.
+WORKER_BUDGET = 150
+
+
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range (/proc/sys/net/ipv4/ip_local_port_range starts at 32768), so
+    that no other test's connection or `bind(0)` can take it in the seconds before TensorFlow listens on it (a
+    bind(0) port could be, and a worker that cannot listen left its peer waiting: CI, 2026-12-02)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-31999")
 
 
 def _start_workers(commands: list[list[str]], outputs: list | None = None) -> list[subprocess.Popen]:
@@ -131,8 +147,11 @@ def _start_workers(commands: list[list[str]], outputs: list | None = None) -> li
     workers = []
     for index, command in enumerate(commands):
         env = _environment(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        workers.append(subprocess.Popen([sys.executable, "-m", "pipeline", *command], cwd=REPO, env=env, text=True,
-                                        stdout=outputs[index] if outputs else subprocess.PIPE, stderr=subprocess.STDOUT))
+        # --worker-wait: a cluster that does not form fails the test within its budget, naming the silent worker
+        workers.append(subprocess.Popen([sys.executable, "-m", "pipeline", *command, "--worker-wait", "60"], cwd=REPO,
+                                        env=env, text=True,
+                                        stdout=outputs[index] if outputs else subprocess.PIPE,
+                                        stderr=subprocess.STDOUT))
     return workers
 
 
@@ -148,7 +167,7 @@ def _run_two_workers(commands: list[list[str]]) -> list[tuple[int, str]]:
     workers = []
     try:
         workers = _start_workers(commands)
-        outputs = [worker.communicate(timeout=420)[0] for worker in workers]
+        outputs = [worker.communicate(timeout=WORKER_BUDGET)[0] for worker in workers]
     finally:
         _stop(workers)
     return [(worker.returncode, output) for worker, output in zip(workers, outputs)]
@@ -212,12 +231,13 @@ def test_a_multiworker_worker_whose_peer_dies_mid_fit_stops_by_itself_with_one_e
     try:
         with open(logs[0], "w") as first, open(logs[1], "w") as second:
             workers = _start_workers(commands, [first, second])
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + WORKER_BUDGET - 40
         while "teacher: step 40/400" not in logs[0].read_text():  # a tenth of the fit done: both are in it
-            assert time.monotonic() < deadline and workers[0].poll() is None, logs[0].read_text()[-3000:]
+            assert time.monotonic() < deadline and all(w.poll() is None for w in workers), \
+                "\n".join(log.read_text()[-3000:] for log in logs)
             time.sleep(0.2)
         workers[1].kill()  # as if its machine went down
-        status = workers[0].wait(timeout=120)  # the survivor stops by itself (measured: 2-7 s)
+        status = workers[0].wait(timeout=40)  # the survivor stops by itself (measured: 2-7 s; 28 s on a loaded machine)
     finally:
         _stop(workers)
     output = logs[0].read_text()
@@ -237,13 +257,31 @@ def test_a_multiworker_worker_alone_says_what_it_waits_for_and_stops_after_worke
     command = [sys.executable, "-m", "pipeline", "submit", *TINY_RUN, "--data", str(tiny_fisheries / "data"), "--distribute",
                "multiworker", "--worker-wait", "5", "--runs-dir", str(tmp_path / "runs"), "--cache-dir",
                str(tmp_path / "cache")]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=WORKER_BUDGET)
     output = done.stdout + done.stderr
     assert done.returncode == -9, output[-4000:]  # TensorFlow's wait cannot be interrupted: the watchdog kills it
     assert f"devices: waiting for the other workers of TF_CONFIG (worker 1 at {silent}) to join, at most 5 s" in done.stdout
     assert (f"error: --distribute multiworker: the workers did not all join within --worker-wait 5 s: worker 1 at "
             f"{silent} did not answer; start the same command there") in done.stderr
     assert not (tmp_path / "runs").exists()  # stopped before any run folder or ledger
+
+
+def test_a_multiworker_worker_whose_port_is_taken_stops_at_once_naming_its_address(tiny_fisheries, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        mine = f"127.0.0.1:{taken.getsockname()[1]}"
+        env = _environment(TF_CONFIG=json.dumps({"cluster": {"worker": [f"127.0.0.1:{_free_port()}", mine]},
+                                                 "task": {"type": "worker", "index": 1}}))
+        command = [sys.executable, "-m", "pipeline", "submit", *TINY_RUN, "--data", str(tiny_fisheries / "data"),
+                   "--distribute", "multiworker", "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=WORKER_BUDGET)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-4000:]
+    assert (f"error: --distribute multiworker: TensorFlow could not listen on worker 1 at {mine}: its port is in use "
+            "by another program") in done.stderr, output[-4000:]
+    assert "Traceback" not in output and "waiting for the other workers" not in output
+    assert not (tmp_path / "runs").exists()
 
 
 def test_workers_compare_decoded_pixels_and_labels_not_a_frozen_backbones_embeddings(tiny_fisheries, tmp_path):

@@ -19,12 +19,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from typing import Iterator
 
@@ -32,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.model import cluster
 from pipeline.run.config import DISTRIBUTE_MODES, RunConfig
 from pipeline.errors import UserError
 
@@ -53,7 +51,7 @@ def setup(cfg: RunConfig) -> RunConfig:
         raise UserError("--mixed-precision needs a GPU, and TensorFlow sees none (tf.config.list_physical_devices('GPU') "
                         "is empty); drop --mixed-precision, or on a GPU machine install the CUDA wheels: make install GPU=1")
     mode = _resolve(cfg.distribute)
-    peers = _check_tf_config() if mode == "multiworker" else []
+    peers = cluster.check_tf_config() if mode == "multiworker" else []
     if mode not in _strategies:
         _strategies[mode] = _build(mode, cfg.worker_wait, peers)
     strategy = _strategies[mode]
@@ -211,81 +209,16 @@ def _build(mode: str, worker_wait: float, peers: list[tuple[str, str]]) -> tf.di
         gpus = tf.config.list_physical_devices("GPU")
         devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
-    with _stop_after(worker_wait, peers):
+    with cluster.stop_after(worker_wait, peers):
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
+        except tf.errors.UnknownError as error:  # its port was taken between the check and the server's start
+            if "Could not start gRPC server" not in str(error):
+                raise
+            raise UserError(cluster.port_in_use_message()) from None
         except RuntimeError as error:  # a bug in the caller's order, not the user's input: keep the traceback
             raise RuntimeError("MultiWorkerMirroredStrategy must be created before TensorFlow runs any op in this "
                                "process: call pipeline.model.distribute.setup(cfg) first") from error
-
-
-# The watchdog of _stop_after, run by a separate Python: MultiWorkerMirroredStrategy() waits for every worker of the
-# cluster inside TensorFlow's C++ without a time limit and holding the GIL, so no thread of this process can run meanwhile.
-# It returns as soon as its stdin closes (the strategy was built); otherwise, after the wait, it names the workers whose
-# address does not accept a connection and kills this process.
-_WATCHDOG = """
-import json, os, select, signal, socket, sys
-parent, wait, peers = int(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3])
-if select.select([sys.stdin], [], [], wait)[0]:
-    sys.exit(0)
-silent = []
-for name, address in peers:
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=3).close()
-    except (OSError, ValueError):
-        silent.append(f"{name} at {address}")
-if silent:
-    who = ", ".join(silent) + " did not answer"
-    fix = "start the same command there, with its own task index in TF_CONFIG, or check the address and that the port is open"
-else:
-    who = "every address answered, but the cluster did not form"
-    fix = "check that every worker runs with the same TF_CONFIG cluster and its own task index"
-print(f"error: --distribute multiworker: the workers did not all join within --worker-wait {wait:g} s: {who}; {fix}",
-      file=sys.stderr, flush=True)
-os.kill(parent, signal.SIGKILL)
-"""
-
-
-@contextlib.contextmanager
-def _stop_after(seconds: float, peers: list[tuple[str, str]]) -> Iterator[None]:
-    """Say what the process waits for, and kill it with one error line when `peers` ((name, address) of the other
-    members of the cluster) have not all joined in time."""
-    print(f"devices: waiting for the other workers of TF_CONFIG ({', '.join(f'{n} at {a}' for n, a in peers)}) to join, "
-          f"at most {seconds:g} s (--worker-wait)", flush=True)
-    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(seconds), json.dumps(peers)],
-                                stdin=subprocess.PIPE)
-    try:
-        yield
-    finally:
-        watchdog.stdin.close()
-        watchdog.wait()
-
-
-def _check_tf_config() -> list[tuple[str, str]]:
-    """TF_CONFIG names the cluster and this process's place in it; a bad one would otherwise hang or fail deep in TF.
-
-    Returns the other members of the cluster, (name, address), e.g. ("worker 1", "10.0.0.2:12345").
-    """
-    text = os.environ.get("TF_CONFIG")
-    example = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
-               '"index": 0}}\' (index 1 on the second machine)')
-    if not text:
-        raise UserError(f"--distribute multiworker needs TF_CONFIG in the environment of every worker, e.g. {example}")
-    try:
-        config = json.loads(text)
-        cluster, task = config["cluster"], config["task"]
-        members = cluster[task["type"]]
-        index = task["index"]
-        ok = isinstance(members, list) and isinstance(index, int) and 0 <= index < len(members)
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"TF_CONFIG is not a valid cluster description ({type(error).__name__}: {error}); "
-                        f"expected e.g. {example}") from None
-    if not ok:
-        raise UserError(f"TF_CONFIG task {task!r} is not one of the cluster's {task['type']} entries {members!r}; "
-                        f"expected e.g. {example}")
-    return [(f"{job} {i}", address) for job, addresses in cluster.items() for i, address in enumerate(addresses)
-            if (job, i) != (task["type"], index)]
 
 
 def _task() -> str:
