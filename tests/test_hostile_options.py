@@ -297,7 +297,7 @@ def test_imagenet_weights_that_cannot_be_downloaded_are_one_error_line_naming_th
     proc = subprocess.run([sys.executable, "-m", "pipeline", "submit", "--competition", "fisheries", "--data",
                            str(tiny_fisheries / "data"), "--no-ledger", "--runs-dir", str(tmp_path / "runs"), "--cache-dir",
                            str(tmp_path / "cache"), "--backbone", "MobileNetV2", "--weights", "imagenet", "--image-size",
-                           "32", "--on-shift", "ignore"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                           "32", "--on-shift", "ignore"], cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
     assert_user_error(proc, "--backbone MobileNetV2 --weights imagenet: its ImageNet weights could not be downloaded",
                       "URL fetch failure on https://", "mobilenet_v2",
                       f"Keras caches them in {tmp_path / 'keras' / 'models'}", "--weights PATH")

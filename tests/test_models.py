@@ -62,7 +62,7 @@ def test_training_the_narrow_resnet_on_odd_batches_does_not_corrupt_the_heap():
         print("trained", info["batch"])
     """)
     env = {"MALLOC_CHECK_": "3", "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     assert "trained 39" in done.stdout
 
