@@ -30,6 +30,7 @@ AUGMENT_LEVELS = ("none", "light", "standard", "strong")
 STRONG_NOISE_PASSES = 50
 BALANCE_MODES = ("predicted", "train", "none")
 ADAPT_BN_MODES = ("none", "foreign", "shifted", "all")  # pipeline/method/adaptation.py
+CALIBRATIONS = ("temperature", "none")  # pipeline/method/calibration.py
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker")  # pipeline/model/distribute.py builds them
 
 
@@ -166,6 +167,9 @@ class RunConfig:
     guard_confidence: float = option(0.8, "the student is submitted only if it beats the control in at least this share of "
                                           "bootstrap resamples of the holdout/out-of-fold rows (0 = always submit the student)",
                                      check=between(0.0, 1.0))
+    calibrate: str = option("temperature", "temperature-scale each model's class probabilities on the scored rows before "
+                                           "deciding and submitting (single-label; argmax unchanged): temperature | none",
+                            check=one_of(*CALIBRATIONS))
     # Not a teacher key: the strategy changes how the same fit runs (same global batch, steps, schedule, data order
     # and seeds), not what it is asked to learn; what differs is float summation order and batch-norm batch statistics
     # taken per replica (their moving averages are averaged after each fit). On the tiny test sample two replicas moved

@@ -42,6 +42,8 @@ def write_report(folder: RunFolder, metrics: RunMetrics, probs: RunProbabilities
     models = metrics.models
     verdict = metrics.verdict
     rows = [(f"{verdict.kind} ({verdict.rows} rows)", [metrics.holdout[m] for m in models])]
+    if verdict.prior is not None:
+        rows[0] = (f"{verdict.kind} ({verdict.rows} rows; class prior {verdict.prior:.4f})", rows[0][1])
     for board in GROUPS:
         scores = metrics.leaderboard
         if scores and scores["teacher"].get(board) is not None:
@@ -51,8 +53,11 @@ def write_report(folder: RunFolder, metrics: RunMetrics, probs: RunProbabilities
                          for name, values in rows)
     header = "".join(f"<th>{m}</th>" for m in models)
     comparisons = "".join(f"<li>{c.better} vs {c.worse}: {html.escape(c.describe())}</li>" for c in verdict.comparisons.values())
+    groups = "".join(f"<li>{html.escape(g.group)} group: <b>{html.escape(g.submitted)}</b> ({html.escape(g.reason)})</li>"
+                     for g in verdict.groups.values())
     verdict_html = (f"<h2>Did pseudo-labeling help?</h2><ul>{comparisons}</ul>"
-                    f"<p><b>Submitted: {html.escape(verdict.submitted)}</b> ({html.escape(verdict.reason)})</p>")
+                    f"<p><b>Submitted: {html.escape(verdict.submitted)}</b> ({html.escape(verdict.reason)})</p>"
+                    + (f"<p>Per test group (the scored rows weighted like each group):</p><ul>{groups}</ul>" if groups else ""))
     pseudo = metrics.pseudo
     classes = list(pseudo["by_class"])
     count_rows = "".join(
