@@ -124,8 +124,8 @@ def test_one_row_per_run_with_its_numbers_and_links_to_the_reports(world: dict, 
     assert good["public teacher"]["text"] == f"{public_logloss(world, 0.4):.4f}"
     assert float(good["public student"]["data-sort"]) == pytest.approx(public_logloss(world, 0.6), abs=1e-6)
     assert good["public control"]["text"] == "-" and good["public control"]["data-sort"] == ""  # never scored
-    assert (good["submitted"]["text"], good["verdict's confidence"]["text"]) == ("student", "97.0%")
-    assert (guarded["submitted"]["text"], guarded["verdict's confidence"]["text"]) == ("control", "31.0%")
+    assert (good["submitted"]["text"], good["student better in"]["text"]) == ("student", "97.0%")
+    assert (guarded["submitted"]["text"], guarded["student better in"]["text"]) == ("control", "31.0%")
     assert guarded["submitted"]["titles"] == ['the student beats the "control" in 31% <of> resamples']
     assert good["pseudo-labels"]["text"] == "42 (public 30, private 12)" and good["pseudo-labels"]["data-sort"] == "42.0"
     assert (good["shift"]["text"], guarded["shift"]["text"], rows["no-report"]["shift"]["text"]) == ("WARN (private)", "OK", "-")

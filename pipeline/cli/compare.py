@@ -1,4 +1,4 @@
-"""`python -m pipeline compare`: every recorded run of a competition side by side, with a plot."""
+"""`python -m pipeline compare`: every recorded run of a competition side by side, with a plot and a page of all runs."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +15,7 @@ from pipeline.method.verdict import LEVEL
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "compare", help="table and plot of the recorded runs: holdout vs public vs private, gains, noise",
+        "compare", help="table, plot and page (runs.html) of the recorded runs: holdout vs public vs private, gains, noise",
         description="Compare the done runs of a competition. Gains are over each run's own teacher (positive = "
                     f"better); a public gain is 'noise' when its {LEVEL:.0%} paired-bootstrap interval contains 0.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -13,6 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import quote
 
 import pandas as pd
@@ -31,7 +32,7 @@ class Column:
 
     header: str
     numeric: bool
-    cell: object  # (row: pd.Series, page_dir: Path) -> (HTML of the cell, sort key as text; "" = unknown)
+    cell: Callable[[pd.Series, Path], tuple[str, str]]  # (row, page folder) -> (the cell's HTML, its sort key; "" = unknown)
     group: str = ""  # the header above it that it shares with its neighbours ("holdout" over teacher/control/student)
 
 
@@ -58,8 +59,11 @@ def write_runs_page(comparison: ComparedRuns, path: Path) -> Path:
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>
 <style>{_STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{html.escape(comparison.metric)} ({better} is better). Holdout: the run's own held-out labeled rows; public and
-private: the leaderboard rows of the solution file (or Kaggle's scores). Click a column's name to sort by it.</p>
+<p>{html.escape(comparison.metric)} ({better} is better). Holdout: the labeled rows each run held out (out of fold
+with --folds); public and private: the leaderboard rows of the solution file (or Kaggle's scores). <i>Student better
+in</i>: the verdict's confidence, the share of bootstrap resamples of those rows in which the student beat its
+control (its teacher in runs without one); the guard submits the student only above --guard-confidence, and a hover
+on the submitted model shows why. Click a column's name to sort by it.</p>
 <table class="runs"><thead>{head}</thead><tbody>
 {body}</tbody></table>
 <ul>{notes}</ul>
@@ -73,17 +77,15 @@ private: the leaderboard rows of the solution file (or Kaggle's scores). Click a
 
 
 def _columns(comparison: ComparedRuns) -> list[Column]:
-    table = comparison.table
     columns = [Column("run", False, _run_cell), Column("ratio", True, _number_cell("ratio", "{:g}")),
                Column("groups", False, _groups_cell)]
     for board in BOARDS:
         for model in MODELS:
-            key = {"student": board}.get(model, f"{model}_{board}")
-            if key in table:
-                columns.append(Column(model, True, _number_cell(key, "{:.4f}"), group=board))
+            key = board if model == "student" else f"{model}_{board}"  # the comparison's columns
+            columns.append(Column(model, True, _number_cell(key, "{:.4f}"), group=board))
     columns += [
         Column("submitted", False, _submitted_cell),
-        Column("verdict's confidence", True, _number_cell("submitted_p_better", "{:.1%}")),
+        Column("student better in", True, _number_cell("submitted_p_better", "{:.1%}")),
         Column("public gain over teacher", False, _text_cell("verdict")),
         Column("pseudo-labels", True, _pseudo_cell),
         Column("shift", False, _text_cell("shift")),
@@ -123,7 +125,7 @@ def _run_cell(row: pd.Series, page_dir: Path) -> tuple[str, str]:
     return content, str(row["run_id"])
 
 
-def _number_cell(key: str, form: str):
+def _number_cell(key: str, form: str) -> Callable[[pd.Series, Path], tuple[str, str]]:
     def cell(row: pd.Series, page_dir: Path) -> tuple[str, str]:
         value = row.get(key)
         if not _known(value):
@@ -132,7 +134,7 @@ def _number_cell(key: str, form: str):
     return cell
 
 
-def _text_cell(key: str):
+def _text_cell(key: str) -> Callable[[pd.Series, Path], tuple[str, str]]:
     def cell(row: pd.Series, page_dir: Path) -> tuple[str, str]:
         value = row.get(key)
         return (html.escape(str(value)), str(value)) if _known(value) else ("-", "")
@@ -186,6 +188,7 @@ th.group{text-align:center;border-bottom:1px solid #bbb}
 td.num{text-align:right;white-space:nowrap}
 td:first-child{overflow-wrap:anywhere;min-width:9em}
 .detail{color:#555}
+p{max-width:70em}
 img{max-width:100%;height:auto}"""
 
 # Sorts the rows by the clicked column: numbers as numbers, text as text, unknown values ("") last either way;
