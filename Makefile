@@ -99,10 +99,10 @@ lock: ## re-resolve pyproject.toml's pins into requirements.lock and requirement
 # Two demo runs (the default setting, and the public group alone at ratio 0.33) in a scratch runs folder, their
 # runs.html, and both pages at 1280 px by headless Chromium; render.py fails when a page is wider than the window.
 SHOTS_RUNS ?= /tmp/kaggle-pseudo-screenshots
-BROWSER = $(firstword $(foreach b,chromium chromium-browser google-chrome,$(shell command -v $(b) 2>/dev/null)))
+CHROMIUM = $(firstword $(foreach b,chromium chromium-browser google-chrome,$(shell command -v $(b) 2>/dev/null)))
 SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 screenshots: $(VENV)/.installed $(SAMPLE)/data ## PNGs of a demo run's report.html and of runs.html at 1280 px (installs chromium with apt)
-	$(if $(BROWSER),,$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+	$(if $(CHROMIUM),,$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 	rm -rf $(SHOTS_RUNS)
 	$(MAKE) --no-print-directory demo ARGS="--runs-dir $(SHOTS_RUNS) --run-name demo"
 	$(MAKE) --no-print-directory demo ARGS="--runs-dir $(SHOTS_RUNS) --run-name public-0.33 --pseudo-groups public --pseudo-ratio 0.33"

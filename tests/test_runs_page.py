@@ -137,6 +137,9 @@ def test_one_row_per_run_with_its_numbers_and_links_to_the_reports(world: dict, 
         assert (page.parent / unquote(link)).resolve() == (dirs[name] / "report.html").resolve()
     assert rows["no-report"]["run"]["links"] == []  # no link to a file that is not there
 
+    assert main(["compare", "--competition", "fisheries", "--ledger", str(world["ledger"].path), "--resamples", "0"]) == 0
+    assert f"page of all runs: {page}" in capsys.readouterr().out  # the table's footer names the page
+
 
 def test_a_hostile_run_name_is_escaped_and_its_link_still_resolves(world: dict, capsys: pytest.CaptureFixture) -> None:
     run_dir = add_full_run(world, HOSTILE, 0.5, (1.1, 1.0, 0.9), 0.9, "student", {"public": 3}, None)
