@@ -88,3 +88,31 @@ def test_the_decision_stage_submits_calibrated_probabilities_records_the_tempera
     assert calibrated.scores["student"] < plain.scores["student"] - 0.1  # cross-fitted, so not flattered
     submitted = calibrated.tables["student"].set_index("image").loc[ids].to_numpy()
     np.testing.assert_allclose(submitted, scale(test["student"], fit_temperature(y, scored["student"])), atol=1e-6)
+
+
+def test_a_test_image_unlike_every_train_image_is_softened_but_never_sharpened():
+    """The scored rows say how sure a model should be on images like them, not on a foreign one (a night frame)."""
+    from pipeline.plugin.registry import get_competition
+    from pipeline.run.decision import decide
+    from pipeline.run.folder import RunProbabilities
+
+    fisheries = get_competition("fisheries")
+    classes = ["ALB", "BET", "DOL", "LAG", "NoF", "OTHER", "SHARK", "YFT"]
+    logits, y = calibrated_draw(300, 8, seed=6)
+    test_logits, _ = calibrated_draw(20, 8, seed=7)
+    soft, sure = softmax(logits / 3), softmax(logits * 3)  # under- and overconfident on the scored rows
+    ids = [f"img_{i}.jpg" for i in range(20)]
+    foreign = np.arange(20) >= 10
+    probs = RunProbabilities(classes, np.array([f"train/{i}.jpg" for i in range(300)]), y, np.zeros(300, int),
+                             np.array(ids), np.array(["public", "private"] * 10), ids,
+                             {"teacher": soft, "student": sure}, {"teacher": softmax(test_logits / 3),
+                                                                  "student": softmax(test_logits * 3)},
+                             test_foreign=foreign)
+    outcome = decide(fisheries, probs, 0.8, 0, calibrate="temperature")
+    temperatures = outcome.verdict.temperatures
+    assert temperatures["teacher"] < 0.5 and temperatures["student"] > 2
+    for model in ("teacher", "student"):
+        submitted = outcome.tables[model].set_index("image").loc[ids].to_numpy()
+        t = fit_temperature(y, probs.scored[model])
+        np.testing.assert_allclose(submitted[~foreign], scale(probs.test[model][~foreign], t), atol=1e-6)
+        np.testing.assert_allclose(submitted[foreign], scale(probs.test[model][foreign], max(t, 1.0)), atol=1e-6)

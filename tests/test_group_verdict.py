@@ -116,8 +116,7 @@ def test_the_decision_stage_submits_each_group_its_own_model_and_each_models_own
     test = {m: rng.dirichlet(np.ones(8), 10) for m in scored}
     probs = RunProbabilities(classes, np.array([f"train/{i}.jpg" for i in range(len(y))]), y, np.zeros(len(y), int),
                              test_ids, groups, list(test_ids[::-1]), scored, test,
-                             {"public": np.ones(len(y)), "private": np.where(first, 0.05, 1.95)},
-                             {"public": 0.0, "private": 0.0})
+                             {"public": np.ones(len(y)), "private": np.where(first, 0.05, 1.95)}, np.zeros(10, bool))
     outcome = decide(fisheries, probs, 0.8, seed=0)
     assert outcome.verdict.submitted == "control" and outcome.verdict.groups["private"].submitted == "student"
     assert outcome.submitted == BY_GROUP

@@ -30,7 +30,7 @@ def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], dec
     for group, w in weights.items():
         ess, share = effective_sample_size(w), float(foreign.get(group, 0.0))
         doubts = []
-        if ess < MIN_ESS:
+        if round(ess) < MIN_ESS:
             doubts.append(f"the scored rows that look like it weigh as {ess:.0f} rows (needs {MIN_ESS:.0f})")
         if share >= MAX_FOREIGN:
             doubts.append(f"{share:.0%} of its images look unlike every train image, and no scored row can speak "

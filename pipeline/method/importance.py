@@ -59,17 +59,12 @@ def _features(table: pd.DataFrame) -> np.ndarray:
 
 
 def for_groups(train: pd.DataFrame, scored_paths: np.ndarray, groups: dict[str, pd.DataFrame],
-               seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+               seed: int) -> dict[str, np.ndarray]:
     """Per test group (its property table in `groups`): the scored rows' weights (`density_weights`; a group it
-    cannot weigh is left out) and the share of its images with no train look-alike (adaptation.foreign_images)."""
-    from pipeline.method.adaptation import foreign_images
-
-    weights, foreign = {}, {}
+    cannot weigh is left out)."""
+    weights = {}
     for group, table in groups.items():
-        if len(table) == 0:
-            continue
-        w = density_weights(train, scored_paths, table, seed)
+        w = density_weights(train, scored_paths, table, seed) if len(table) else None
         if w is not None:
             weights[group] = w
-            foreign[group] = float(foreign_images(train, table).mean())
-    return weights, foreign
+    return weights

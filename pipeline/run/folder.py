@@ -88,7 +88,14 @@ class RunProbabilities:
     test: dict[str, np.ndarray]  # model -> probabilities of the readable test items
     # test group -> each scored row's importance weight for it (pipeline/method/importance.py); empty: none made
     group_weights: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    foreign: dict[str, float] = dataclasses.field(default_factory=dict)  # test group -> share of foreign images
+    test_foreign: np.ndarray | None = None  # per test item: no look-alike among train images (None: not kept)
+
+    def foreign_share(self, group: str) -> float:
+        """The share of the group's test items with no look-alike among the train images (0 when not kept)."""
+        if self.test_foreign is None or self.test_groups is None:
+            return 0.0
+        mine = np.asarray(self.test_groups).astype(str) == group
+        return float(self.test_foreign[mine].mean()) if mine.any() else 0.0
 
     @property
     def y_scored(self) -> np.ndarray:
@@ -153,7 +160,7 @@ class RunFolder:
                             **{f"scored_{k}": v for k, v in probs.scored.items()},
                             **{f"test_{k}": v for k, v in probs.test.items()},
                             **{f"weight_{g}": w for g, w in probs.group_weights.items()},
-                            **{f"foreign_{g}": np.float64(share) for g, share in probs.foreign.items()})
+                            **({} if probs.test_foreign is None else {"test_foreign": probs.test_foreign}))
         write_bytes_atomic(self.file(PROBABILITIES), buffer.getvalue())
         write_csv_atomic(self.file(PSEUDO_LABELS), provenance)
 
@@ -190,7 +197,7 @@ class RunFolder:
                                 None if ids is None else [str(i) for i in ids],
                                 {m: arrays[f"scored_{m}"] for m in models}, {m: arrays[f"test_{m}"] for m in models},
                                 {k.removeprefix("weight_"): v for k, v in arrays.items() if k.startswith("weight_")},
-                                {k.removeprefix("foreign_"): float(v) for k, v in arrays.items() if k.startswith("foreign_")})
+                                arrays.get("test_foreign"))
 
     # ---- what deciding writes: submissions and metrics.json ------------------------------------------------
     def write_submissions(self, tables: dict[str, pd.DataFrame], submitted: str, also: Path | None = None) -> SubmissionRecord:

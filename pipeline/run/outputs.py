@@ -28,18 +28,24 @@ def run_probabilities(competition: Competition, data_dir: Path, items: Items, sc
                             items.test_groups, submission_ids(competition, data_dir, items), scored, test)
 
 
-def group_weights(items: Items, seed: int) -> dict:
-    """RunProbabilities' `group_weights` and `foreign` for each test group (pipeline/method/importance.py), from the
-    properties the image stores measured while decoding."""
+def shift_evidence(items: Items, seed: int) -> dict:
+    """RunProbabilities' `group_weights` (each scored row's importance weight per test group,
+    pipeline/method/importance.py) and `test_foreign` (each readable test item with no look-alike among the train
+    images, pipeline/method/adaptation.py), from the properties the image stores measured while decoding."""
     from pipeline.method import importance
+    from pipeline.method.adaptation import foreign_images
 
     test = items.test[items.readable_test]
     train = items.stores["train"].property_table().table
-    groups = {g: items.stores["test"].property_table(test.loc[test["group"] == g, "path"].tolist()).table
-              for g in dict.fromkeys(items.test_groups.astype(str))}
+    groups = np.asarray(items.test_groups).astype(str)
+    tables = {g: items.stores["test"].property_table(test.loc[test["group"] == g, "path"].tolist()).table
+              for g in dict.fromkeys(groups)}
+    foreign = np.zeros(len(groups), dtype=bool)
+    for g, table in tables.items():
+        if len(table) == (groups == g).sum():  # every item of the group measured, in item order
+            foreign[groups == g] = foreign_images(train, table)
     scored_paths = items.train["path"].to_numpy(dtype=str)[items.fold >= 0]
-    weights, foreign = importance.for_groups(train, scored_paths, groups, seed)
-    return {"group_weights": weights, "foreign": foreign}
+    return {"group_weights": importance.for_groups(train, scored_paths, tables, seed), "test_foreign": foreign}
 
 
 def submission_ids(competition: Competition, data_dir: Path, items: Items) -> list[str]:

@@ -227,7 +227,7 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
         if training.control is not None:
             scored["control"], test["control"] = training.control.scored_probs, training.control.test_probs
     probs = outputs.run_probabilities(competition, data_dir, items, {name: p[items.fold >= 0] for name, p in scored.items()}, test)
-    probs = dataclasses.replace(probs, **outputs.group_weights(items, cfg.seed))
+    probs = dataclasses.replace(probs, **outputs.shift_evidence(items, cfg.seed))
     outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, cfg.solution, cfg.calibrate)
     chosen = outcome.verdict.submitted
     print(("" if chosen == "student" else "WARNING: ") + outcome.verdict.reason,
