@@ -31,6 +31,7 @@ STRONG_NOISE_PASSES = 50
 BALANCE_MODES = ("predicted", "train", "none")
 ADAPT_BN_MODES = ("none", "foreign", "shifted", "all")  # pipeline/method/adaptation.py
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker")  # pipeline/model/distribute.py builds them
+JIT_MODES = ("auto", "on", "off")  # pipeline/model/train.py resolves them (xla_enabled)
 
 
 # ---- upper bounds: past them a value crashes, hangs or fills the disk instead of making a better run ------------
@@ -177,6 +178,9 @@ class RunConfig:
     distribute: str = option("auto", "tf.distribute strategy: auto (mirrored when more than one GPU is visible, else one "
                                      "device) | none | mirrored (every GPU of this machine) | multiworker (the machines "
                                      "in TF_CONFIG); --batch-size stays the global batch", check=one_of(*DISTRIBUTE_MODES))
+    # Not in teacher_settings: `auto` resolves per machine; the teacher's key holds what it resolved to when XLA is on
+    jit: str = option("auto", "XLA-compile each fit's train step (other float rounding: keys the caches): auto (on a CPU "
+                              "when every fit is long enough to repay the compile, see docs) | on | off", check=one_of(*JIT_MODES))
     worker_wait: float = option(600.0, "--distribute multiworker: seconds to wait for every worker of TF_CONFIG to "
                                        "join before stopping with an error (TensorFlow itself waits without a limit)",
                                 check=between(1, 86400))

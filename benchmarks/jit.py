@@ -1,0 +1,125 @@
+"""XLA or not (--jit): step time and whole-fit time of real-photo fits, with and without, alternating in one process.
+
+`make bench ARGS="jit --data DIR [--steps 100 300 800] [--repeats 1] [--k 50] [--feature-steps 300]"`
+
+DIR holds one sub-folder of photos per class (e.g. ../shared/data/sign-language-digits/Dataset). K photos per class
+become the train set and as many others the pseudo-labeled set, decoded at the default 64 px: every fit is a
+real+pseudo student fit of the default model (resnet, 32 train items a step plus pseudo-labeled ones on top,
+--augment standard), `train.fit` as a run calls it, with --jit off and on. Printed per fit: seconds to the first
+step's end (building, tracing, and with XLA compiling), ms per step after it, and the whole fit; then per length
+the medians and the time XLA saved (negative: it cost). The machine may be shared: compare the ratios of fits
+run side by side, not absolute seconds across runs.
+
+`--feature-steps N` also times a frozen-backbone fit (feature-cache mode: the small classifier on 1,280 cached
+embedding values an item, random: the time does not depend on them) of N steps each way.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.real import list_photos, split
+
+NEEDS = "--data DIR"
+SETTINGS = ("off", "on")
+
+
+def decoded(paths: list[str], rows: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
+    for i, row in enumerate(rows):
+        with Image.open(paths[row]) as image:
+            out[i] = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+    return out
+
+
+@contextlib.contextmanager
+def step_stamps(stamps: list[float]):
+    """Append perf_counter() at the end of every optimizer step of the fits run inside."""
+    import keras
+
+    class Stamps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None) -> None:
+            stamps.append(time.perf_counter())
+
+    fit = keras.Model.fit
+
+    def fit_with_stamps(model, *args, **kwargs):
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), Stamps()]
+        return fit(model, *args, **kwargs)
+
+    keras.Model.fit = fit_with_stamps
+    try:
+        yield
+    finally:
+        keras.Model.fit = fit
+
+
+def timed_fit(spec, x, y, pseudo, steps: int, seed: int) -> dict[str, float]:
+    from pipeline.model import train
+
+    stamps: list[float] = []
+    started = time.perf_counter()
+    with step_stamps(stamps), contextlib.redirect_stdout(io.StringIO()):  # the fit's progress lines
+        _, info = train.fit(spec, "bench", x, y, steps, seed, "standard", pseudo=pseudo)
+    ended = time.perf_counter()
+    return {"first_step_s": stamps[0] - started, "ms_per_step": (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1000,
+            "total_s": ended - started, "xla": info["xla"], "final_loss": info["final_loss"]}
+
+
+def compare(label: str, specs: dict, x, y, pseudo, lengths: list[int], repeats: int) -> None:
+    from benchmarks import alternating
+
+    for steps in lengths:
+        runs: dict[str, list[dict]] = {name: [] for name in specs}
+        for repeat, name in alternating(specs, repeats):
+            run = timed_fit(specs[name], x, y, pseudo, steps, repeat)
+            if run["xla"] != (name == "on"):
+                raise SystemExit(f"--jit {name} fitted with xla={run['xla']}: the option did not reach the fit")
+            runs[name].append(run)
+            print(f"  {label} {steps:4d} steps, --jit {name:3s}: first step {run['first_step_s']:5.1f} s, "
+                  f"{run['ms_per_step']:5.0f} ms/step, fit {run['total_s']:6.1f} s, final loss {run['final_loss']:.3f}",
+                  flush=True)
+        med = {name: {k: statistics.median(r[k] for r in fits) for k in ("first_step_s", "ms_per_step", "total_s")}
+               for name, fits in runs.items()}
+        off, on = med["off"], med["on"]
+        print(f"  => {label} {steps} steps (medians of {repeats}): step {off['ms_per_step']:.0f} -> {on['ms_per_step']:.0f} ms "
+              f"(x{on['ms_per_step'] / off['ms_per_step']:.2f}), first step {off['first_step_s']:.1f} -> "
+              f"{on['first_step_s']:.1f} s, fit {off['total_s']:.1f} -> {on['total_s']:.1f} s "
+              f"(x{on['total_s'] / off['total_s']:.2f}, XLA saved {off['total_s'] - on['total_s']:+.1f} s)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks jit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="folder of class sub-folders of photos")
+    parser.add_argument("--steps", type=int, nargs="+", default=[100, 300, 800])
+    parser.add_argument("--repeats", type=int, default=1, help="fits of each length per setting, alternating")
+    parser.add_argument("--k", type=int, default=50, help="train photos per class (as many pseudo-labeled)")
+    parser.add_argument("--feature-steps", type=int, default=0, help="also time a frozen-backbone fit this long (0: skip)")
+    args = parser.parse_args()
+    from pipeline.model.spec import ModelSpec, TrainSettings
+
+    paths, labels, classes = list_photos(args.data)
+    train_rows, pseudo_rows, _ = split(labels, args.k, 0)
+    pseudo_rows = pseudo_rows[: len(train_rows)]
+    n = len(classes)
+    x, x_pseudo = decoded(paths, train_rows, 64), decoded(paths, pseudo_rows, 64)
+    y, y_pseudo = (np.eye(n, dtype=np.float32)[labels[rows]] for rows in (train_rows, pseudo_rows))
+    specs = {name: ModelSpec(TrainSettings.defaults(min_steps=1, jit=name), n, False) for name in SETTINGS}
+    print(f"{args.data}: {len(x)} train + {len(x_pseudo)} pseudo-labeled photos at 64 px, {n} classes; default model, "
+          f"{specs['off'].settings.batch_size} train items a step plus pseudo-labeled on top; {args.repeats} fit(s) "
+          f"per length and setting, alternating", flush=True)
+    compare("images", specs, x, y, (x_pseudo, y_pseudo), args.steps, args.repeats)
+    if args.feature_steps:
+        rng = np.random.default_rng(0)
+        features = {name: ModelSpec(TrainSettings.defaults(min_steps=1, jit=name), n, False, feature_dim=1280)
+                    for name in SETTINGS}
+        f, f_pseudo = (rng.standard_normal((len(a), 1280)).astype(np.float32) for a in (x, x_pseudo))
+        compare("features", features, f, y, (f_pseudo, y_pseudo), [args.feature_steps], args.repeats)
