@@ -61,16 +61,18 @@ def step_stamps(stamps: list[float]):
         keras.Model.fit = fit
 
 
-def timed_fit(spec, x, y, pseudo, steps: int, seed: int) -> dict[str, float]:
+def timed_fit(spec, x, y, pseudo, steps: int, seed: int) -> tuple[dict[str, float], object]:
+    """`train.fit` as a student's (real+pseudo, --augment standard), timed; and the fitted model."""
     from pipeline.model import train
 
     stamps: list[float] = []
     started = time.perf_counter()
     with step_stamps(stamps), contextlib.redirect_stdout(io.StringIO()):  # the fit's progress lines
-        _, info = train.fit(spec, "bench", x, y, steps, seed, "standard", pseudo=pseudo)
+        model, info = train.fit(spec, "bench", x, y, steps, seed, "standard", pseudo=pseudo)
     ended = time.perf_counter()
-    return {"first_step_s": stamps[0] - started, "ms_per_step": (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1000,
-            "total_s": ended - started, "xla": info["xla"], "final_loss": info["final_loss"]}
+    after_first = (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1000 if len(stamps) > 1 else float("nan")
+    return {"first_step_s": stamps[0] - started, "ms_per_step": after_first, "total_s": ended - started,
+            "xla": info["xla"], "final_loss": info["final_loss"]}, model
 
 
 def compare(label: str, specs: dict, x, y, pseudo, lengths: list[int], repeats: int) -> None:
@@ -79,7 +81,7 @@ def compare(label: str, specs: dict, x, y, pseudo, lengths: list[int], repeats: 
     for steps in lengths:
         runs: dict[str, list[dict]] = {name: [] for name in specs}
         for repeat, name in alternating(specs, repeats):
-            run = timed_fit(specs[name], x, y, pseudo, steps, repeat)
+            run, _ = timed_fit(specs[name], x, y, pseudo, steps, repeat)
             if run["xla"] != (name == "on"):
                 raise SystemExit(f"--jit {name} fitted with xla={run['xla']}: the option did not reach the fit")
             runs[name].append(run)
@@ -95,6 +97,45 @@ def compare(label: str, specs: dict, x, y, pseudo, lengths: list[int], repeats: 
               f"(x{on['total_s'] / off['total_s']:.2f}, XLA saved {off['total_s'] - on['total_s']:+.1f} s)", flush=True)
 
 
+def interleaved(label: str, specs: dict, x, y, pseudo, chunks: int, chunk_steps: int, lengths: list[int]) -> None:
+    """Step time with and without XLA on a shared machine: each setting's model built and compiled by a 1-step
+    `train.fit` (its first step: building, tracing, compiling), then trained on in chunks of `chunk_steps` steps,
+    the settings taking turns chunk by chunk, so that a load that comes and goes falls on both. Whole fits of each
+    length are then projected as first step + (steps - 1) x the median step time."""
+    import tensorflow as tf
+
+    from pipeline.data import augment
+    from pipeline.model import train
+
+    models, first, per_step = {}, {}, {name: [] for name in specs}
+    for name, spec in specs.items():
+        run, models[name] = timed_fit(spec, x, y, pseudo, 1, 0)
+        first[name] = run["first_step_s"]
+    for chunk in range(chunks):
+        for name in (list(specs) if chunk % 2 == 0 else list(specs)[::-1]):
+            # the stream train.fit trains on; the model keeps the train step it compiled (with XLA for "on")
+            batches, _ = train.training_batches(x, y, specs[name].settings.batch_size, chunk, pseudo)
+            noise = augment.augmenter(train.applied_augmentation(specs[name], "standard"), specs[name].flips)
+            if noise is not None:
+                batches = batches.map(lambda i, t, w: (noise(tf.cast(i, tf.float32), training=True), t, w),
+                                      num_parallel_calls=tf.data.AUTOTUNE)
+            stamps: list[float] = []
+            with step_stamps(stamps):
+                models[name].fit(batches.prefetch(2), epochs=1, steps_per_epoch=chunk_steps, verbose=0)
+            per_step[name].append((stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1000)
+    med = {name: statistics.median(times) for name, times in per_step.items()}
+    for name in specs:
+        print(f"  {label} --jit {name:3s}: first step (build, trace{', XLA compile' if name == 'on' else ''}) "
+              f"{first[name]:5.1f} s; ms/step by chunk: {', '.join(f'{t:.0f}' for t in per_step[name])}", flush=True)
+    ratios = [on / off for off, on in zip(per_step["off"], per_step["on"])]
+    print(f"  => {label}: median step {med['off']:.0f} -> {med['on']:.0f} ms (x{med['on'] / med['off']:.2f}; per chunk pair "
+          f"x{min(ratios):.2f} to x{max(ratios):.2f}), first step {first['off']:.1f} -> {first['on']:.1f} s", flush=True)
+    for steps in lengths:
+        off, on = (first[n] + (steps - 1) * med[n] / 1000 for n in ("off", "on"))
+        print(f"  => {label} {steps} steps, projected: fit {off:.0f} -> {on:.0f} s (x{on / off:.2f}, XLA saves "
+              f"{off - on:+.0f} s)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks jit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,6 +144,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="fits of each length per setting, alternating")
     parser.add_argument("--k", type=int, default=50, help="train photos per class (as many pseudo-labeled)")
     parser.add_argument("--feature-steps", type=int, default=0, help="also time a frozen-backbone fit this long (0: skip)")
+    parser.add_argument("--chunks", type=int, default=0,
+                        help="instead of whole fits: this many chunks of --chunk-steps steps per setting, taking turns")
+    parser.add_argument("--chunk-steps", type=int, default=20)
     args = parser.parse_args()
     from pipeline.model.spec import ModelSpec, TrainSettings
 
@@ -116,8 +160,17 @@ def main() -> None:
     print(f"{args.data}: {len(x)} train + {len(x_pseudo)} pseudo-labeled photos at 64 px, {n} classes; default model, "
           f"{specs['off'].settings.batch_size} train items a step plus pseudo-labeled on top; {args.repeats} fit(s) "
           f"per length and setting, alternating", flush=True)
-    compare("images", specs, x, y, (x_pseudo, y_pseudo), args.steps, args.repeats)
-    if args.feature_steps:
+    if args.chunks:
+        interleaved("images", specs, x, y, (x_pseudo, y_pseudo), args.chunks, args.chunk_steps, args.steps)
+    else:
+        compare("images", specs, x, y, (x_pseudo, y_pseudo), args.steps, args.repeats)
+    if args.feature_steps and args.chunks:
+        rng = np.random.default_rng(0)
+        features = {name: ModelSpec(TrainSettings.defaults(min_steps=1, jit=name), n, False, feature_dim=1280)
+                    for name in SETTINGS}
+        f, f_pseudo = (rng.standard_normal((len(a), 1280)).astype(np.float32) for a in (x, x_pseudo))
+        interleaved("features", features, f, y, (f_pseudo, y_pseudo), args.chunks, args.chunk_steps, args.steps)
+    elif args.feature_steps:
         rng = np.random.default_rng(0)
         features = {name: ModelSpec(TrainSettings.defaults(min_steps=1, jit=name), n, False, feature_dim=1280)
                     for name in SETTINGS}

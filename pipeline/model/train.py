@@ -22,9 +22,11 @@ from pipeline.errors import UserError
 from pipeline.model.spec import ModelSpec, TrainSettings, pseudo_batch_size
 from pipeline.run.config import PREDICTION_BATCH, STRONG_NOISE_PASSES
 
-# --jit auto turns XLA on (CPU, one device) when every fit of the run has at least this many steps (--min-steps):
-# its compile costs seconds a fit, its faster steps repay that only over a long fit (benchmarks/RESULTS.md, "--jit").
-XLA_MIN_STEPS = 10**9
+# --jit auto turns XLA on (CPU, one device) when every fit of the run has at least this many steps (--min-steps), or
+# never with None. Measured on this 2-core CPU (benchmarks/RESULTS.md, "--jit"): XLA's steps were 3-4x slower than
+# TensorFlow's oneDNN ones for the default model, and slower still on cached embeddings, on top of a longer compile,
+# so no fit length repays it: None. A measurement that finds a length where it pays sets it here.
+XLA_MIN_STEPS: int | None = None
 
 
 class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
@@ -62,7 +64,7 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
 def xla_enabled(settings: TrainSettings) -> bool:
     """--jit resolved on this machine, once for every fit of a run (the teacher's cache key holds it when on).
 
-    `auto`: on a single CPU device when --min-steps reaches XLA_MIN_STEPS; off on a GPU and under a multi-replica
+    `auto`: on a single CPU device when --min-steps reaches XLA_MIN_STEPS (today never); off on a GPU and under a multi-replica
     strategy, where Keras's own `jit_compile="auto"` turns it off too (op determinism, tf.distribute). `on` is
     refused under several replicas, before any fit (the teacher's key asks first).
     """
@@ -75,7 +77,8 @@ def xla_enabled(settings: TrainSettings) -> bool:
                         "devices; use --jit auto or off, or --distribute none")
     if settings.jit != "auto":
         return settings.jit == "on"
-    return one_device and not tf.config.list_physical_devices("GPU") and settings.min_steps >= XLA_MIN_STEPS
+    return (XLA_MIN_STEPS is not None and one_device and not tf.config.list_physical_devices("GPU")
+            and settings.min_steps >= XLA_MIN_STEPS)
 
 
 def compile_with_xla(model: keras.Model) -> None:

@@ -179,8 +179,8 @@ class RunConfig:
                                      "device) | none | mirrored (every GPU of this machine) | multiworker (the machines "
                                      "in TF_CONFIG); --batch-size stays the global batch", check=one_of(*DISTRIBUTE_MODES))
     # Not in teacher_settings: `auto` resolves per machine; the teacher's key holds what it resolved to when XLA is on
-    jit: str = option("auto", "XLA-compile each fit's train step (other float rounding: keys the caches): auto (on a CPU "
-                              "when every fit is long enough to repay the compile, see docs) | on | off", check=one_of(*JIT_MODES))
+    jit: str = option("auto", "XLA-compile each fit's train step (it rounds otherwise: keys the caches): auto (where it "
+                              "was measured to pay: nowhere yet, docs/gpus-and-several-machines.md) | on | off", check=one_of(*JIT_MODES))
     worker_wait: float = option(600.0, "--distribute multiworker: seconds to wait for every worker of TF_CONFIG to "
                                        "join before stopping with an error (TensorFlow itself waits without a limit)",
                                 check=between(1, 86400))
