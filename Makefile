@@ -17,7 +17,7 @@ QUICK ?= --epochs 12 --student-epochs 3 --min-steps 100 --pseudo-rounds 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo test bench submit sample shift compare sweep data scores lock clean
+.PHONY: help install demo test bench submit sample shift compare sweep data scores lock clean screenshots
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -95,6 +95,19 @@ lock: ## re-resolve pyproject.toml's pins into requirements.lock and requirement
 	  print("# The CUDA wheels of tensorflow[and-cuda], installed on top of requirements.lock by make install GPU=1 (regenerate: make lock)."); \
 	  print("\n".join(sorted(i["metadata"]["name"] + "==" + i["metadata"]["version"] for i in r["install"] \
 	                         if i["metadata"]["name"] != "kaggle-pseudo")))' > requirements-gpu.lock
+
+# Two demo runs (the default setting, and the public group alone at ratio 0.33) in a scratch runs folder, their
+# runs.html, and both pages at 1280 px by headless Chromium; render.py fails when a page is wider than the window.
+SHOTS_RUNS ?= /tmp/kaggle-pseudo-screenshots
+CHROMIUM = $(firstword $(foreach b,chromium chromium-browser google-chrome,$(shell command -v $(b) 2>/dev/null)))
+SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
+screenshots: $(VENV)/.installed $(SAMPLE)/data ## PNGs of a demo run's report.html and of runs.html at 1280 px (installs chromium with apt)
+	$(if $(CHROMIUM),,$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+	rm -rf $(SHOTS_RUNS)
+	$(MAKE) --no-print-directory demo ARGS="--runs-dir $(SHOTS_RUNS) --run-name demo"
+	$(MAKE) --no-print-directory demo ARGS="--runs-dir $(SHOTS_RUNS) --run-name public-0.33 --pseudo-groups public --pseudo-ratio 0.33"
+	$(PY) -m pipeline compare --competition $(COMP) --ledger $(SHOTS_RUNS)/ledger.sqlite
+	$(PY) docs/screenshots/render.py --out docs/screenshots --width 1280 $(SHOTS_RUNS)/$(COMP)/demo/report.html $(SHOTS_RUNS)/$(COMP)/runs.html
 
 clean: ## remove .venv, caches and generated samples (keeps data/ downloads and submissions/)
 	rm -rf $(VENV) cache data/sample .pytest_cache

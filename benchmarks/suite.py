@@ -140,12 +140,10 @@ def run_one(folder: Path, work: Path, set_name: str, variant: str, seed: int, la
     started = time.perf_counter()
     result = run_pipeline(cfg)
     wall = time.perf_counter() - started
-    saved = np.load(result.run_dir / "probabilities.npz")
-    ids, groups = [str(i) for i in saved["test_ids"]], saved["test_groups"]
+    ids, probs = submitted_probabilities(result.run_dir, classes)
+    groups = np.array([i.split("/")[0] for i in ids])
     y = np.array([labels[int(Path(i).stem)] for i in ids])
-    probs = {m: saved[f"test_{m}"] for m in MODELS if f"test_{m}" in saved.files}
     submitted = result.metrics["submission"]["model"]
-    probs["submitted"] = probs[submitted]
     prior = np.bincount(labels[labeled], minlength=len(classes)) / len(labeled)
     probs["class prior"] = np.tile(prior, (len(ids), 1))
     train_items = [(f"{classes[labels[i]]}/{i:05d}.png", int(labels[i])) for i in labeled]
@@ -158,6 +156,23 @@ def run_one(folder: Path, work: Path, set_name: str, variant: str, seed: int, la
                          "logloss": ll, "submitted": submitted, "wall": wall})
     print(f"\n{set_name} / {variant} / seed {seed}: submitted {submitted}; wall {wall:.0f}s", flush=True)
     return rows
+
+
+def submitted_probabilities(run_dir: Path, classes: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """What each model submitted (its <model>_submission.csv: calibrated, as uploaded) and what submission.csv holds
+    (the verdict's model, or each group's), by id: the ids, and model -> probabilities in their order."""
+    from pipeline.plugin.registry import get_competition
+    from pipeline.run.folder import SUBMISSION, RunFolder, model_submission
+
+    folder, competition = RunFolder(run_dir), get_competition("imagefolder")
+    ids, probs = None, {}
+    for model, name in [*((m, model_submission(m)) for m in MODELS), ("submitted", SUBMISSION)]:
+        if folder.file(name).is_file():
+            these, values = competition.from_submission(folder.read_submission(name), classes)
+            if ids is not None and these != ids:
+                raise ValueError(f"{folder.file(name)} lists other ids than {model_submission(MODELS[0])}")
+            ids, probs[model] = these, values
+    return ids, probs
 
 
 def print_tables(table: pd.DataFrame) -> None:

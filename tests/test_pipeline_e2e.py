@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from competitions.samples.fisheries import write_fisheries_sample
+from pipeline.method import calibration
 from pipeline.errors import UserError
 from pipeline.plugin.registry import get_competition
 from pipeline.run.config import RunConfig
@@ -78,7 +79,8 @@ def test_metrics_record_scores_counts_and_unreadable_images(base_run, night_priv
     with np.load(result.run_dir / "probabilities.npz") as saved:
         classes, y = saved["classes"].tolist(), saved["y"][saved["fold"] >= 0]
         for model in ("teacher", "control", "student"):  # each score is the metric of the model's kept predictions
-            assert metrics["holdout"][model] == pytest.approx(fisheries.metric(y, saved[f"scored_{model}"]), rel=1e-9)
+            kept = calibration.cross_fitted(y, saved[f"scored_{model}"], metrics["seed"])  # --calibrate temperature
+            assert metrics["holdout"][model] == pytest.approx(fisheries.metric(y, kept), rel=1e-9)
             # and each leaderboard score that of the file written (to its 6 significant digits: the run scores the
             # table before it is written)
             submitted = pd.read_csv(result.run_dir / f"{model}_submission.csv")
@@ -212,8 +214,12 @@ def test_a_stricter_guard_decides_again_from_the_cached_models_on_the_same_numbe
     result = run_pipeline(cfg.replace(guard_confidence=1.0, runs_dir=str(tmp_path / "runs"), output=None))
     assert {info["cache"] for info in result.metrics["student_training"] + result.metrics["control_training"]} == {"hit"}
     verdict, before = result.metrics["verdict"], base.metrics["verdict"]
-    assert {k: v for k, v in verdict.items() if k not in ("submitted", "reason")} == {
-        k: v for k, v in before.items() if k not in ("submitted", "reason")}
+    def numbers(record: dict) -> dict:  # what the guard's threshold cannot change (the groups' scores and ESS)
+        groups = {g: {k: v for k, v in group.items() if k not in ("submitted", "reason")}
+                  for g, group in record.get("groups", {}).items()}
+        return {**{k: v for k, v in record.items() if k not in ("submitted", "reason", "groups")}, "groups": groups}
+
+    assert numbers(verdict) == numbers(before) and verdict["groups"]
     fallback = "control" if verdict["control_vs_teacher"]["gain"] >= 0 else "teacher"
     won = verdict["student_vs_control"]["p_better"] == 1.0
     assert verdict["submitted"] == ("student" if won else fallback) and "100%" in verdict["reason"]

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.__main__ import main
@@ -14,6 +15,7 @@ from pipeline.files import write_csv_atomic
 from pipeline.plugin.api import Decision
 from pipeline.plugin.registry import get_competition, list_competitions
 from pipeline.run.decision import submission_table
+from pipeline.method import calibration
 from pipeline.run.folder import RunFolder, RunProbabilities, model_submission
 from pipeline.run.metrics import RunMetrics
 from pipeline.run.rescore import rescore
@@ -91,6 +93,24 @@ def test_a_run_folder_written_before_this_version_still_rescores(run_copy):
 
 
 @trained
+def test_a_run_decided_before_calibration_and_group_verdicts_rescores_as_it_was_decided(run_copy):
+    """A config.json without --calibrate is an older run's: rescored uncalibrated, and without the importance weights
+    it did not keep, with no verdict per group."""
+    config = json.loads((run_copy / "config.json").read_text())
+    assert config.pop("calibrate") == "temperature"
+    (run_copy / "config.json").write_text(json.dumps(config))
+    with np.load(run_copy / "probabilities.npz") as npz:
+        assert {"weight_public", "weight_private", "foreign_public", "foreign_private"} <= set(npz.files)
+        arrays = {key: npz[key] for key in npz.files if not key.startswith(("weight_", "foreign_"))}
+    np.savez_compressed(run_copy / "probabilities.npz", **arrays)
+    result = rescore(run_copy, write="teacher")
+    assert result.verdict.temperatures == {} and result.verdict.groups == {} and result.verdict.prior is None
+    run = RunFolder(run_copy).read_probabilities()
+    written = pd.read_csv(result.written).set_index("image").loc[run.test_ids].to_numpy()
+    assert np.allclose(written, run.test["teacher"], atol=1e-6)  # the teacher's probabilities as they were
+
+
+@trained
 def test_write_makes_a_new_validated_submission_and_never_overwrites(run_copy):
     before = (run_copy / "submission.csv").read_bytes()
     result = rescore(run_copy, write="teacher")
@@ -109,15 +129,17 @@ def test_a_blend_is_the_weighted_mean_of_the_models_probabilities(run_copy, plug
     out = capsys.readouterr().out
     assert "blend 0.75 student + 0.25 control" in out and "blend vs " in out and "recorded" in out
     fisheries = get_competition("fisheries")
-    run = RunFolder(run_copy).read_probabilities()
+    run, cfg = RunFolder(run_copy).read_probabilities(), RunFolder(run_copy).read_config()
+    assert cfg.calibrate == "temperature"  # the blend is calibrated like every model: as one more model
     mixed = 0.75 * run.scored["student"] + 0.25 * run.scored["control"]
     result = rescore(run_copy, blend="student=3,control=1")
-    assert result.outcome.scores["blend"] == pytest.approx(fisheries.metric(run.y_scored, mixed), rel=1e-9)
+    expected = fisheries.metric(run.y_scored, calibration.cross_fitted(run.y_scored, mixed, cfg.seed))
+    assert result.outcome.scores["blend"] == pytest.approx(expected, rel=1e-9)
     assert result.outcome.decisions["blend"] == Decision() and "blend" not in result.verdict.scores
-    written = np.loadtxt(run_copy / "rescored_blend_submission.csv", delimiter=",", skiprows=1, usecols=range(1, 9))
-    student = np.loadtxt(run_copy / "student_submission.csv", delimiter=",", skiprows=1, usecols=range(1, 9))
-    control = np.loadtxt(run_copy / "control_submission.csv", delimiter=",", skiprows=1, usecols=range(1, 9))
-    assert np.allclose(written, 0.75 * student + 0.25 * control, atol=1e-6)
+    written = pd.read_csv(run_copy / "rescored_blend_submission.csv").set_index("image")
+    test = pd.DataFrame(calibration.scale(0.75 * run.test["student"] + 0.25 * run.test["control"],
+                                          calibration.fit_temperature(run.y_scored, mixed)), index=run.test_ids)
+    assert np.allclose(written.loc[run.test_ids].to_numpy(), test.to_numpy(), atol=1e-6)
 
 
 @trained

@@ -1,4 +1,4 @@
-"""`python -m pipeline compare`: every recorded run of a competition side by side, with a plot."""
+"""`python -m pipeline compare`: every recorded run of a competition side by side, with a plot and a page of all runs."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.ledger.compare import SORT_KEYS, compare_runs
 from pipeline.ledger.compare_output import FORMATS, plot_path, render, write_plot
+from pipeline.ledger.runs_page import runs_page_path, write_runs_page
 from pipeline.cli.kaggle import add_ledger_options, ledger_path
 from pipeline.ledger.store import Ledger
 from pipeline.method.verdict import LEVEL
@@ -14,7 +15,7 @@ from pipeline.method.verdict import LEVEL
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "compare", help="table and plot of the recorded runs: holdout vs public vs private, gains, noise",
+        "compare", help="table, plot and page (runs.html) of the recorded runs: holdout vs public vs private, gains, noise",
         description="Compare the done runs of a competition. Gains are over each run's own teacher (positive = "
                     f"better); a public gain is 'noise' when its {LEVEL:.0%} paired-bootstrap interval contains 0.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -46,12 +47,17 @@ def run(args: argparse.Namespace) -> int:
 
 def print_comparison(ledger: Ledger, competition: str, args: argparse.Namespace,
                      run_ids: list[str] | None = None, record: bool = False) -> None:
-    """Print the comparison in the chosen format and write the PNG next to the ledger (the ledger itself
-    is written only with `record`)."""
+    """Print the comparison in the chosen format and write the PNG next to the ledger, and with it, when every
+    run is compared (not a sweep's own), runs.html: the page of all runs (the ledger itself is written only
+    with `record`)."""
     comparison = compare_runs(ledger, competition, sort=args.sort, solution=args.solution, metric=args.metric,
                               run_ids=run_ids, resamples=args.resamples, record=record)
     name = "compare.png" if run_ids is None else "sweep.png"
     write_plot(comparison, plot_path(ledger, competition).with_name(name))
+    if run_ids is None:
+        write_runs_page(comparison, runs_page_path(comparison.plot))
     print(render(comparison, args.format), end="")
-    if args.format == "csv":  # CSV has no place for it; keep stdout machine-readable
+    if args.format == "csv":  # CSV has no place for them; keep stdout machine-readable
         print(f"plot: {comparison.plot}", file=sys.stderr)
+        if comparison.page:
+            print(f"page of all runs: {comparison.page}", file=sys.stderr)

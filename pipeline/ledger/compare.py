@@ -27,12 +27,15 @@ from pipeline.errors import UserError
 from pipeline.files import sha256_of
 from pipeline.ledger.store import Ledger
 from pipeline.method.verdict import LEVEL, paired_bootstrap
-from pipeline.plugin.api import Competition
+from pipeline.plugin.api import GROUPS, Competition
 from pipeline.plugin.registry import get_competition
 from pipeline.run.folder import SUBMISSION, model_submission
 from pipeline.submission import align_to_solution, read_solution, score_against_solution
 
 SORT_KEYS = ("holdout", "public", "private")
+# the comparison's text columns; every other column is a number (NaN where unknown)
+TEXT_COLUMNS = ("run_id", "groups", "verdict", "board_source", "submitted", "submitted_reason", "pseudo_by_group",
+                "shift", "run_dir")
 
 
 @dataclass
@@ -47,6 +50,7 @@ class ComparedRuns:
     correlations: dict = field(default_factory=dict)  # name -> {rho, p, n, note}
     notes: list[str] = field(default_factory=list)
     plot: Path | None = None
+    page: Path | None = None  # runs.html, once written (pipeline/ledger/runs_page.py)
 
 
 def compare_runs(ledger: Ledger, competition: str, sort: str = "public", solution: Path | None = None,
@@ -87,7 +91,7 @@ def compare_runs(ledger: Ledger, competition: str, sort: str = "public", solutio
         stored = ledger.run(run.run_id)
         rows.append(_row(ledger, plugin, run, stored, solution, solutions, resamples, seed, notes, record))
     table = pd.DataFrame(rows)
-    numeric = [c for c in table.columns if c not in ("run_id", "groups", "verdict", "board_source", "submitted")]
+    numeric = [c for c in table.columns if c not in TEXT_COLUMNS]
     table[numeric] = table[numeric].astype(float)  # None -> NaN so that sorting and plotting treat it as missing
     ascending = not plugin.greater_is_better
     table = table.sort_values(sort, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
@@ -141,8 +145,10 @@ def _row(ledger: Ledger, plugin: Competition, run, stored: dict, solution: Path 
         "private": private, "private_gain": _gain(plugin, private, teacher_private),
         "teacher_holdout": run.holdout_teacher, "teacher_public": teacher_public, "teacher_private": teacher_private,
         "control_holdout": run.holdout_control, "control_public": run.lb_control_public, "control_private": run.lb_control_private,
-        "submitted": run.submitted_model,
-        "board_source": source, "pseudo_selected": run.pseudo_selected, "wall_time_s": run.wall_time_s,
+        "submitted": run.submitted_model, **_verdict_confidence(stored.get("verdict")),
+        "board_source": source, "pseudo_selected": run.pseudo_selected,
+        "pseudo_by_group": _counts((stored.get("pseudo") or {}).get("by_group")), "shift": _shift(stored.get("shift")),
+        "wall_time_s": run.wall_time_s, "run_dir": str(run_dir),
     }
 
 
@@ -202,6 +208,31 @@ def public_gain_interval(competition: Competition, student: pd.DataFrame, teache
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
+def _verdict_confidence(verdict: dict | None) -> dict:
+    """How sure the verdict was: the share of bootstrap resamples in which the student beat its baseline (the
+    control, or the teacher in runs without one), and the verdict's reason in words."""
+    verdict = verdict or {}
+    duel = verdict.get("student_vs_control") or verdict.get("student_vs_teacher") or {}
+    return {"submitted_p_better": duel.get("p_better"), "submitted_reason": verdict.get("reason")}
+
+
+def _counts(counts: dict | None) -> str | None:
+    """{"private": 12, "public": 30} -> "public 30, private 12" (the test groups in GROUPS' order: the ledger's
+    JSON keeps its keys sorted)."""
+    if not counts:
+        return None
+    keys = [g for g in GROUPS if g in counts] + sorted(k for k in counts if k not in GROUPS)
+    return ", ".join(f"{key} {counts[key]}" for key in keys)
+
+
+def _shift(summary: dict | None) -> str | None:
+    """The run's shift check in a few words: its worst verdict and the test groups it found shifted."""
+    if not summary:
+        return None
+    shifted = summary.get("shifted_groups") or []
+    return summary.get("worst", "?") + (f" ({', '.join(shifted)})" if shifted else "")
+
+
 def _spearman(a: pd.Series, b: pd.Series) -> dict:
     """Spearman's rho across runs, with a permutation p-value (exact up to 7 runs): sweeps have few runs,
     where scipy's t approximation is far off (it says p = 0 for 3 runs in the same order)."""

@@ -32,6 +32,7 @@ def render(comparison: ComparedRuns, fmt: str) -> str:
             "runs": json.loads(comparison.table.to_json(orient="records")),
             "spearman": comparison.correlations, "notes": comparison.notes,
             "plot": str(comparison.plot) if comparison.plot else None,
+            "page": str(comparison.page) if comparison.page else None,
         }, indent=2) + "\n"
     shown = _display_table(comparison.table)
     if fmt == "markdown":
@@ -47,6 +48,8 @@ def render(comparison: ComparedRuns, fmt: str) -> str:
     footer += comparison.notes
     if comparison.plot:
         footer.append(f"plot: {comparison.plot}")
+    if comparison.page:
+        footer.append(f"page of all runs: {comparison.page}")
     return "\n".join([header, "", body, "", *footer]) + "\n"
 
 

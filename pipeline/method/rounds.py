@@ -99,8 +99,8 @@ def fit_round(inputs: Inputs, chain: Chain, r: int) -> Round:
                                                 chain.thresholds, round=r, tag_band=band)
         label = (f"{chain.prefix}student round {r}/{cfg.pseudo_rounds}"
                  + (f" fold {k + 1}/{cfg.pseudo_folds}" if cfg.pseudo_folds > 1 else ""))
-        print(f"{label}: {len(selection)} pseudo-labels ({selection.stop_reason}); by group "
-              f"{ {g: int((selection.group == g).sum()) for g in settings.groups} }", flush=True)
+        per_group = ", ".join(f"{g}: {int((selection.group == g).sum())}" for g in settings.groups)
+        print(f"{label}: {len(selection)} pseudo-labels ({selection.stop_reason}); by group {per_group}", flush=True)
         # The count sets the fit's steps and batch (none: no fit), so a worker that picked more or fewer rows
         # would fall out of step. Which rows may differ: nondeterministic GPU kernels can move a row across the
         # confidence cut on one worker, and each worker training on its own rows is still in step.

@@ -30,8 +30,8 @@ AUGMENT_LEVELS = ("none", "light", "standard", "strong")
 STRONG_NOISE_PASSES = 50
 BALANCE_MODES = ("predicted", "train", "none")
 ADAPT_BN_MODES = ("none", "foreign", "shifted", "all")  # pipeline/method/adaptation.py
+CALIBRATIONS = ("temperature", "none")  # pipeline/method/calibration.py
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker")  # pipeline/model/distribute.py builds them
-JIT_MODES = ("auto", "on", "off")  # pipeline/model/train.py resolves them (xla_enabled)
 
 
 # ---- upper bounds: past them a value crashes, hangs or fills the disk instead of making a better run ------------
@@ -167,6 +167,9 @@ class RunConfig:
     guard_confidence: float = option(0.8, "the student is submitted only if it beats the control in at least this share of "
                                           "bootstrap resamples of the holdout/out-of-fold rows (0 = always submit the student)",
                                      check=between(0.0, 1.0))
+    calibrate: str = option("temperature", "temperature-scale each model's class probabilities on the scored rows before "
+                                           "deciding and submitting (single-label; argmax unchanged): temperature | none",
+                            check=one_of(*CALIBRATIONS))
     # Not a teacher key: the strategy changes how the same fit runs (same global batch, steps, schedule, data order
     # and seeds), not what it is asked to learn; what differs is float summation order and batch-norm batch statistics
     # taken per replica (their moving averages are averaged after each fit). On the tiny test sample two replicas moved
@@ -178,9 +181,8 @@ class RunConfig:
     distribute: str = option("auto", "tf.distribute strategy: auto (mirrored when more than one GPU is visible, else one "
                                      "device) | none | mirrored (every GPU of this machine) | multiworker (the machines "
                                      "in TF_CONFIG); --batch-size stays the global batch", check=one_of(*DISTRIBUTE_MODES))
-    # Not in teacher_settings: `auto` resolves per machine; the teacher's key holds what it resolved to when XLA is on
-    jit: str = option("auto", "XLA-compile each fit's train step (it rounds otherwise: keys the caches): auto (where it "
-                              "was measured to pay: nowhere yet, docs/gpus-and-several-machines.md) | on | off", check=one_of(*JIT_MODES))
+    jit: str = option("auto", "XLA for each fit's train step (rounds otherwise: keys the caches): auto (where measured to "
+                              "pay: nowhere yet, see docs) | on | off", check=one_of("auto", "on", "off"))
     worker_wait: float = option(600.0, "--distribute multiworker: seconds to wait for every worker of TF_CONFIG to "
                                        "join before stopping with an error (TensorFlow itself waits without a limit)",
                                 check=between(1, 86400))

@@ -6,14 +6,18 @@ unchanged run reproduces its verdict, scores and submissions byte for byte by co
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline.method import calibration
 from pipeline.method import verdict as verdicts
-from pipeline.method.verdict import MODELS
+from pipeline.method.calibration import CALIBRATIONS
+from pipeline.method.group_verdict import decide_groups
+from pipeline.method.verdict import BY_GROUP, MODELS
 from pipeline.plugin.api import Competition, Decision
 from pipeline.run.folder import RunProbabilities
 from pipeline.submission import read_solution, score_against_solution, validate_submission
@@ -23,9 +27,14 @@ from pipeline.submission import read_solution, score_against_solution, validate_
 class Outcome:
     decisions: dict[str, Decision]  # model -> fit on the scored rows
     scores: dict[str, float]  # model -> metric on the scored rows
-    verdict: verdicts.Verdict  # which of the run's models is submitted, and why
-    tables: dict[str, pd.DataFrame]  # model -> its validated submission
+    verdict: verdicts.Verdict  # which of the run's models is submitted (per test group too), and why
+    tables: dict[str, pd.DataFrame]  # model (and BY_GROUP when the groups differ) -> its validated submission
     leaderboard: dict[str, dict] | None  # model -> {"public", "private"} against a solution; None without one
+
+    @property
+    def submitted(self) -> str:
+        """The table that becomes submission.csv: the verdict's model, or BY_GROUP when the groups got different ones."""
+        return BY_GROUP if self.verdict.by_group else self.verdict.submitted
 
     @property
     def holdout(self) -> dict[str, float | None]:
@@ -34,22 +43,62 @@ class Outcome:
 
 
 def decide(competition: Competition, probs: RunProbabilities, guard_confidence: float, seed: int,
-           solution: Path | str | None = None) -> Outcome:
-    """Fit each model's decision on the scored rows, score it, run the verdict and its guard over the run's models
-    (MODELS; another entry, such as a rescore's blend, is decided and scored but never submitted), and make every
-    model's submission; with a solution, score each against the public and private rows."""
+           solution: Path | str | None = None, calibrate: str = "none") -> Outcome:
+    """Calibrate each model (--calibrate), fit its decision on the scored rows, score it, run the verdict and its
+    guard over the run's models (MODELS; another entry, such as a rescore's blend, is decided and scored but never
+    submitted), then per test group where the run kept importance weights, and make every model's submission (and
+    the by-group one when the groups got different models); with a solution, score each against the public and
+    private rows."""
     y = probs.y_scored
+    probs, temperatures = calibrated(competition, probs, calibrate, seed)
     decisions = {name: competition.fit_decision(y, p) for name, p in probs.scored.items()}
     models = {name: p for name, p in probs.scored.items() if name in MODELS}
     verdict = verdicts.decide_submission(competition, y, models, decisions, probs.kind, guard_confidence, seed)
+    verdict.temperatures = {name: round(t, 4) for name, t in temperatures.items() if name in MODELS}
+    if calibrate != "none":  # older runs recorded no prior; their rescore must reproduce their metrics.json
+        prior = np.tile(probs.y.mean(axis=0), (len(y), 1))
+        verdict.prior = verdicts.score(competition, y, prior, competition.fit_decision(y, prior))
+    if probs.group_weights and probs.test_groups is not None:
+        verdict.groups = decide_groups(competition, y, models, decisions, verdict, probs.group_weights, probs.foreign,
+                                       guard_confidence, seed)
     scores = {name: verdict.scores[name] if name in verdict.scores else verdicts.score(competition, y, p, decisions[name])
               for name, p in probs.scored.items()}
     tables = {name: submission_table(competition, probs, p, decisions[name]) for name, p in probs.test.items()}
+    if verdict.by_group:
+        tables[BY_GROUP] = by_group_table(probs, tables, verdict)
     leaderboard = None
     if solution:
         answers = read_solution(Path(solution))
         leaderboard = {name: score_against_solution(competition, t, answers, probs.classes) for name, t in tables.items()}
     return Outcome(decisions, scores, verdict, tables, leaderboard)
+
+
+def calibrated(competition: Competition, probs: RunProbabilities, calibrate: str,
+               seed: int) -> tuple[RunProbabilities, dict[str, float]]:
+    """The run's probabilities temperature-scaled per model (pipeline/method/calibration.py) and the temperatures:
+    the test rows by the temperature fit on every scored row, the scored rows cross-fitted. Single-label only (a
+    multi-label metric thresholds each tag on the scored rows, which a temperature does not change)."""
+    if calibrate not in CALIBRATIONS:
+        raise ValueError(f"unknown calibration {calibrate!r}; expected one of {', '.join(CALIBRATIONS)}")
+    if calibrate == "none" or competition.multi_label:
+        return probs, {}
+    y = probs.y_scored
+    temperatures = {name: calibration.fit_temperature(y, p) for name, p in probs.scored.items()}
+    return dataclasses.replace(
+        probs, scored={name: calibration.cross_fitted(y, p, seed) for name, p in probs.scored.items()},
+        test={name: calibration.scale(p, temperatures[name]) for name, p in probs.test.items()}), temperatures
+
+
+def by_group_table(probs: RunProbabilities, tables: dict[str, pd.DataFrame], verdict: verdicts.Verdict) -> pd.DataFrame:
+    """The submission that gives each test group's rows its own verdict's model (ids the run could not read keep
+    the verdict's model: they belong to no group it knows)."""
+    group_of = dict(zip(probs.test_ids.tolist(), np.asarray(probs.test_groups).astype(str).tolist()))
+    out = tables[verdict.submitted].copy()
+    groups = np.array([group_of.get(i, "") for i in probs.submission_ids])  # the tables' rows, in order
+    for group, chosen in verdict.groups.items():
+        rows = groups == group
+        out.loc[rows] = tables[chosen.submitted].loc[rows].to_numpy()
+    return out
 
 
 def submission_table(competition: Competition, probs: RunProbabilities, test_probs: np.ndarray,

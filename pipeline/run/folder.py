@@ -20,10 +20,13 @@ import pandas as pd
 
 from pipeline.errors import UserError
 from pipeline.files import json_plain, sha256_of, write_bytes_atomic, write_csv_atomic, write_text_atomic
-from pipeline.method.verdict import MODELS
+from pipeline.method.verdict import BY_GROUP, MODELS
 from pipeline.run.config import RunConfig
 from pipeline.run.metrics import RunMetrics, SubmissionRecord
 
+# Options of the decision stage added after runs were made, with the value those runs were decided under: a config.json
+# without one is an older run's, and `runs rescore` must reproduce what it decided.
+LEGACY_DEFAULTS = {"calibrate": "none"}
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # a run id: the folder's name
 CONFIG = "config.json"  # the resolved RunConfig: what `submit --resume` runs again
 SPLIT = "split.csv"  # each labeled image's fold
@@ -50,7 +53,7 @@ def outputs() -> frozenset[str]:
     """The names of the files a run writes besides CONFIG: what `submit --resume` may remove."""
     from pipeline.shift.plots import PLOT_NAMES  # matplotlib: only when asked
 
-    return frozenset({SUBMISSION, *(model_submission(m) for m in MODELS), SPLIT, PROBABILITIES, PSEUDO_LABELS, METRICS,
+    return frozenset({SUBMISSION, *(model_submission(m) for m in (*MODELS, BY_GROUP)), SPLIT, PROBABILITIES, PSEUDO_LABELS, METRICS,
                       REPORT, CONFIDENCE_PLOT, SHIFT, *PLOT_NAMES.values()})
 
 
@@ -83,6 +86,9 @@ class RunProbabilities:
     submission_ids: list[str] | None  # every id a submission holds, in order (None: a run older than their keeping)
     scored: dict[str, np.ndarray]  # model -> probabilities of the scored rows (fold >= 0), in the run's model order
     test: dict[str, np.ndarray]  # model -> probabilities of the readable test items
+    # test group -> each scored row's importance weight for it (pipeline/method/importance.py); empty: none made
+    group_weights: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    foreign: dict[str, float] = dataclasses.field(default_factory=dict)  # test group -> share of foreign images
 
     @property
     def y_scored(self) -> np.ndarray:
@@ -124,6 +130,8 @@ class RunFolder:
                             "version that wrote it")
         if not values.get("competition"):
             raise UserError(f"{path} names no competition; is {self.path} a run folder?")
+        for name, before in LEGACY_DEFAULTS.items():
+            values.setdefault(name, before)
         for name, value in values.items():
             if isinstance(fields[name].default, tuple) and isinstance(value, list):
                 values[name] = tuple(value)  # JSON has no tuples
@@ -143,7 +151,9 @@ class RunFolder:
                             fold=probs.fold, test_ids=probs.test_ids, test_groups=probs.test_groups,
                             submission_ids=np.array(probs.submission_ids, dtype=str),
                             **{f"scored_{k}": v for k, v in probs.scored.items()},
-                            **{f"test_{k}": v for k, v in probs.test.items()})
+                            **{f"test_{k}": v for k, v in probs.test.items()},
+                            **{f"weight_{g}": w for g, w in probs.group_weights.items()},
+                            **{f"foreign_{g}": np.float64(share) for g, share in probs.foreign.items()})
         write_bytes_atomic(self.file(PROBABILITIES), buffer.getvalue())
         write_csv_atomic(self.file(PSEUDO_LABELS), provenance)
 
@@ -168,13 +178,19 @@ class RunFolder:
                 or not np.array_equal(table.get("fold", pd.Series(dtype=int)).to_numpy(), arrays["fold"])):
             raise UserError(f"{self.file(SPLIT)} and {PROBABILITIES} disagree on the train rows or their folds; "
                             "the folder was edited or mixes two runs")
+        scored_rows = int((arrays["fold"] >= 0).sum())
+        for key in (k for k in arrays if k.startswith("weight_") and arrays[k].shape != (scored_rows,)):
+            raise UserError(f"{path}: {key!r} holds {arrays[key].shape} values, not one per scored row ({scored_rows}); "
+                            "the folder was edited or mixes two runs")
         models = [key.removeprefix("scored_") for key in arrays if key.startswith("scored_")]
         models = [m for m in models if f"test_{m}" in arrays]  # in the run's order
         ids = arrays.get("submission_ids")
         return RunProbabilities([str(c) for c in arrays["classes"]], arrays["train_paths"], arrays["y"], arrays["fold"],
                                 arrays["test_ids"].astype(str), arrays.get("test_groups"),
                                 None if ids is None else [str(i) for i in ids],
-                                {m: arrays[f"scored_{m}"] for m in models}, {m: arrays[f"test_{m}"] for m in models})
+                                {m: arrays[f"scored_{m}"] for m in models}, {m: arrays[f"test_{m}"] for m in models},
+                                {k.removeprefix("weight_"): v for k, v in arrays.items() if k.startswith("weight_")},
+                                {k.removeprefix("foreign_"): float(v) for k, v in arrays.items() if k.startswith("foreign_")})
 
     # ---- what deciding writes: submissions and metrics.json ------------------------------------------------
     def write_submissions(self, tables: dict[str, pd.DataFrame], submitted: str, also: Path | None = None) -> SubmissionRecord:

@@ -28,6 +28,20 @@ def run_probabilities(competition: Competition, data_dir: Path, items: Items, sc
                             items.test_groups, submission_ids(competition, data_dir, items), scored, test)
 
 
+def group_weights(items: Items, seed: int) -> dict:
+    """RunProbabilities' `group_weights` and `foreign` for each test group (pipeline/method/importance.py), from the
+    properties the image stores measured while decoding."""
+    from pipeline.method import importance
+
+    test = items.test[items.readable_test]
+    train = items.stores["train"].property_table().table
+    groups = {g: items.stores["test"].property_table(test.loc[test["group"] == g, "path"].tolist()).table
+              for g in dict.fromkeys(items.test_groups.astype(str))}
+    scored_paths = items.train["path"].to_numpy(dtype=str)[items.fold >= 0]
+    weights, foreign = importance.for_groups(train, scored_paths, groups, seed)
+    return {"group_weights": weights, "foreign": foreign}
+
+
 def submission_ids(competition: Competition, data_dir: Path, items: Items) -> list[str]:
     """The ids of the run's submissions, in order: the sample submission's where there is one (a test image it does
     not list is left out, with a warning; an id it lists with no test image is an error), else every test item's."""
@@ -62,7 +76,12 @@ def print_summary(metrics: RunMetrics, folder: RunFolder) -> None:
     verdict = metrics.verdict
     names = metrics.models
     print(f"\n== {metrics.run_id} ({metrics.metric}, {better} is better)")
-    print(f"{verdict.kind:<11} " + "   ".join(f"{m} {metrics.holdout[m]:.4f}" for m in names) + f"   ({verdict.rows} rows)")
+    prior = "" if verdict.prior is None else f"   class prior {verdict.prior:.4f}"
+    if verdict.temperatures:
+        print("calibrated  temperature " + ", ".join(f"{m} {t:.2f}" for m, t in verdict.temperatures.items())
+              + " (fit on the scored rows; each row scored by a temperature fit without it)")
+    print(f"{verdict.kind:<11} " + "   ".join(f"{m} {metrics.holdout[m]:.4f}" for m in names) + prior
+          + f"   ({verdict.rows} rows)")
     scores = metrics.leaderboard
     for board in ("public", "private"):
         if scores and scores["teacher"].get(board) is not None:
@@ -70,6 +89,10 @@ def print_summary(metrics: RunMetrics, folder: RunFolder) -> None:
     for comparison in verdict.comparisons.values():
         print(comparison.line())
     print(("" if verdict.submitted == "student" else "\n!!! ") + f"submitted: {verdict.submitted} ({verdict.reason})")
+    for group in verdict.groups.values():
+        print(f"  {group.group} group: {group.submitted} ({group.reason})")
+    if verdict.by_group:
+        print("submission.csv gives each test group its own verdict's model")
     if metrics.shift:
         print(f"shift       {metrics.shift['worst']}; shifted groups: {', '.join(metrics.pseudo['shifted_groups']) or 'none'}")
     pseudo = metrics.pseudo

@@ -42,6 +42,8 @@ def write_report(folder: RunFolder, metrics: RunMetrics, probs: RunProbabilities
     models = metrics.models
     verdict = metrics.verdict
     rows = [(f"{verdict.kind} ({verdict.rows} rows)", [metrics.holdout[m] for m in models])]
+    if verdict.prior is not None:
+        rows[0] = (f"{verdict.kind} ({verdict.rows} rows; class prior {verdict.prior:.4f})", rows[0][1])
     for board in GROUPS:
         scores = metrics.leaderboard
         if scores and scores["teacher"].get(board) is not None:
@@ -51,8 +53,11 @@ def write_report(folder: RunFolder, metrics: RunMetrics, probs: RunProbabilities
                          for name, values in rows)
     header = "".join(f"<th>{m}</th>" for m in models)
     comparisons = "".join(f"<li>{c.better} vs {c.worse}: {html.escape(c.describe())}</li>" for c in verdict.comparisons.values())
+    groups = "".join(f"<li>{html.escape(g.group)} group: <b>{html.escape(g.submitted)}</b> ({html.escape(g.reason)})</li>"
+                     for g in verdict.groups.values())
     verdict_html = (f"<h2>Did pseudo-labeling help?</h2><ul>{comparisons}</ul>"
-                    f"<p><b>Submitted: {html.escape(verdict.submitted)}</b> ({html.escape(verdict.reason)})</p>")
+                    f"<p><b>Submitted: {html.escape(verdict.submitted)}</b> ({html.escape(verdict.reason)})</p>"
+                    + (f"<p>Per test group (the scored rows weighted like each group):</p><ul>{groups}</ul>" if groups else ""))
     pseudo = metrics.pseudo
     classes = list(pseudo["by_class"])
     count_rows = "".join(
@@ -62,7 +67,7 @@ def write_report(folder: RunFolder, metrics: RunMetrics, probs: RunProbabilities
     items = metrics.items
     unreadable = items["unreadable_train"] + items["unreadable_test"]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(metrics.run_id)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:2px 10px;text-align:right}} th:first-child,td:first-child{{text-align:left}}</style>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_STYLE}</style>
 </head><body><h1>{html.escape(metrics.competition)}: run {html.escape(metrics.run_id)}</h1>
 <h2>Scores ({html.escape(metrics.metric)}, {better} is better)</h2>
 <table><tr><th></th>{header}</tr>{score_rows}</table>
@@ -80,6 +85,16 @@ test {html.escape(counts_text(items['test']))}; unreadable: {len(unreadable)}</p
     path = folder.file(REPORT)
     write_text_atomic(path, page)
     return path
+
+
+# Fits any window from about 800 px up without scrolling sideways: plots shrink to the page's width, long paths
+# and the shift check's text wrap, and a header cell may break inside a word, so a table of many classes (the
+# 17 Amazon tags) narrows its columns instead of widening the page.
+_STYLE = """body{font-family:sans-serif;margin:2em;overflow-wrap:break-word}
+td,th{padding:2px 10px;text-align:right} th:first-child,td:first-child{text-align:left}
+th{overflow-wrap:anywhere} table{max-width:100%}
+img{max-width:100%;height:auto} pre{white-space:pre-wrap;overflow-wrap:anywhere}
+.shift td,.shift th{text-align:left}"""
 
 
 def _fmt(value: float | None) -> str:

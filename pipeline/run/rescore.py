@@ -22,7 +22,7 @@ from pipeline.method import verdict as verdicts
 from pipeline.method.verdict import MODELS
 from pipeline.plugin.api import Competition
 from pipeline.plugin.registry import get_competition
-from pipeline.run.decision import Outcome, decide
+from pipeline.run.decision import Outcome, calibrated, decide
 from pipeline.run.folder import SUBMISSION, RunFolder, RunProbabilities
 from pipeline.run.metrics import RunMetrics
 
@@ -65,6 +65,9 @@ class Rescore:
         was = self.recorded.verdict.submitted if self.recorded and self.recorded.verdict else None
         lines.append(f"submitted: {self.verdict.submitted} ({self.verdict.reason})"
                      + (f"; the run recorded {was}" if was and was != self.verdict.submitted else ""))
+        lines += [f"  {g.group}: {g.submitted} ({g.reason})" for g in self.verdict.groups.values()]
+        if self.verdict.by_group:
+            lines.append(f"submission.csv gives each group its model ({self.outcome.submitted})")
         if self.written:
             lines.append(f"wrote {self.written}")
         return "\n".join(lines)
@@ -156,11 +159,12 @@ def rescore(path: Path, metric: str | None = None, solution: Path | None = None,
                                     test={**probs.test, BLEND: sum(w * probs.test[m] for m, w in weights.items())})
     if write is not None and write not in probs.test:
         raise UserError(f"--write {write!r}: choose one of {', '.join(probs.test)}" + ("" if weights else " (or blend, with --blend)"))
-    outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, solution)
+    outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, solution, cfg.calibrate)
     result = Rescore(folder, metrics, probs, competition.metric_name, competition.greater_is_better, outcome, weights)
     if weights:
         submitted = outcome.verdict.submitted
-        result.blend_comparison = verdicts.compare(competition, probs.y_scored, probs.scored[BLEND], probs.scored[submitted],
+        scored = calibrated(competition, probs, cfg.calibrate, cfg.seed)[0].scored  # what the verdict compared
+        result.blend_comparison = verdicts.compare(competition, probs.y_scored, scored[BLEND], scored[submitted],
                                                    (outcome.decisions[BLEND], outcome.decisions[submitted]),
                                                    (BLEND, submitted), cfg.seed)
     if write is not None:

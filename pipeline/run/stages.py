@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 import traceback
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -226,11 +227,12 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
         if training.control is not None:
             scored["control"], test["control"] = training.control.scored_probs, training.control.test_probs
     probs = outputs.run_probabilities(competition, data_dir, items, {name: p[items.fold >= 0] for name, p in scored.items()}, test)
-    outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, cfg.solution)
+    probs = dataclasses.replace(probs, **outputs.group_weights(items, cfg.seed))
+    outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, cfg.solution, cfg.calibrate)
     chosen = outcome.verdict.submitted
     print(("" if chosen == "student" else "WARNING: ") + outcome.verdict.reason,
           file=sys.stderr if chosen != "student" else sys.stdout, flush=True)
-    submission = folder.write_submissions(outcome.tables, chosen, cfg.output)
+    submission = folder.write_submissions(outcome.tables, outcome.submitted, cfg.output)
     if training:
         provenance, pseudo_summary = training.provenance, training.summary
     else:

@@ -1,0 +1,49 @@
+"""A verdict per test group: the guard run again on the scored rows weighted like each group
+(pipeline/method/importance.py), which decides for the group only when that estimate can be trusted.
+
+The holdout is drawn like train, so the run's verdict speaks for a test group drawn like train and says nothing
+about one that is not. Weighted like the group, the scored rows estimate the group's score, but only over the part
+of the group that has look-alikes among them. So a group's own choice is made only when both hold:
+- the weights rest on enough rows: effective sample size at least MIN_ESS;
+- the group has look-alikes: fewer than MAX_FOREIGN of its images are foreign (no train image near them,
+  pipeline/method/adaptation.py); a group that is mostly foreign is where the weighted estimate is blind.
+Otherwise the group gets the run's verdict, and the reason says why the estimate was not trusted. Pure numpy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.method.importance import effective_sample_size
+from pipeline.method.verdict import GroupVerdict, Verdict, decide_submission
+from pipeline.plugin.api import Decision
+
+MIN_ESS = 20.0  # fewer effective rows: a percentile bootstrap of a weighted mean is noise
+MAX_FOREIGN = 0.10  # a larger share of the group's images without a train look-alike: the estimate cannot see them
+
+
+def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], decisions: dict[str, Decision],
+                  verdict: Verdict, weights: dict[str, np.ndarray], foreign: dict[str, float],
+                  guard_confidence: float, seed: int) -> dict[str, GroupVerdict]:
+    """Each weighted group's verdict (`weights`: group -> one weight per scored row; `foreign`: group -> share of
+    its images with no train look-alike), falling back to `verdict`'s model where the estimate is not trusted."""
+    out = {}
+    for group, w in weights.items():
+        ess, share = effective_sample_size(w), float(foreign.get(group, 0.0))
+        doubts = []
+        if ess < MIN_ESS:
+            doubts.append(f"the scored rows that look like it weigh as {ess:.0f} rows (needs {MIN_ESS:.0f})")
+        if share >= MAX_FOREIGN:
+            doubts.append(f"{share:.0%} of its images look unlike every train image, and no scored row can speak "
+                          f"for them (needs under {MAX_FOREIGN:.0%})")
+        if competition.metric_rows(y, competition.decide(next(iter(scored.values())), next(iter(decisions.values())))) is None:
+            doubts.append(f"the {competition.metric_name} metric has no per-row form to weigh")
+        if doubts:
+            out[group] = GroupVerdict(group, ess, share, False, verdict.submitted,
+                                      f"not confident for the {group} group: {'; '.join(doubts)}; it gets the "
+                                      f"verdict's {verdict.submitted}")
+            continue
+        weighted = decide_submission(competition, y, scored, decisions, verdict.kind, guard_confidence, seed, w,
+                                     rows=f"the {verdict.kind} rows weighted like the {group} group (ESS {ess:.0f} of "
+                                          f"{len(y)})")
+        out[group] = GroupVerdict(group, ess, share, True, weighted.submitted, weighted.reason, weighted.scores)
+    return out

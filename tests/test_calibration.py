@@ -1,0 +1,90 @@
+"""Temperature scaling (pipeline/method/calibration.py) and the decision stage's use of it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import log_loss
+
+from pipeline.method.calibration import HIGHEST, LOWEST, cross_fitted, fit_temperature, scale
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def calibrated_draw(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels drawn from softmax(logits): probabilities softmax(logits) are calibrated by construction."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (n, k))
+    labels = np.array([rng.choice(k, p=p) for p in softmax(logits)])
+    return logits, np.eye(k)[labels]
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 3.0])
+def test_the_fitted_temperature_undoes_an_over_or_under_confident_model(true_temperature):
+    logits, y = calibrated_draw(4000, 5, seed=1)
+    probs = softmax(logits / true_temperature)  # T < 1: overconfident; T > 1: too soft
+    found = fit_temperature(y, probs)
+    assert found == pytest.approx(1 / true_temperature, rel=0.1)
+    assert log_loss(y, scale(probs, found)) < log_loss(y, probs) - 0.01
+
+
+def test_scaling_keeps_every_argmax_and_rows_that_sum_to_one():
+    probs = softmax(np.random.default_rng(0).normal(0, 3, (50, 7))).astype(np.float32)
+    for t in (LOWEST, 0.7, 2.5, HIGHEST):
+        scaled = scale(probs, t)
+        assert scaled.dtype == np.float32
+        assert np.array_equal(scaled.argmax(axis=1), probs.argmax(axis=1))
+        np.testing.assert_allclose(scaled.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_model_that_is_never_right_gets_the_softest_temperature_and_one_always_right_the_sharpest():
+    y = np.eye(3)[np.arange(30) % 3]
+    right = 0.6 * y + 0.2 * (1 - y)
+    wrong = np.roll(right, 1, axis=1)
+    assert fit_temperature(y, right) == pytest.approx(LOWEST, rel=0.01)
+    assert fit_temperature(y, wrong) == pytest.approx(HIGHEST, rel=0.01)
+
+
+def test_a_cross_fitted_row_is_scaled_by_a_temperature_its_own_label_did_not_choose():
+    logits, y = calibrated_draw(60, 4, seed=2)
+    probs = softmax(3 * logits)
+    before = cross_fitted(y, probs, seed=0)
+    for row in (0, 17, 59):
+        flipped = y.copy()
+        flipped[row] = np.roll(flipped[row], 1)  # another label for this row only
+        after = cross_fitted(flipped, probs, seed=0)
+        np.testing.assert_array_equal(after[row], before[row])
+        assert not np.array_equal(after, before)  # the label moved the temperature of the other folds
+    assert np.array_equal(before.argmax(axis=1), probs.argmax(axis=1))
+
+
+def test_cross_fitting_an_overconfident_model_lowers_its_scored_log_loss():
+    logits, y = calibrated_draw(200, 5, seed=3)
+    probs = softmax(4 * logits)
+    assert log_loss(y, cross_fitted(y, probs, seed=0)) < log_loss(y, probs) - 0.1
+
+
+def test_the_decision_stage_submits_calibrated_probabilities_records_the_temperatures_and_the_class_prior():
+    from pipeline.plugin.registry import get_competition
+    from pipeline.run.decision import decide
+    from pipeline.run.folder import RunProbabilities
+
+    fisheries = get_competition("fisheries")
+    classes = ["ALB", "BET", "DOL", "LAG", "NoF", "OTHER", "SHARK", "YFT"]
+    logits, y = calibrated_draw(300, 8, seed=4)
+    test_logits, _ = calibrated_draw(20, 8, seed=5)
+    scored = {"teacher": softmax(logits), "control": softmax(logits), "student": softmax(4 * logits)}
+    test = {m: softmax(test_logits * (4 if m == "student" else 1)) for m in scored}
+    ids = [f"img_{i}.jpg" for i in range(20)]
+    probs = RunProbabilities(classes, np.array([f"train/{i}.jpg" for i in range(300)]), y, np.zeros(300, int),
+                             np.array(ids), np.array(["public", "private"] * 10), ids, scored, test)
+    plain, calibrated = decide(fisheries, probs, 0.8, 0), decide(fisheries, probs, 0.8, 0, calibrate="temperature")
+    temperatures = calibrated.verdict.temperatures
+    assert temperatures["student"] == pytest.approx(4, rel=0.15) and temperatures["teacher"] == pytest.approx(1, rel=0.15)
+    assert plain.verdict.temperatures == {} and plain.verdict.prior is None
+    assert calibrated.verdict.prior == pytest.approx(log_loss(y, np.tile(y.mean(axis=0), (300, 1))))
+    assert calibrated.scores["student"] < plain.scores["student"] - 0.1  # cross-fitted, so not flattered
+    submitted = calibrated.tables["student"].set_index("image").loc[ids].to_numpy()
+    np.testing.assert_allclose(submitted, scale(test["student"], fit_temperature(y, scored["student"])), atol=1e-6)

@@ -1,0 +1,129 @@
+"""Importance weights of the scored rows for a test group (pipeline/method/importance.py) and the verdict per group
+(pipeline/method/group_verdict.py): the guard on the scored rows weighted like the group, trusted only when it can be."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from pipeline.data.image_properties import NUMERIC_PROPERTIES
+from pipeline.method.group_verdict import MAX_FOREIGN, MIN_ESS, decide_groups
+from pipeline.method.importance import density_weights, effective_sample_size
+from pipeline.method.verdict import BY_GROUP, Verdict, decide_submission
+from pipeline.plugin.api import Decision
+from pipeline.plugin.registry import get_competition
+
+
+def properties(brightness: np.ndarray, prefix: str, seed: int) -> pd.DataFrame:
+    """A property table whose images differ only in brightness (the other properties: the same noise everywhere)."""
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame({name: rng.normal(0, 1, len(brightness)) for name in NUMERIC_PROPERTIES})
+    table["mean_intensity"] = brightness
+    table.insert(0, "path", [f"{prefix}/{i}.png" for i in range(len(brightness))])
+    return table
+
+
+def test_effective_sample_size_counts_equal_weights_fully_and_one_heavy_row_as_one():
+    assert effective_sample_size(np.ones(40)) == pytest.approx(40)
+    assert effective_sample_size(np.r_[1000.0, np.zeros(39)]) == pytest.approx(1)
+    assert effective_sample_size(np.zeros(5)) == 0.0
+
+
+def test_scored_rows_like_a_brighter_group_weigh_more_and_a_group_drawn_like_train_weighs_them_evenly():
+    rng = np.random.default_rng(0)
+    train = properties(rng.normal(100, 20, 400), "train", 1)
+    scored = train["path"].to_numpy()[::4]  # every 4th train image is scored
+    brighter = properties(rng.normal(130, 20, 300), "test", 2)
+    alike = properties(rng.normal(100, 20, 300), "test", 3)
+    w = density_weights(train, scored, brighter, seed=0)
+    assert w.shape == (100,) and w.mean() == pytest.approx(1.0)
+    brightness = train["mean_intensity"].to_numpy()[::4]
+    assert spearmanr(w, brightness).statistic > 0.9  # the ratio grows with brightness (it is not linear in it)
+    assert effective_sample_size(w) < 80
+    assert effective_sample_size(density_weights(train, scored, alike, seed=0)) > 90
+
+
+def test_a_scored_path_without_properties_gives_no_weights():
+    rng = np.random.default_rng(0)
+    train = properties(rng.normal(100, 20, 50), "train", 1)
+    assert density_weights(train, np.array(["train/0.png", "train/missing.png"]), train, seed=0) is None
+
+
+def _two_halves():
+    """Scored rows in two halves: the student is right and sure on the second half, where the control is unsure,
+    and wrong on the first, where the control is right: over all rows the control wins."""
+    fisheries = get_competition("fisheries")
+    n, k = 200, 8
+    labels = np.arange(n) % k
+    y = np.eye(k)[labels]
+    control = np.full((n, k), 0.4 / (k - 1))
+    control[np.arange(n), labels] = 0.6
+    student = control.copy()
+    first = np.arange(n) < n // 2
+    student[first] = np.roll(control[first], 1, axis=1)  # wrong, at 0.6
+    student[~first] = 0.02 / (k - 1)
+    student[np.flatnonzero(~first), labels[~first]] = 0.98
+    scored = {"teacher": control.copy(), "control": control, "student": student}
+    decisions = {name: Decision() for name in scored}
+    verdict = decide_submission(fisheries, y, scored, decisions, "holdout", 0.8, seed=0)
+    return fisheries, y, scored, decisions, verdict, first
+
+
+def test_a_group_like_the_rows_where_the_student_wins_gets_the_student_and_the_others_keep_the_verdict():
+    fisheries, y, scored, decisions, verdict, first = _two_halves()
+    assert verdict.submitted == "control"
+    like_second = np.where(first, 0.05, 1.95)  # ESS about 110 of 200
+    like_all = np.ones(len(y))
+    groups = decide_groups(fisheries, y, scored, decisions, verdict, {"public": like_all, "private": like_second},
+                           {"public": 0.0, "private": 0.02}, 0.8, seed=0)
+    assert groups["public"].confident and groups["public"].submitted == "control"
+    assert groups["private"].confident and groups["private"].submitted == "student"
+    assert groups["private"].scores["student"] < groups["private"].scores["control"]
+    assert "weighted like the private group (ESS 1" in groups["private"].reason
+    verdict.groups = groups
+    assert verdict.by_group and BY_GROUP == "by-group"
+    assert Verdict.from_dict(verdict.to_dict()) == verdict
+
+
+@pytest.mark.parametrize("why", ["few rows", "foreign"])
+def test_a_group_the_weights_cannot_speak_for_gets_the_verdicts_model_and_says_why(why):
+    fisheries, y, scored, decisions, verdict, first = _two_halves()
+    weights = np.where(first, 0.0, 1.0)
+    foreign = 0.0
+    if why == "few rows":
+        weights = np.zeros(len(y))
+        weights[-int(MIN_ESS) + 1:] = 1.0  # the student's half, but one row short of MIN_ESS
+    else:
+        foreign = MAX_FOREIGN
+    groups = decide_groups(fisheries, y, scored, decisions, verdict, {"private": weights}, {"private": foreign}, 0.8, 0)
+    private = groups["private"]
+    assert not private.confident and private.submitted == "control" == verdict.submitted
+    assert private.reason.startswith("not confident for the private group: ")
+    assert ("weigh as 19 rows (needs 20)" if why == "few rows" else "10% of its images look unlike every train image") \
+        in private.reason
+
+
+def test_the_decision_stage_submits_each_group_its_own_model_and_each_models_own_file_stays_whole():
+    from pipeline.run.decision import decide
+    from pipeline.run.folder import RunProbabilities
+
+    fisheries, y, scored, decisions, verdict, first = _two_halves()
+    classes = ["ALB", "BET", "DOL", "LAG", "NoF", "OTHER", "SHARK", "YFT"]
+    test_ids = np.array([f"img_{i}.jpg" for i in range(10)])
+    groups = np.array(["public"] * 5 + ["private"] * 5)
+    rng = np.random.default_rng(0)
+    test = {m: rng.dirichlet(np.ones(8), 10) for m in scored}
+    probs = RunProbabilities(classes, np.array([f"train/{i}.jpg" for i in range(len(y))]), y, np.zeros(len(y), int),
+                             test_ids, groups, list(test_ids[::-1]), scored, test,
+                             {"public": np.ones(len(y)), "private": np.where(first, 0.05, 1.95)},
+                             {"public": 0.0, "private": 0.0})
+    outcome = decide(fisheries, probs, 0.8, seed=0)
+    assert outcome.verdict.submitted == "control" and outcome.verdict.groups["private"].submitted == "student"
+    assert outcome.submitted == BY_GROUP
+    mixed, control, student = (outcome.tables[name].set_index("image") for name in (BY_GROUP, "control", "student"))
+    public, private = list(test_ids[:5]), list(test_ids[5:])
+    pd.testing.assert_frame_equal(mixed.loc[public], control.loc[public])
+    pd.testing.assert_frame_equal(mixed.loc[private], student.loc[private])
+    assert list(mixed.index) == list(test_ids[::-1])  # the submission's own order
+    np.testing.assert_allclose(student.loc[list(test_ids)].to_numpy(), test["student"], atol=1e-6)  # uncalibrated
