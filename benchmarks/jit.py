@@ -1,6 +1,7 @@
 """XLA or not (--jit): step time and whole-fit time of real-photo fits, with and without, alternating in one process.
 
-`make bench ARGS="jit --data DIR [--steps 100 300 800] [--repeats 1] [--k 50] [--feature-steps 300]"`
+`make bench ARGS="jit --data DIR [--steps 100 300 800] [--repeats 1] [--k 50] [--feature-steps 300]
+                      [--chunks 4 --chunk-steps 25]"`
 
 DIR holds one sub-folder of photos per class (e.g. ../shared/data/sign-language-digits/Dataset). K photos per class
 become the train set and as many others the pseudo-labeled set, decoded at the default 64 px: every fit is a
@@ -10,8 +11,11 @@ step's end (building, tracing, and with XLA compiling), ms per step after it, an
 the medians and the time XLA saved (negative: it cost). The machine may be shared: compare the ratios of fits
 run side by side, not absolute seconds across runs.
 
+`--chunks C` times steps instead of whole fits, robust to a load that comes and goes: each setting compiled once,
+then C chunks of --chunk-steps steps taking turns; fits of each --steps length are projected from that (`interleaved`).
+
 `--feature-steps N` also times a frozen-backbone fit (feature-cache mode: the small classifier on 1,280 cached
-embedding values an item, random: the time does not depend on them) of N steps each way.
+embedding values an item, random: the time does not depend on them) of N steps each way (with --chunks: in chunks).
 """
 from __future__ import annotations
 
@@ -113,7 +117,8 @@ def interleaved(label: str, specs: dict, x, y, pseudo, chunks: int, chunk_steps:
         first[name] = run["first_step_s"]
     for chunk in range(chunks):
         for name in (list(specs) if chunk % 2 == 0 else list(specs)[::-1]):
-            # the stream train.fit trains on; the model keeps the train step it compiled (with XLA for "on")
+            # the stream train.fit trains on; the model keeps the train step it compiled (with XLA for "on"); its
+            # learning rate is past the 1-step fit's schedule, which changes no step's work
             batches, _ = train.training_batches(x, y, specs[name].settings.batch_size, chunk, pseudo)
             noise = augment.augmenter(train.applied_augmentation(specs[name], "standard"), specs[name].flips)
             if noise is not None:
@@ -157,22 +162,21 @@ def main() -> None:
     x, x_pseudo = decoded(paths, train_rows, 64), decoded(paths, pseudo_rows, 64)
     y, y_pseudo = (np.eye(n, dtype=np.float32)[labels[rows]] for rows in (train_rows, pseudo_rows))
     specs = {name: ModelSpec(TrainSettings.defaults(min_steps=1, jit=name), n, False) for name in SETTINGS}
+    how = f"{args.chunks} chunks of {args.chunk_steps} steps" if args.chunks else f"{args.repeats} fit(s) per length"
     print(f"{args.data}: {len(x)} train + {len(x_pseudo)} pseudo-labeled photos at 64 px, {n} classes; default model, "
-          f"{specs['off'].settings.batch_size} train items a step plus pseudo-labeled on top; {args.repeats} fit(s) "
-          f"per length and setting, alternating", flush=True)
-    if args.chunks:
-        interleaved("images", specs, x, y, (x_pseudo, y_pseudo), args.chunks, args.chunk_steps, args.steps)
-    else:
-        compare("images", specs, x, y, (x_pseudo, y_pseudo), args.steps, args.repeats)
-    if args.feature_steps and args.chunks:
+          f"{specs['off'].settings.batch_size} train items a step plus pseudo-labeled on top; {how} per setting, "
+          f"alternating", flush=True)
+
+    def measure(label: str, specs: dict, x, x_pseudo, lengths: list[int]) -> None:
+        if args.chunks:
+            interleaved(label, specs, x, y, (x_pseudo, y_pseudo), args.chunks, args.chunk_steps, args.steps)
+        else:
+            compare(label, specs, x, y, (x_pseudo, y_pseudo), lengths, args.repeats)
+
+    measure("images", specs, x, x_pseudo, args.steps)
+    if args.feature_steps:
         rng = np.random.default_rng(0)
         features = {name: ModelSpec(TrainSettings.defaults(min_steps=1, jit=name), n, False, feature_dim=1280)
                     for name in SETTINGS}
         f, f_pseudo = (rng.standard_normal((len(a), 1280)).astype(np.float32) for a in (x, x_pseudo))
-        interleaved("features", features, f, y, (f_pseudo, y_pseudo), args.chunks, args.chunk_steps, args.steps)
-    elif args.feature_steps:
-        rng = np.random.default_rng(0)
-        features = {name: ModelSpec(TrainSettings.defaults(min_steps=1, jit=name), n, False, feature_dim=1280)
-                    for name in SETTINGS}
-        f, f_pseudo = (rng.standard_normal((len(a), 1280)).astype(np.float32) for a in (x, x_pseudo))
-        compare("features", features, f, y, (f_pseudo, y_pseudo), [args.feature_steps], args.repeats)
+        measure("features", features, f, f_pseudo, [args.feature_steps])
