@@ -45,7 +45,7 @@ def test_a_fit_with_jit_on_trains_with_xla_and_predicts_close_to_but_not_as_a_fi
     assert info["xla"] is True and info["steps"] == STEPS and np.isfinite(info["final_loss"])
     assert probs.shape == (40, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     # the same fit without XLA: close (the same training), not equal (XLA fuses and rounds otherwise), which shows
-    # the train step really was compiled by XLA and not quietly left to TensorFlow as Keras does under determinism
+    # the train step really was compiled by XLA and not left to TensorFlow as Keras leaves it under determinism
     plain, plain_info, plain_probs = tiny_fit("off", feature_dim)
     assert plain_info["xla"] is False
     assert not all(np.array_equal(a, b) for a, b in zip(model.get_weights(), plain.get_weights()))

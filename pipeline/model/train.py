@@ -82,7 +82,7 @@ def xla_enabled(settings: TrainSettings) -> bool:
 
 
 def compile_with_xla(model: keras.Model) -> None:
-    """XLA for the compiled train step, whatever Keras would decide: Keras turns `jit_compile=True` silently off
+    """XLA for the compiled train step, whatever Keras would decide: Keras turns `jit_compile=True` off (one warning)
     while op determinism is on (seed_everything), though XLA's CPU fits rerun bit for bit (tests/test_jit.py)."""
     unsupported = [layer.name for layer in model._flatten_layers() if not layer.supports_jit]
     if unsupported:
