@@ -258,7 +258,8 @@ def test_cache_keys_are_the_ones_existing_entries_were_written_under():
     """Every cache finds its entries by these strings: pinned from the code before the four caches shared one key
     function (ff373dc), so a change to what goes into a key, or to how it is written, cannot slip in unnoticed.
     Changed on purpose since: students and controls at model-cache version 5 (a first-round student shares its
-    control's seed), a student's key with the augmentation it trained with."""
+    control's seed), a student's key with the augmentation it trained with. Added: the keys of a teacher and a
+    control trained with XLA (--jit on); without XLA (--jit off, or auto resolved off) every key is as before."""
     from types import SimpleNamespace
 
     from pipeline.cache.features import features_key
@@ -268,9 +269,9 @@ def test_cache_keys_are_the_ones_existing_entries_were_written_under():
     from pipeline.run.config import RunConfig
 
     # the options' values of the pinned runs (the defaults then: what older entries were written under)
-    cfg = RunConfig(competition="fisheries", data="d", adapt_bn="none", pseudo_weight="none")
+    cfg = RunConfig(competition="fisheries", data="d", adapt_bn="none", pseudo_weight="none", jit="off")
     other = RunConfig(competition="amazon", data="d2", folds=3, seed=5, pseudo_groups=("public",), plugin_options={"a": "b"},
-                      backbone="MobileNetV2", image_size=32, adapt_bn="all", pseudo_weight="none")
+                      backbone="MobileNetV2", image_size=32, adapt_bn="all", pseudo_weight="none", jit="off")
     y = np.eye(3, dtype=np.float32)[np.arange(30) % 3]
     items = SimpleNamespace(fingerprint="f", y=y, fold=np.arange(30) % 5, adapted=())
     other_items = SimpleNamespace(fingerprint="g", y=y[::-1].copy(), fold=np.arange(30) % 3, adapted=("private",))
@@ -289,6 +290,10 @@ def test_cache_keys_are_the_ones_existing_entries_were_written_under():
         "features2": features_key(other, paths, "fp"),
         "shift": shift_key(cfg, sets, "fp", ShiftSettings()),
         "shift2": shift_key(other, sets, "fp", CHEAP_SHIFT),
+        # trained with XLA (--jit on): the teacher's key, and through it its students' and controls'
+        "teacher_xla": teacher_key(cfg.replace(jit="on"), SimpleNamespace(n_classes=3, multi_label=False, flips="horizontal"), items),
+        "control_xla": control_key(teacher_key(other.replace(jit="on"), SimpleNamespace(n_classes=3, multi_label=True, flips="both"),
+                                               other_items), other.replace(jit="on"), 2, 123),
     }
     assert keys == {
         "teacher": "8920f19baa1d37f89b8c", "teacher2": "b52dde6ec964f80a8c00",
@@ -296,6 +301,7 @@ def test_cache_keys_are_the_ones_existing_entries_were_written_under():
         "control": "ecee62caad2dd78b9764", "control2": "e6e72ef812fd4db7f76e",
         "features": "2b32fb73f3863c274259", "features2": "cf8394f56475f18e1703",
         "shift": "37cf8e9c7ece2f0db4a5", "shift2": "a96adfa2cc70183a4abe",
+        "teacher_xla": "e99a8208c817abeabcf0", "control_xla": "808b293bce3b9f7d433e",
     }
 
 

@@ -46,13 +46,20 @@ def weights_name(model: int) -> str:
 
 def teacher_key(cfg: RunConfig, spec, items) -> str:
     """Everything that determines the teacher: the images, their labels and split, and every option marked
-    `teacher` in RunConfig's table (so a new option cannot be left out)."""
-    return cache_key({
+    `teacher` in RunConfig's table (so a new option cannot be left out), and XLA where --jit turns it on.
+
+    XLA rounds differently, so its models are other models; a run resolves --jit once for all its fits, and the
+    students' and controls' keys hold this key, so they follow. Without XLA the key is what it was before --jit."""
+    from pipeline.model.spec import TrainSettings
+    from pipeline.model.train import xla_enabled
+
+    parts = {
         "version": CACHE_VERSION, "data": items.fingerprint, "labels": array_digest(items.y),
         "split": array_digest(items.fold), "settings": teacher_settings(cfg), "weights": weights_identity(cfg.weights),
         "n_classes": spec.n_classes, "multi_label": spec.multi_label, "flips": spec.flips,
         "adapted": list(items.adapted),
-    })
+    }
+    return cache_key({**parts, "xla": True} if xla_enabled(TrainSettings.of(cfg)) else parts)
 
 
 def worker_data_key(cfg: RunConfig, spec, items) -> str:

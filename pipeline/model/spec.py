@@ -29,6 +29,7 @@ class TrainSettings:
     weight_decay: float
     label_smoothing: float
     tta: bool
+    jit: str  # --jit: auto | on | off (train.xla_enabled resolves it)
 
     @classmethod
     def of(cls, options) -> "TrainSettings":

@@ -18,8 +18,15 @@ import tensorflow as tf
 from pipeline.data import augment
 from pipeline.data import streams as data
 from pipeline.model import distribute
-from pipeline.model.spec import ModelSpec, pseudo_batch_size
+from pipeline.errors import UserError
+from pipeline.model.spec import ModelSpec, TrainSettings, pseudo_batch_size
 from pipeline.run.config import PREDICTION_BATCH, STRONG_NOISE_PASSES
+
+# --jit auto turns XLA on (CPU, one device) when every fit of the run has at least this many steps (--min-steps), or
+# never with None. Measured on this 2-core CPU (benchmarks/RESULTS.md, "--jit"): XLA's steps were 3-4x slower than
+# TensorFlow's oneDNN ones for the default model, and slower still on cached embeddings, on top of a longer compile,
+# so no fit length repays it: None. A measurement that finds a length where it pays sets it here.
+XLA_MIN_STEPS: int | None = None
 
 
 class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
@@ -52,6 +59,35 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
         step = ops.minimum(ops.cast(step, dtype), decay_steps + warmup_steps)
         return ops.where(step < warmup_steps, self._warmup_function(step, warmup_steps, target, start),
                          self._decay_function(step - warmup_steps, decay_steps, target, dtype))
+
+
+def xla_enabled(settings: TrainSettings) -> bool:
+    """--jit resolved on this machine, once for every fit of a run (the teacher's cache key holds it when on).
+
+    `auto`: on a single CPU device when --min-steps reaches XLA_MIN_STEPS (today never); off on a GPU and under a multi-replica
+    strategy, where Keras's own `jit_compile="auto"` turns it off too (op determinism, tf.distribute). `on` is
+    refused under several replicas, before any fit (the teacher's key asks first).
+    """
+    one_device = distribute.replicas() == 1 and not distribute.is_multiworker()
+    if settings.jit == "on" and not one_device:
+        # measured: XLA's train step reads variables mirrored on another device (InvalidArgumentError, "Trying to
+        # access resource ... located in device ... CPU:1"), tests/test_jit.py
+        raise UserError(f"--jit on needs one device, and --distribute trains {distribute.replicas()} replica(s) on "
+                        f"{type(distribute.strategy()).__name__}: XLA cannot read the variables mirrored on the other "
+                        "devices; use --jit auto or off, or --distribute none")
+    if settings.jit != "auto":
+        return settings.jit == "on"
+    return (XLA_MIN_STEPS is not None and one_device and not tf.config.list_physical_devices("GPU")
+            and settings.min_steps >= XLA_MIN_STEPS)
+
+
+def compile_with_xla(model: keras.Model) -> None:
+    """XLA for the compiled train step, whatever Keras would decide: Keras turns `jit_compile=True` off (one warning)
+    while op determinism is on (seed_everything), though XLA's CPU fits rerun bit for bit (tests/test_jit.py)."""
+    unsupported = [layer.name for layer in model._flatten_layers() if not layer.supports_jit]
+    if unsupported:
+        raise UserError(f"--jit on: layers {', '.join(unsupported)} do not support XLA; use --jit off or auto")
+    model._jit_compile = True  # the value Keras's jit_compile setter would keep if it did not check op determinism
 
 
 def seed_everything(seed: int) -> None:
@@ -134,7 +170,11 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
         warmup = min(100, steps // 10)
         schedule = WarmupCosineDecay(settings.learning_rate * 0.1, max(1, steps - warmup), alpha=0.0,
                                      warmup_target=settings.learning_rate, warmup_steps=warmup)
-        model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay), loss=spec.loss())
+        model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay), loss=spec.loss(),
+                      jit_compile=False)
+        xla = xla_enabled(settings)
+        if xla:
+            compile_with_xla(model)
         # Built here, not lazily in the first step: a variable created while tf.function traces the train step makes
         # it trace that step twice, and tracing is most of a short fit's time (a tiny fit: 2 traces -> 1)
         model.optimizer.build(model.trainable_variables)
@@ -156,13 +196,14 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
             # the scope is a no-op on one device, and where a multi-worker model finds its strategy
             history = model.fit(batches, epochs=math.ceil(steps / chunk), steps_per_epoch=chunk, verbose=0,
                                 callbacks=[StepLog(name, steps)])
+    model._jit_compile = False  # predictions run as without --jit: XLA would compile again for every batch shape
     distribute.average_replica_statistics(model)
     losses = history.history["loss"]
     n_pseudo = 0 if pseudo is None else int(len(pseudo[0]))
     return model, {"steps": int(math.ceil(steps / chunk) * chunk), "items": int(len(x)) + n_pseudo,
                    "batch": settings.batch_size + extra, "pseudo_per_batch": extra, "augment": augment_level,
                    "final_loss": float(losses[-1]), "seconds": round(time.perf_counter() - started, 2),
-                   "strategy": type(distribute.strategy()).__name__, "replicas": distribute.replicas()}
+                   "strategy": type(distribute.strategy()).__name__, "replicas": distribute.replicas(), "xla": xla}
 
 
 def adapted_batch_norm(model: keras.Model, source: np.ndarray, rows: np.ndarray, batch_size: int) -> list[tuple]:

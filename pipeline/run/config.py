@@ -181,6 +181,8 @@ class RunConfig:
     distribute: str = option("auto", "tf.distribute strategy: auto (mirrored when more than one GPU is visible, else one "
                                      "device) | none | mirrored (every GPU of this machine) | multiworker (the machines "
                                      "in TF_CONFIG); --batch-size stays the global batch", check=one_of(*DISTRIBUTE_MODES))
+    jit: str = option("auto", "XLA for each fit's train step (rounds otherwise: keys the caches): auto (where measured to "
+                              "pay: nowhere yet, see docs) | on | off", check=one_of("auto", "on", "off"))
     worker_wait: float = option(600.0, "--distribute multiworker: seconds to wait for every worker of TF_CONFIG to "
                                        "join before stopping with an error (TensorFlow itself waits without a limit)",
                                 check=between(1, 86400))
