@@ -67,6 +67,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
             chain = rounds[-1].chain
         chains.append(rounds)
     every = [done for rounds in chains for done in rounds]  # chain by chain, round by round
+    seconds = time.perf_counter() - started  # the students' own: the controls are timed on their own
     budgets = [sum(done.steps for done in rounds) for rounds in chains]  # --pseudo-rounds x a round's (0: ratio 0)
     as_control = [m for m, rounds in enumerate(chains) if rounds[-1].as_control]
     for m in as_control:
@@ -87,7 +88,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
     info = [info for done in every for info in done.info]
     info += [{"model": m, "trained": False, "reason": "no pseudo-label passed the cut: the student is the control"}
              for m in as_control]
-    student = ModelFamily("student", scored, mean_over_models(test), info, time.perf_counter() - started)
+    student = ModelFamily("student", scored, mean_over_models(test), info, seconds)
     provenance = [provenance_rows(items.test_ids, items.test_groups, selection, done.chain.model, k, items.classes)
                   for done in every for k, selection in enumerate(done.selections)]
     return SelfTraining(student, control if cfg.control else None, [s for done in every for s in done.selections],
