@@ -63,17 +63,17 @@ def test_calibrated_weights_follow_how_often_the_labeler_is_right_at_each_confid
     assert correctness_weights(probs[:0], y[:0], np.array([0.7])).tolist() == [1.0]  # nothing scored: full weight
 
 
-def test_a_students_epochs_count_the_items_its_steps_draw():
-    """--student-epochs are passes over train + pseudo-labeled items, in the batches the student draws."""
+def test_a_fits_steps_count_passes_over_its_labeled_items_whatever_rides_on_top():
+    """A student round's budget is --student-epochs passes over the train rows in --batch-size batches: the
+    pseudo-labels ride on top of each step, so the control (no pseudo-label) gets the same steps."""
     from pipeline.model.spec import ModelSpec, TrainSettings
 
     spec = ModelSpec(TrainSettings.defaults(batch_size=32, min_steps=1), n_classes=3, multi_label=False)
-    assert spec.steps(640, 3) == 60  # 20 batches of 32 a pass: the teacher's and the control's count
-    assert spec.steps(640, 3, 600) == 60  # 32 + 30 items a step: both pass in 20 steps
-    assert spec.steps(640, 3, 600, pooled=True) == 117  # one pool of 1,240 items, 32 a step
-    assert spec.steps(80, 6, 1520) == 6 * 25  # 32 + 32 items a step (capped): 1,600 items in 25 steps
+    assert spec.steps(640, 3) == 60  # 20 batches of 32 a pass
+    assert spec.steps(641, 3) == 63  # a last, short batch counts as one
+    assert spec.steps(80, 6) == 6 * 3
     floor = ModelSpec(TrainSettings.defaults(batch_size=32, min_steps=100), n_classes=3, multi_label=False)
-    assert floor.steps(640, 3, 600) == 100
+    assert floor.steps(640, 3) == 100
 
 
 def test_auto_student_augmentation_follows_the_passes_over_the_labels():

@@ -52,6 +52,7 @@ class Chain:
     scored_probs: np.ndarray  # and of the scored rows
     init: Path | list[np.ndarray]  # the weights the next student continues (--student-init teacher)
     init_key: str  # their cache key
+    labeled: bool = False  # whether an earlier round selected any pseudo-label
 
     @property
     def prefix(self) -> str:
@@ -64,19 +65,32 @@ class Round:
 
     round: int
     chain: Chain  # the next round's: labeled by this round's students
-    steps: int  # the most optimizer steps of its students: the control's budget adds up the rounds'
+    steps: int  # the round's budget, each of its students' optimizer steps (0: no self-training, --pseudo-ratio 0)
     selections: list[pseudo.PseudoSelection]  # one per pseudo-fold
     info: list[dict]  # one per pseudo-fold: its student's fit (or why none was trained)
     cutoff: float  # the confidence --pseudo-precision asks for (0 when off, infinite when out of reach)
     band: tuple[float, float] | None  # a multi-label item's certain tags (see trust.certain_tag_band)
+    as_control: bool = False  # the last round of a chain no round gave a pseudo-label: its student is the control
+
+
+def round_steps(inputs: Inputs, chain: Chain) -> int:
+    """A student round's budget: --student-epochs passes over the chain's train rows in --batch-size batches (at
+    least --min-steps), whatever the pseudo-label count and --student-batch. The control trains --pseudo-rounds times
+    this, so it depends on the teacher and the train rows only, and one cached control serves every setting."""
+    return inputs.spec.steps(len(chain.fit_rows), inputs.cfg.student_epochs)
 
 
 def fit_round(inputs: Inputs, chain: Chain, r: int) -> Round:
-    """Round r of `chain`: each pseudo-fold's selection from the chain's model, and its student's predictions."""
-    from pipeline.model import distribute
+    """Round r of `chain`: each pseudo-fold's selection from the chain's model, and its student's predictions.
 
-    cfg, items = inputs.cfg, inputs.items
-    y_scored = items.y[chain.scored_rows]
+    Every round of a chain trains its students for the round's budget, also one whose selection is empty (the
+    chain's model continued on its train rows), so a student always has its control's budget. Two exceptions:
+    --pseudo-ratio 0 trains nothing (the teacher stands), and a chain whose rounds all came back empty does not
+    train its last round: self-training was then the teacher continued on its train rows, which is the control,
+    and the control is its student (see selftrain.fit_students).
+    """
+    cfg = inputs.cfg
+    y_scored = inputs.items.y[chain.scored_rows]
     multi_label = inputs.competition.multi_label
     settings = pseudo.PseudoSettings.of(cfg)
     # the confidence its labels must reach, from how often the labeling model is right on the scored rows
@@ -88,39 +102,55 @@ def fit_round(inputs: Inputs, chain: Chain, r: int) -> Round:
     if multi_label and cfg.pseudo_labels == "hard":
         band = trust.certain_tag_band(chain.scored_probs, y_scored, cfg.pseudo_tag_confidence)
     _print_cuts(cfg, chain, r, cutoff, band)
+    selections = [_select(inputs, chain, r, k, round_settings, band) for k in range(cfg.pseudo_folds)]
+    labeled = chain.labeled or any(len(selection) > 0 for selection in selections)
+    if cfg.pseudo_ratio == 0 or (r == cfg.pseudo_rounds and not labeled):
+        info = [{"model": chain.model, "round": r, "pseudo_fold": k, "trained": False, "reason": selection.stop_reason}
+                for k, selection in enumerate(selections)]
+        steps = 0 if cfg.pseudo_ratio == 0 else round_steps(inputs, chain)
+        return Round(r, chain, steps, selections, info, cutoff, band, as_control=cfg.pseudo_ratio > 0)
+    steps = round_steps(inputs, chain)
     next_probs = np.zeros_like(chain.test_probs)
     scored_sum = np.zeros((len(chain.scored_rows), chain.test_probs.shape[1]), dtype=np.float32)
-    steps, selections, info, init, init_key = 0, [], [], chain.init, chain.init_key
-    for k in range(cfg.pseudo_folds):
+    info, init, init_key = [], chain.init, chain.init_key
+    for k, selection in enumerate(selections):
         predict_rows = inputs.pseudo_fold == k  # all rows when there is one pseudo-fold
-        eligible = ~predict_rows if cfg.pseudo_folds > 1 else predict_rows
-        selection = pseudo.select_pseudo_labels(chain.test_probs, items.test_groups, eligible, len(chain.fit_rows),
-                                                items.y[chain.fit_rows].mean(axis=0), round_settings, multi_label,
-                                                chain.thresholds, round=r, tag_band=band)
-        label = (f"{chain.prefix}student round {r}/{cfg.pseudo_rounds}"
-                 + (f" fold {k + 1}/{cfg.pseudo_folds}" if cfg.pseudo_folds > 1 else ""))
-        per_group = ", ".join(f"{g}: {int((selection.group == g).sum())}" for g in settings.groups)
-        print(f"{label}: {len(selection)} pseudo-labels ({selection.stop_reason}); by group {per_group}", flush=True)
-        # The count sets the fit's steps and batch (none: no fit), so a worker that picked more or fewer rows
-        # would fall out of step. Which rows may differ: nondeterministic GPU kernels can move a row across the
-        # confidence cut on one worker, and each worker training on its own rows is still in step.
-        distribute.check_workers_agree(f"numbers of pseudo-labels ({label})", str(len(selection)), WORKERS_DIFFER)
-        selections.append(selection)
-        if len(selection) == 0:  # nothing to learn from: this round's model is its predecessor
-            next_probs[predict_rows] = chain.test_probs[predict_rows]
-            scored_sum += chain.scored_probs
-            info.append({"model": chain.model, "round": r, "pseudo_fold": k, "trained": False,
-                         "reason": selection.stop_reason})
-            continue
-        student, key, student_steps = _fit_student(inputs, chain, r, k, selection, label, predict_rows)
-        steps = max(steps, student_steps)
+        student, key = _fit_student(inputs, chain, r, k, selection, steps, predict_rows)
         next_probs[predict_rows] = student.test_probs
         scored_sum += student.scored_probs
-        info.append({"model": chain.model, "round": r, "pseudo_fold": k, **student.info})
+        info.append({"model": chain.model, "round": r, "pseudo_fold": k, **student.info,
+                     **({} if len(selection) else {"reason": selection.stop_reason})})
         if cfg.pseudo_folds == 1:
             init, init_key = student.weights, key  # the next round's student continues from this one
-    after = replace(chain, test_probs=next_probs, scored_probs=scored_sum / cfg.pseudo_folds, init=init, init_key=init_key)
+    after = replace(chain, test_probs=next_probs, scored_probs=scored_sum / cfg.pseudo_folds, init=init,
+                    init_key=init_key, labeled=labeled)
     return Round(r, after, steps, selections, info, cutoff, band)
+
+
+def _label(cfg: RunConfig, chain: Chain, r: int, k: int) -> str:
+    return (f"{chain.prefix}student round {r}/{cfg.pseudo_rounds}"
+            + (f" fold {k + 1}/{cfg.pseudo_folds}" if cfg.pseudo_folds > 1 else ""))
+
+
+def _select(inputs: Inputs, chain: Chain, r: int, k: int, settings: pseudo.PseudoSettings,
+            band: tuple[float, float] | None) -> pseudo.PseudoSelection:
+    """Pseudo-fold k's selection in round r, from the chain's model, checked to be the same size on every worker."""
+    from pipeline.model import distribute
+
+    cfg, items = inputs.cfg, inputs.items
+    predict_rows = inputs.pseudo_fold == k  # all rows when there is one pseudo-fold
+    eligible = ~predict_rows if cfg.pseudo_folds > 1 else predict_rows
+    selection = pseudo.select_pseudo_labels(chain.test_probs, items.test_groups, eligible, len(chain.fit_rows),
+                                            items.y[chain.fit_rows].mean(axis=0), settings,
+                                            inputs.competition.multi_label, chain.thresholds, round=r, tag_band=band)
+    label = _label(cfg, chain, r, k)
+    per_group = ", ".join(f"{g}: {int((selection.group == g).sum())}" for g in settings.groups)
+    print(f"{label}: {len(selection)} pseudo-labels ({selection.stop_reason}); by group {per_group}", flush=True)
+    # The count sets each step's batch (and whether a chain has any pseudo-label), so a worker that picked more or
+    # fewer rows would fall out of step. Which rows may differ: nondeterministic GPU kernels can move a row across
+    # the confidence cut on one worker, and each worker training on its own rows is still in step.
+    distribute.check_workers_agree(f"numbers of pseudo-labels ({label})", str(len(selection)), WORKERS_DIFFER)
+    return selection
 
 
 def _print_cuts(cfg: RunConfig, chain: Chain, r: int, cutoff: float, band: tuple[float, float] | None) -> None:
@@ -133,32 +163,37 @@ def _print_cuts(cfg: RunConfig, chain: Chain, r: int, cutoff: float, band: tuple
               f"{cfg.pseudo_precision:g} on the {len(chain.scored_rows)} scored rows", flush=True)
 
 
-def _fit_student(inputs: Inputs, chain: Chain, r: int, k: int, selection: pseudo.PseudoSelection, label: str,
-                 predict_rows: np.ndarray) -> tuple[model_cache.ModelOutcome, str, int]:
-    """The student of pseudo-fold k in round r, cached or fit now: (its outcome, its cache key, its steps)."""
+def _fit_student(inputs: Inputs, chain: Chain, r: int, k: int, selection: pseudo.PseudoSelection, steps: int,
+                 predict_rows: np.ndarray) -> tuple[model_cache.ModelOutcome, str]:
+    """The student of pseudo-fold k in round r, cached or fit now for `steps`: (its outcome, its cache key). With an
+    empty selection it is the model it starts from continued on the chain's train rows."""
     from pipeline.model import train
 
     cfg, spec, items = inputs.cfg, inputs.spec, inputs.items
+    label = _label(cfg, chain, r, k)
     x_fit, y_fit = items.train_x[chain.fit_rows], items.y[chain.fit_rows]
     weights = None
-    if cfg.pseudo_weight in ("calibrated", "net"):
+    if cfg.pseudo_weight in ("calibrated", "net") and len(selection):
         weigh = trust.net_weights if cfg.pseudo_weight == "net" else trust.correctness_weights
         weights = weigh(chain.scored_probs, items.y[chain.scored_rows], selection.confidence,
                         inputs.competition.multi_label, chain.thresholds)
         print(f"{label}: loss weights {weights.min():.2f}-{weights.max():.2f}, mean {weights.mean():.2f} "
               f"(how often the labeling model is right at each confidence on the scored rows)", flush=True)
     pooled = cfg.student_batch == "pooled"
-    steps = spec.steps(len(x_fit), cfg.student_epochs, len(selection), pooled=pooled)
     passes = train.labeled_passes(steps, cfg.batch_size, len(x_fit), len(selection), pooled=pooled)
     noise = train.applied_augmentation(spec, train.student_augment_level(cfg.student_augment, passes, cfg.augment))
     starts_from = chain.init_key if cfg.student_init == "teacher" else "scratch"
     key = model_cache.student_key(inputs.teacher_key, cfg, chain.model, r, k, model_cache.selection_digest(
         selection.index, selection.targets), starts_from, steps, noise)
     why = " (cached embeddings)" if spec.feature_dim is not None else (" (auto)" if cfg.student_augment == "auto" else "")
-    print(f"{label}: {steps} steps, {passes:.0f} passes over each labeled item, augmentation {noise}{why}", flush=True)
+    what = "" if len(selection) else " (no pseudo-label: the model it starts from, continued on its train rows)"
+    print(f"{label}: {steps} steps, {passes:.0f} passes over each labeled item, augmentation {noise}{why}{what}",
+          flush=True)
     seed, start = student_seed(cfg.seed, r, k, chain.model), chain.init if cfg.student_init == "teacher" else None
 
     def fit():
+        if len(selection) == 0:
+            return train.fit(spec, label, x_fit, y_fit, steps, seed, noise, init=start)
         x_pseudo = items.test_x(selection.index)
         if pooled:
             pool_weights = None if weights is None else np.concatenate([np.ones(len(x_fit), np.float32), weights])
@@ -173,4 +208,4 @@ def _fit_student(inputs: Inputs, chain: Chain, r: int, k: int, selection: pseudo
 
     n_classes = chain.test_probs.shape[1]
     shapes = ((int(predict_rows.sum()), n_classes), (len(chain.scored_rows), n_classes))
-    return model_cache.get_or_fit(folder_of(cfg, "students", key), label, shapes, fit, predict), key, steps
+    return model_cache.get_or_fit(folder_of(cfg, "students", key), label, shapes, fit, predict), key

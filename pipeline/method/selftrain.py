@@ -4,7 +4,9 @@ Each teacher model m (one per fold) starts its own chain, so its scored rows sta
 the chain and the verdict is honest: round r's student trains on m's train rows plus the test items its
 predecessor labels most confidently (r/R of the share), then relabels the test set for round r + 1. The
 control gets the same optimizer steps on the same train rows without any pseudo-label: what the student
-gains over it is the pseudo-labels' doing, not the longer training. By default (--student-batch
+gains over it is the pseudo-labels' doing, not the longer training. A round's budget is counted in labeled
+batches (rounds.round_steps), so the control's (--pseudo-rounds times it) depends on the teacher and the train
+rows only: one cached control serves every pseudo-label setting of a sweep. By default (--student-batch
 real+pseudo) each student step sees a full batch of train rows, as the control's step does, with the
 pseudo-labeled items on top, so the pseudo-labels add to the labeled data instead of diluting it.
 """
@@ -65,17 +67,18 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
             chain = rounds[-1].chain
         chains.append(rounds)
     every = [done for rounds in chains for done in rounds]  # chain by chain, round by round
-    budgets = [sum(done.steps for done in rounds) for rounds in chains]
-    as_control = [m for m, rounds in enumerate(chains) if cfg.control and _none_passed(rounds)]
+    seconds = time.perf_counter() - started  # the students' own: the controls are timed on their own
+    budgets = [sum(done.steps for done in rounds) for rounds in chains]  # --pseudo-rounds x a round's (0: ratio 0)
+    as_control = [m for m, rounds in enumerate(chains) if rounds[-1].as_control]
     for m in as_control:
         # Asked for pseudo-labels, the chain got none past the cut: self-training is then the teacher continued on
-        # its train rows, which is what the control is. So the control trains for a student's budget without
-        # pseudo-labels, and is this chain's student.
-        budgets[m] = cfg.pseudo_rounds * spec.steps(len(chains[m][-1].chain.fit_rows), cfg.student_epochs, 0,
-                                                    pooled=cfg.student_batch == "pooled")
+        # its train rows, which is what the control is. So the control, trained for the chain's budget, is its student.
         print(f"{chains[m][-1].chain.prefix}no pseudo-label passed the cut: the student is the control ({budgets[m]} "
               "steps on the train rows)", flush=True)
-    control = fit_controls(cfg, spec, items, teacher, inputs.teacher_key, budgets) if cfg.control else None
+    control = None
+    if cfg.control or as_control:  # a chain's student may be the control even when no control was asked for
+        control = fit_controls(cfg, spec, items, teacher, inputs.teacher_key,
+                               [b if cfg.control or m in as_control else 0 for m, b in enumerate(budgets)])
     scored = np.full_like(teacher.scored_probs, np.nan)
     test = []
     for m, rounds in enumerate(chains):
@@ -85,15 +88,16 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
     info = [info for done in every for info in done.info]
     info += [{"model": m, "trained": False, "reason": "no pseudo-label passed the cut: the student is the control"}
              for m in as_control]
-    student = ModelFamily("student", scored, mean_over_models(test), info, time.perf_counter() - started)
+    student = ModelFamily("student", scored, mean_over_models(test), info, seconds)
     provenance = [provenance_rows(items.test_ids, items.test_groups, selection, done.chain.model, k, items.classes)
                   for done in every for k, selection in enumerate(done.selections)]
-    return SelfTraining(student, control, [s for done in every for s in done.selections],
+    return SelfTraining(student, control if cfg.control else None, [s for done in every for s in done.selections],
                         pd.concat(provenance, ignore_index=True), _summary(cfg, items.classes, every))
 
 
 def fit_controls(cfg: RunConfig, spec, items, teacher, key_of_teacher: str, budgets: list[int]) -> ModelFamily:
-    """Each teacher model continued on its own train rows for the steps its students took (no pseudo-labels)."""
+    """Each teacher model continued on its own train rows for its chain's budget (no pseudo-labels); budget 0: the
+    teacher model itself."""
     from pipeline.model import train
 
     n_classes = teacher.scored_probs.shape[1]
@@ -118,12 +122,6 @@ def fit_controls(cfg: RunConfig, spec, items, teacher, key_of_teacher: str, budg
     scored, models = fit_family("control", items.fold, n_classes, fit_one)
     return ModelFamily("control", scored, mean_over_models([m.test_probs for m in models]), [m.info for m in models],
                        time.perf_counter() - started, [m.test_probs for m in models])
-
-
-def _none_passed(rounds: list[Round]) -> bool:
-    """A chain that asked for pseudo-labels (a target above 0: not --pseudo-ratio 0) and trained no student."""
-    asked = any(s.target_count > 0 for done in rounds for s in done.selections)
-    return asked and all(done.steps == 0 for done in rounds)
 
 
 def _summary(cfg: RunConfig, classes: list[str], every: list[Round]) -> dict:

@@ -99,15 +99,12 @@ class ModelSpec:
             return MaskedBinaryCrossentropy(label_smoothing=smoothing)
         return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
 
-    def steps(self, n_items: int, epochs: int, n_pseudo: int = 0, pooled: bool = False) -> int:
-        """The optimizer steps of one fit: `epochs` passes over its n_items (+ n_pseudo) items, at least --min-steps.
-
-        A pass is counted in the batches the fit draws: --batch-size items a step, plus `pseudo_batch_size` on top
-        unless `pooled` (one pool of both, --batch-size items a step).
-        """
-        batch_size = self.settings.batch_size
-        per_step = batch_size + (0 if pooled else pseudo_batch_size(batch_size, n_items, n_pseudo))
-        return max(self.settings.min_steps, epochs * math.ceil((n_items + n_pseudo) / per_step))
+    def steps(self, n_items: int, epochs: int) -> int:
+        """The optimizer steps of one fit: `epochs` passes over its n_items labeled items, --batch-size a step, at
+        least --min-steps. A student round's budget too, whatever its pseudo-labels (see pipeline/method/rounds.py):
+        they ride on top of each step's labeled batch, so the control, trained on the labeled items alone, gets
+        the same steps and one cached control serves every pseudo-label setting."""
+        return max(self.settings.min_steps, epochs * math.ceil(n_items / self.settings.batch_size))
 
 
 def pseudo_batch_size(batch_size: int, n_train: int, n_pseudo: int) -> int:

@@ -152,7 +152,7 @@ class RunConfig:
                                check=integer(1, MAX_PSEUDO_FOLDS))
     student_init: str = option("teacher", "start each student from the previous model's weights, or from scratch: teacher|scratch",
                                check=one_of("teacher", "scratch"))
-    student_epochs: int = option(6, "passes over train + pseudo-labeled items per student round",
+    student_epochs: int = option(6, "passes over the train items per student round (the pseudo-labels ride on top; the control trains as long)",
                                  check=integer(1, MAX_EPOCHS))
     student_batch: str = option("real+pseudo", "what a student's optimizer step sees: real+pseudo (--batch-size train items, "
                                                "the control's step, plus pseudo-labeled items on top: their share of the pool, "

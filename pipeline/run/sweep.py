@@ -1,8 +1,8 @@
 """A grid of pseudo-label settings (ratio x groups), one run each, in this process.
 
-The teacher (and the decoded images, and the features of a frozen backbone) is cached on disk and keyed by
-everything that determines it, so only the first setting trains it; later settings train only their
-students and control.
+The teacher (and the decoded images, and the features of a frozen backbone) and the control are cached on disk
+and keyed by everything that determines them, so only the first setting trains them; later settings train only
+their students (the control's budget does not depend on the pseudo-labels: pipeline/method/rounds.round_steps).
 """
 from __future__ import annotations
 
