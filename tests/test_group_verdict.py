@@ -126,3 +126,32 @@ def test_the_decision_stage_submits_each_group_its_own_model_and_each_models_own
     pd.testing.assert_frame_equal(mixed.loc[private], student.loc[private])
     assert list(mixed.index) == list(test_ids[::-1])  # the submission's own order
     np.testing.assert_allclose(student.loc[list(test_ids)].to_numpy(), test["student"], atol=1e-6)  # uncalibrated
+
+
+def test_a_group_with_nearly_even_weights_is_drawn_like_train_and_takes_the_verdicts_model():
+    fisheries, y, scored, decisions, verdict, first = _two_halves()
+    nearly_even = np.where(first, 0.8, 1.2)  # ESS 192 of 200: a second bootstrap would only re-toss close calls
+    groups = decide_groups(fisheries, y, scored, decisions, verdict, {"public": nearly_even}, {"public": 0.0}, 0.8, 0)
+    assert groups["public"].submitted == verdict.submitted and groups["public"].scores == {}
+    assert groups["public"].reason == "drawn like the holdout rows (ESS 192 of 200): the verdict's control"
+
+
+def test_calibrated_runs_submit_the_teacher_over_the_control_only_beyond_noise():
+    fisheries = get_competition("fisheries")
+    n, k = 40, 8
+    labels = np.arange(n) % k
+    y = np.eye(k)[labels]
+    control = np.full((n, k), 0.5 / (k - 1))
+    control[np.arange(n), labels] = 0.5
+    teacher = control.copy()
+    teacher[0] = np.roll(control[0], 1)  # wrong on one row: the teacher is worse there ...
+    teacher[1:] = 0.45 / (k - 1)
+    teacher[np.arange(1, n), labels[1:]] = 0.55  # ... and a little surer elsewhere: better on the mean, barely
+    student = np.roll(control, 1, axis=1)  # wrong everywhere: the guard refuses it
+    scored = {"teacher": teacher, "control": control, "student": student}
+    decisions = {name: Decision() for name in scored}
+    point = decide_submission(fisheries, y, scored, decisions, "holdout", 0.8, seed=0)
+    guarded = decide_submission(fisheries, y, scored, decisions, "holdout", 0.8, seed=0, teacher_needs_guard=True)
+    control_vs_teacher = point.comparisons["control_vs_teacher"]
+    assert control_vs_teacher.gain < 0 and 1 - control_vs_teacher.p_better < 0.8  # better, but not beyond noise
+    assert point.submitted == "teacher" and guarded.submitted == "control"

@@ -7,7 +7,9 @@ of the group that has look-alikes among them. So a group's own choice is made on
 - the weights rest on enough rows: effective sample size at least MIN_ESS;
 - the group has look-alikes: fewer than MAX_FOREIGN of its images are foreign (no train image near them,
   pipeline/method/adaptation.py); a group that is mostly foreign is where the weighted estimate is blind.
-Otherwise the group gets the run's verdict, and the reason says why the estimate was not trusted. Pure numpy.
+Otherwise the group gets the run's verdict, and the reason says why the estimate was not trusted. A group whose
+weights are nearly even (ESS at least LIKE_TRAIN of the rows) is drawn like train: the run's verdict speaks for it,
+and a second bootstrap on nearly the same rows would only flip a close call. Pure numpy.
 """
 from __future__ import annotations
 
@@ -19,16 +21,22 @@ from pipeline.plugin.api import Decision
 
 MIN_ESS = 20.0  # fewer effective rows: a percentile bootstrap of a weighted mean is noise
 MAX_FOREIGN = 0.10  # a larger share of the group's images without a train look-alike: the estimate cannot see them
+LIKE_TRAIN = 0.9  # ESS / rows at or above which a group is drawn like train and takes the verdict's model
 
 
 def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], decisions: dict[str, Decision],
                   verdict: Verdict, weights: dict[str, np.ndarray], foreign: dict[str, float],
-                  guard_confidence: float, seed: int) -> dict[str, GroupVerdict]:
+                  guard_confidence: float, seed: int, teacher_needs_guard: bool = False) -> dict[str, GroupVerdict]:
     """Each weighted group's verdict (`weights`: group -> one weight per scored row; `foreign`: group -> share of
     its images with no train look-alike), falling back to `verdict`'s model where the estimate is not trusted."""
     out = {}
     for group, w in weights.items():
         ess, share = effective_sample_size(w), float(foreign.get(group, 0.0))
+        if ess >= LIKE_TRAIN * len(y) and share < MAX_FOREIGN:
+            out[group] = GroupVerdict(group, ess, share, True, verdict.submitted,
+                                      f"drawn like the {verdict.kind} rows (ESS {ess:.0f} of {len(y)}): the verdict's "
+                                      f"{verdict.submitted}")
+            continue
         doubts = []
         if round(ess) < MIN_ESS:
             doubts.append(f"the scored rows that look like it weigh as {ess:.0f} rows (needs {MIN_ESS:.0f})")
@@ -44,6 +52,6 @@ def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], dec
             continue
         weighted = decide_submission(competition, y, scored, decisions, verdict.kind, guard_confidence, seed, w,
                                      rows=f"the {verdict.kind} rows weighted like the {group} group (ESS {ess:.0f} of "
-                                          f"{len(y)})")
+                                          f"{len(y)})", teacher_needs_guard=teacher_needs_guard)
         out[group] = GroupVerdict(group, ess, share, True, weighted.submitted, weighted.reason, weighted.scores)
     return out

@@ -169,11 +169,16 @@ def paired_bootstrap(competition, y: np.ndarray, submitted_a: np.ndarray, submit
 
 def decide_submission(competition, y: np.ndarray, scored: dict[str, np.ndarray], decisions: dict[str, Decision], kind: str,
                       guard_confidence: float, seed: int, weights: np.ndarray | None = None,
-                      rows: str | None = None) -> Verdict:
+                      rows: str | None = None, teacher_needs_guard: bool = False) -> Verdict:
     """Score every model on the scored rows; submit the student only if it beats the control (or, without a
     control, the teacher) in at least `guard_confidence` of the bootstrap resamples. Otherwise submit the
     better of control and teacher, and say why. With `weights`, every score and gain is weighted per row, and
-    `rows` says what the weighted rows stand for in the reason (default: "the N <kind> rows")."""
+    `rows` says what the weighted rows stand for in the reason (default: "the N <kind> rows").
+
+    `teacher_needs_guard` (calibrated runs): the teacher is submitted instead of the control only when it beats
+    the control in `guard_confidence` of the resamples. Calibration takes away most of the log-loss gap an over- or
+    underconfident model shows, and on a few scored rows the rest is a coin toss between a model and the same model
+    trained longer; uncalibrated runs keep the better point estimate, as they were decided."""
     scores = {name: score(competition, y, p, decisions[name], weights) for name, p in scored.items()}
     verdict = Verdict(scores, len(y), kind)
     pairs = [("student", "control"), ("control", "teacher"), ("student", "teacher")]
@@ -196,7 +201,10 @@ def decide_submission(competition, y: np.ndarray, scored: dict[str, np.ndarray],
     fallback = baseline
     if baseline == "control" and "student_vs_teacher" in verdict.comparisons:
         control_vs_teacher = verdict.comparisons["control_vs_teacher"]
-        fallback = "control" if control_vs_teacher.gain >= 0 else "teacher"
+        if teacher_needs_guard:  # the teacher replaces the control only as the student would: beyond noise
+            fallback = "teacher" if 1 - control_vs_teacher.p_better >= max(guard_confidence, 0.5) else "control"
+        else:
+            fallback = "control" if control_vs_teacher.gain >= 0 else "teacher"
     verdict.submitted = fallback
     verdict.reason = (f"GUARD: the student beats the {baseline} in only {duel.p_better:.0%} of bootstrap resamples of "
                       f"{rows} (needs {guard_confidence:.0%}); submitting the {fallback} instead")

@@ -53,14 +53,17 @@ def decide(competition: Competition, probs: RunProbabilities, guard_confidence: 
     probs, temperatures = calibrated(competition, probs, calibrate, seed)
     decisions = {name: competition.fit_decision(y, p) for name, p in probs.scored.items()}
     models = {name: p for name, p in probs.scored.items() if name in MODELS}
-    verdict = verdicts.decide_submission(competition, y, models, decisions, probs.kind, guard_confidence, seed)
+    guarded = calibrate != "none"  # the teacher must beat the control beyond noise (decide_submission)
+    verdict = verdicts.decide_submission(competition, y, models, decisions, probs.kind, guard_confidence, seed,
+                                         teacher_needs_guard=guarded)
     verdict.temperatures = {name: round(t, 4) for name, t in temperatures.items() if name in MODELS}
     if calibrate != "none":  # older runs recorded no prior; their rescore must reproduce their metrics.json
         prior = np.tile(probs.y.mean(axis=0), (len(y), 1))
         verdict.prior = verdicts.score(competition, y, prior, competition.fit_decision(y, prior))
     if probs.group_weights and probs.test_groups is not None:
         verdict.groups = decide_groups(competition, y, models, decisions, verdict, probs.group_weights,
-                                       {g: probs.foreign_share(g) for g in probs.group_weights}, guard_confidence, seed)
+                                       {g: probs.foreign_share(g) for g in probs.group_weights}, guard_confidence, seed,
+                                       guarded)
     scores = {name: verdict.scores[name] if name in verdict.scores else verdicts.score(competition, y, p, decisions[name])
               for name, p in probs.scored.items()}
     tables = {name: submission_table(competition, probs, p, decisions[name]) for name, p in probs.test.items()}
