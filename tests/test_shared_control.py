@@ -24,7 +24,6 @@ def steps_per_chain(infos: list[dict]) -> dict[int, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("tensorflow")
 def test_two_pseudo_ratios_share_one_cached_control_with_identical_predictions(tiny_fisheries, tmp_path, capsys):
     from pipeline.run.stages import run_pipeline
 
@@ -54,7 +53,6 @@ def test_two_pseudo_ratios_share_one_cached_control_with_identical_predictions(t
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("tensorflow")
 def test_an_empty_round_still_trains_and_a_chain_with_no_pseudo_label_has_the_control_as_student(
         tiny_fisheries, tmp_path, capsys):
     """Round 1 selects nothing (a cut no softmax reaches): its model is the teacher continued on the train rows for
