@@ -30,6 +30,8 @@ def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], dec
     """Each weighted group's verdict (`weights`: group -> one weight per scored row; `foreign`: group -> share of
     its images with no train look-alike), falling back to `verdict`'s model where the estimate is not trusted."""
     out = {}
+    any_model = next(iter(scored))
+    per_row = competition.metric_rows(y, competition.decide(scored[any_model], decisions[any_model])) is not None
     for group, w in weights.items():
         ess, share = effective_sample_size(w), float(foreign.get(group, 0.0))
         if ess >= LIKE_TRAIN * len(y) and share < MAX_FOREIGN:
@@ -43,7 +45,7 @@ def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], dec
         if share >= MAX_FOREIGN:
             doubts.append(f"{share:.0%} of its images look unlike every train image, and no scored row can speak "
                           f"for them (needs under {MAX_FOREIGN:.0%})")
-        if competition.metric_rows(y, competition.decide(next(iter(scored.values())), next(iter(decisions.values())))) is None:
+        if not per_row:
             doubts.append(f"the {competition.metric_name} metric has no per-row form to weigh")
         if doubts:
             out[group] = GroupVerdict(group, ess, share, False, verdict.submitted,

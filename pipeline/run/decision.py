@@ -30,6 +30,7 @@ class Outcome:
     verdict: verdicts.Verdict  # which of the run's models is submitted (per test group too), and why
     tables: dict[str, pd.DataFrame]  # model (and BY_GROUP when the groups differ) -> its validated submission
     leaderboard: dict[str, dict] | None  # model -> {"public", "private"} against a solution; None without one
+    scored: dict[str, np.ndarray]  # model -> the scored rows' probabilities the verdict compared (calibrated)
 
     @property
     def submitted(self) -> str:
@@ -73,7 +74,7 @@ def decide(competition: Competition, probs: RunProbabilities, guard_confidence: 
     if solution:
         answers = read_solution(Path(solution))
         leaderboard = {name: score_against_solution(competition, t, answers, probs.classes) for name, t in tables.items()}
-    return Outcome(decisions, scores, verdict, tables, leaderboard)
+    return Outcome(decisions, scores, verdict, tables, leaderboard, probs.scored)
 
 
 def calibrated(competition: Competition, probs: RunProbabilities, calibrate: str,

@@ -22,7 +22,7 @@ from pipeline.method import verdict as verdicts
 from pipeline.method.verdict import MODELS
 from pipeline.plugin.api import Competition
 from pipeline.plugin.registry import get_competition
-from pipeline.run.decision import Outcome, calibrated, decide
+from pipeline.run.decision import Outcome, decide
 from pipeline.run.folder import SUBMISSION, RunFolder, RunProbabilities
 from pipeline.run.metrics import RunMetrics
 
@@ -163,7 +163,7 @@ def rescore(path: Path, metric: str | None = None, solution: Path | None = None,
     result = Rescore(folder, metrics, probs, competition.metric_name, competition.greater_is_better, outcome, weights)
     if weights:
         submitted = outcome.verdict.submitted
-        scored = calibrated(competition, probs, cfg.calibrate, cfg.seed)[0].scored  # what the verdict compared
+        scored = outcome.scored  # as the verdict compared them (calibrated)
         result.blend_comparison = verdicts.compare(competition, probs.y_scored, scored[BLEND], scored[submitted],
                                                    (outcome.decisions[BLEND], outcome.decisions[submitted]),
                                                    (BLEND, submitted), cfg.seed)
