@@ -62,6 +62,15 @@ class Items:
             probs[mine] = train.predict(model, self.test_source, self.test_rows[index[mine]], spec, adapt=adapted)
         return probs
 
+    def property_tables(self) -> dict[str, pd.DataFrame]:
+        """The image properties the stores measured while decoding (pipeline/data/image_properties.py): "train" (every
+        readable train image) and each test group's readable items, in item order."""
+        test = self.test[self.readable_test]
+        tables = {"train": self.stores["train"].property_table().table}
+        tables.update({g: self.stores["test"].property_table(test.loc[test["group"] == g, "path"].tolist()).table
+                       for g in GROUPS})
+        return tables
+
     def test_x(self, index: np.ndarray) -> np.ndarray:
         """In-memory images (or embeddings) of readable test items by their index among the readable ones."""
         rows = self.test_rows[np.asarray(index, dtype=np.int64)]

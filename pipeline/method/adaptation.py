@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from pipeline.plugin.api import GROUPS
 from pipeline.run.config import ADAPT_BN_MODES
 
 if TYPE_CHECKING:
@@ -90,10 +89,7 @@ def assign_sets(mode: str, items: Items, shift: ShiftReport | None) -> None:
         print("--adapt-bn shifted: no shift check ran (--on-shift ignore), so no group is adapted", flush=True)
     tables = None
     if mode == "foreign":  # the image store measured every image's properties when it decoded it
-        test = items.test[items.readable_test]
-        tables = {"train": items.stores["train"].property_table().table}
-        tables.update({g: items.stores["test"].property_table(test.loc[test["group"] == g, "path"].tolist()).table
-                       for g in GROUPS})
+        tables = items.property_tables()
     paths = items.test["path"].to_numpy(dtype=str)[items.readable_test]
     items.domain = domains(mode, items.test_groups, paths, tables, [] if shift is None else shift.shifted_groups())
     if mode != "none":

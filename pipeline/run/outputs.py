@@ -35,11 +35,9 @@ def shift_evidence(items: Items, seed: int) -> dict:
     from pipeline.method import importance
     from pipeline.method.adaptation import foreign_images
 
-    test = items.test[items.readable_test]
-    train = items.stores["train"].property_table().table
+    tables = items.property_tables()
+    train = tables.pop("train")
     groups = np.asarray(items.test_groups).astype(str)
-    tables = {g: items.stores["test"].property_table(test.loc[test["group"] == g, "path"].tolist()).table
-              for g in dict.fromkeys(groups)}
     foreign = np.zeros(len(groups), dtype=bool)
     for g, table in tables.items():
         if len(table) == (groups == g).sum():  # every item of the group measured, in item order
