@@ -1,4 +1,6 @@
 """Benchmarks: printed figures and ratios (`make bench`), never timed assertions."""
+import contextlib
+import time
 
 
 def submit_config(argv: list[str]):
@@ -26,3 +28,28 @@ def alternating(names, repeats: int):
     for repeat in range(repeats):
         for name in (names if repeat % 2 == 0 else names[::-1]):
             yield repeat, name
+
+
+@contextlib.contextmanager
+def step_stamps(stamps: list[float], cpu_at_last_step: list[float] | None = None):
+    """Append perf_counter() at the end of every optimizer step of the fits run inside (and keep the process's CPU
+    time at the last step in cpu_at_last_step[0], when given)."""
+    import keras
+
+    class Stamps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None) -> None:
+            stamps.append(time.perf_counter())
+            if cpu_at_last_step is not None:
+                cpu_at_last_step[0] = time.process_time()
+
+    fit = keras.Model.fit
+
+    def fit_with_stamps(model, *args, **kwargs):
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), Stamps()]
+        return fit(model, *args, **kwargs)
+
+    keras.Model.fit = fit_with_stamps
+    try:
+        yield
+    finally:
+        keras.Model.fit = fit

@@ -26,9 +26,7 @@ PREDICT_ROWS = 2000
 
 
 def timed_fit(steps: int, seed: int, augment_level: str) -> dict[str, float]:
-    import keras
-
-    from benchmarks import default_model_spec
+    from benchmarks import default_model_spec, step_stamps
     from pipeline.model import train
 
     spec = default_model_spec()
@@ -37,26 +35,11 @@ def timed_fit(steps: int, seed: int, augment_level: str) -> dict[str, float]:
     y, y_pseudo = (np.eye(8, dtype=np.float32)[rng.integers(0, 8, n)] for n in (480, 250))
     stamps: list[float] = []
     cpu_at_last_step = [0.0]
-
-    class Stamps(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None) -> None:
-            stamps.append(time.perf_counter())
-            cpu_at_last_step[0] = time.process_time()
-
-    fit = keras.Model.fit
-
-    def fit_with_stamps(model, *args, **kwargs):
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), Stamps()]
-        return fit(model, *args, **kwargs)
-
-    keras.Model.fit = fit_with_stamps
-    try:
+    with step_stamps(stamps, cpu_at_last_step):
         started = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):  # the fit's progress lines
             model, _ = train.fit(spec, "bench", x, y, steps, seed, augment_level, pseudo=(x_pseudo, y_pseudo))
         ended, cpu_ended = time.perf_counter(), time.process_time()
-    finally:
-        keras.Model.fit = fit
     test = rng.integers(0, 256, (PREDICT_ROWS, 64, 64, 3), dtype=np.uint8)
     predict_started = time.perf_counter()
     train.predict(model, test, None, spec)

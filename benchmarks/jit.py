@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks import step_stamps
 from benchmarks.real import list_photos, split
 
 NEEDS = "--data DIR"
@@ -41,28 +42,6 @@ def decoded(paths: list[str], rows: np.ndarray, size: int) -> np.ndarray:
         with Image.open(paths[row]) as image:
             out[i] = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
     return out
-
-
-@contextlib.contextmanager
-def step_stamps(stamps: list[float]):
-    """Append perf_counter() at the end of every optimizer step of the fits run inside."""
-    import keras
-
-    class Stamps(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None) -> None:
-            stamps.append(time.perf_counter())
-
-    fit = keras.Model.fit
-
-    def fit_with_stamps(model, *args, **kwargs):
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), Stamps()]
-        return fit(model, *args, **kwargs)
-
-    keras.Model.fit = fit_with_stamps
-    try:
-        yield
-    finally:
-        keras.Model.fit = fit
 
 
 def timed_fit(spec, x, y, pseudo, steps: int, seed: int) -> tuple[dict[str, float], object]:
