@@ -50,15 +50,21 @@ def test_a_scored_path_without_properties_gives_no_weights():
     assert density_weights(train, np.array(["train/0.png", "train/missing.png"]), train, seed=0) is None
 
 
+def _sure_of_the_truth(n: int, k: int, right: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n rows of k classes (labels cycling): the labels, their one-hot targets, and probabilities that put `right` on
+    the true class and share the rest evenly."""
+    labels = np.arange(n) % k
+    probs = np.full((n, k), (1 - right) / (k - 1))
+    probs[np.arange(n), labels] = right
+    return labels, np.eye(k)[labels], probs
+
+
 def _two_halves():
     """Scored rows in two halves: the student is right and sure on the second half, where the control is unsure,
     and wrong on the first, where the control is right: over all rows the control wins."""
     fisheries = get_competition("fisheries")
     n, k = 200, 8
-    labels = np.arange(n) % k
-    y = np.eye(k)[labels]
-    control = np.full((n, k), 0.4 / (k - 1))
-    control[np.arange(n), labels] = 0.6
+    labels, y, control = _sure_of_the_truth(n, k, 0.6)
     student = control.copy()
     first = np.arange(n) < n // 2
     student[first] = np.roll(control[first], 1, axis=1)  # wrong, at 0.6
@@ -139,10 +145,7 @@ def test_a_group_with_nearly_even_weights_is_drawn_like_train_and_takes_the_verd
 def test_calibrated_runs_submit_the_teacher_over_the_control_only_beyond_noise():
     fisheries = get_competition("fisheries")
     n, k = 40, 8
-    labels = np.arange(n) % k
-    y = np.eye(k)[labels]
-    control = np.full((n, k), 0.5 / (k - 1))
-    control[np.arange(n), labels] = 0.5
+    labels, y, control = _sure_of_the_truth(n, k, 0.5)
     teacher = control.copy()
     teacher[0] = np.roll(control[0], 1)  # wrong on one row: the teacher is worse there ...
     teacher[1:] = 0.45 / (k - 1)
