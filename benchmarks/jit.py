@@ -89,6 +89,7 @@ def interleaved(label: str, specs: dict, x, y, pseudo, chunks: int, chunk_steps:
 
     from pipeline.data import augment
     from pipeline.model import train
+    from pipeline.model.batches import training_batches
 
     models, first, per_step = {}, {}, {name: [] for name in specs}
     for name, spec in specs.items():
@@ -98,7 +99,7 @@ def interleaved(label: str, specs: dict, x, y, pseudo, chunks: int, chunk_steps:
         for name in (list(specs) if chunk % 2 == 0 else list(specs)[::-1]):
             # the stream train.fit trains on; the model keeps the train step it compiled (with XLA for "on"); its
             # learning rate is past the 1-step fit's schedule, which changes no step's work
-            batches, _ = train.training_batches(x, y, specs[name].settings.batch_size, chunk, pseudo)
+            batches, _ = training_batches(x, y, specs[name].settings.batch_size, chunk, pseudo)
             noise = augment.augmenter(train.applied_augmentation(specs[name], "standard"), specs[name].flips)
             if noise is not None:
                 batches = batches.map(lambda i, t, w: (noise(tf.cast(i, tf.float32), training=True), t, w),

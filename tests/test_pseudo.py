@@ -269,3 +269,57 @@ def test_multi_label_tags_inside_the_band_are_left_unlabeled():
     single = select_pseudo_labels(probs / probs.sum(1, keepdims=True), groups, **{**kwargs, "multi_label": False},
                                   tag_band=(0.1, 0.9))
     assert not np.isnan(single.targets).any()
+
+
+def test_alignment_rescales_a_biased_labeler_until_its_predicted_classes_match_the_train_share():
+    """A teacher that favours class 0 (--pseudo-balance aligned): its aligned probabilities average to the train share,
+    so the items it ranks most class-1-like become 1s, and a row's ranking within its class is kept."""
+    from pipeline.method.pseudo import align_to_prior, aligned
+
+    rng = np.random.default_rng(0)
+    truth = np.arange(400) % 2
+    p1 = np.clip(0.3 * truth + rng.uniform(0.0, 0.35, 400), 0.01, 0.99)  # the 1s are likelier 1, yet mostly below 0.5
+    probs = np.stack([1 - p1, p1], axis=1)
+    assert (probs.argmax(axis=1) == 1).mean() < 0.3  # biased: far fewer than half called 1
+    weights = align_to_prior(probs, np.array([0.5, 0.5]))
+    fixed = aligned(probs, weights)
+    np.testing.assert_allclose(fixed.mean(axis=0), [0.5, 0.5], atol=1e-6)
+    np.testing.assert_allclose(fixed.sum(axis=1), 1.0)
+    assert (fixed.argmax(axis=1) == truth).mean() > (probs.argmax(axis=1) == truth).mean() + 0.1
+    assert np.array_equal(np.argsort(fixed[:, 1], kind="stable"), np.argsort(probs[:, 1], kind="stable"))
+    assert weights.max() == 1.0 and weights[1] == 1.0 and weights[0] < 1.0  # class 0 scaled down
+    np.testing.assert_allclose(align_to_prior(np.full((3, 2), 0.5), np.array([0.5, 0.5])), [1.0, 1.0])  # nothing to fix
+    assert align_to_prior(np.zeros((0, 3)), np.full(3, 1 / 3)).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_aligned_balance_caps_classes_by_their_train_share():
+    probs = np.tile([[0.9, 0.1]], (100, 1))  # every item called class 0
+    selection = select(probs, np.array(["private"] * 100), n_train=50, share=np.array([0.5, 0.5]), ratio=0.5,
+                       class_cap=1.0, balance="aligned")
+    assert len(selection) == 25  # half of the 50 asked for: class 0's train share; the aligning itself is the round's
+
+
+def test_an_aligned_round_rescales_each_group_on_its_own_and_the_scored_rows_as_the_pooled_groups(capsys):
+    from types import SimpleNamespace
+
+    from pipeline.method.pseudo import align_to_prior, aligned
+    from pipeline.method.rounds import Chain, _aligned
+
+    rng = np.random.default_rng(3)
+    test = random_probs(60, 3, seed=4) * np.array([1.0, 1.0, 0.2])  # a labeler that rarely says class 2
+    test = (test / test.sum(axis=1, keepdims=True)).astype(np.float32)
+    groups = np.array(["public"] * 20 + ["private"] * 40)
+    scored = random_probs(10, 3, seed=5).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 30)]
+    chain = Chain(model=0, n_models=1, fit_rows=np.arange(20), scored_rows=np.arange(20, 30), thresholds=np.zeros(3),
+                  test_probs=test, scored_probs=scored, init=[], init_key="k")
+    inputs = SimpleNamespace(items=SimpleNamespace(test_groups=groups, y=y))
+    out = _aligned(inputs, chain, 1, ("public", "private"))
+    prior = y[:20].mean(axis=0)
+    for g in ("public", "private"):
+        rows = groups == g
+        np.testing.assert_allclose(out.test_probs[rows], aligned(test[rows], align_to_prior(test[rows], prior)), rtol=1e-5)
+        np.testing.assert_allclose(out.test_probs[rows].mean(axis=0), prior, atol=1e-4)
+    np.testing.assert_allclose(out.scored_probs, aligned(scored, align_to_prior(test, prior)), rtol=1e-5)
+    assert out.fit_rows is chain.fit_rows and out.init_key == "k"  # only the probabilities change
+    assert "rescaled to the train share" in capsys.readouterr().out

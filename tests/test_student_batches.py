@@ -19,7 +19,7 @@ def test_pseudo_items_per_batch_follow_their_share_of_the_pool(n_train, n_pseudo
 
 
 def test_the_labeled_part_of_each_batch_is_what_a_fit_without_pseudo_labels_sees():
-    from pipeline.model.train import training_batches
+    from pipeline.model.batches import training_batches
 
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 255, (50, 4, 4, 3), dtype=np.uint8), rng.random((50, 3)).astype(np.float32)
@@ -37,7 +37,7 @@ def test_the_labeled_part_of_each_batch_is_what_a_fit_without_pseudo_labels_sees
 
 
 def test_pseudo_labeled_items_carry_their_own_loss_weights_and_real_ones_weigh_1():
-    from pipeline.model.train import training_batches
+    from pipeline.model.batches import training_batches
 
     rng = np.random.default_rng(1)
     x, y = rng.integers(0, 255, (40, 4, 4, 3), dtype=np.uint8), rng.random((40, 3)).astype(np.float32)

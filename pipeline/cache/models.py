@@ -74,13 +74,15 @@ def selection_digest(index: np.ndarray, targets: np.ndarray) -> str:
 
 
 def student_key(teacher_key: str, cfg: RunConfig, model: int, round: int, pseudo_fold: int, selection: str,
-                init: str, steps: int, augmentation: str) -> str:
+                init: str, steps: int, augmentation: str, apart: int = 0) -> str:
     """Key of the student at (teacher model, round, pseudo-fold) trained on `selection` for `steps` optimizer steps,
     starting from `init` (the key of the model whose weights it continues, or "scratch"), with `augmentation` applied
-    (what --student-augment auto resolved to: the option alone would keep a student trained under an older rule)."""
-    return cache_key({"version": CACHE_VERSION, "kind": "student", "teacher": teacher_key, "settings": model_settings(cfg),
-                      "model": model, "round": round, "pseudo_fold": pseudo_fold, "selection": selection, "init": init,
-                      "steps": steps, "augmentation": augmentation})
+    (what --student-augment auto resolved to: the option alone would keep a student trained under an older rule), and
+    `apart` of its pseudo-labeled items in a batch-norm pass of their own (pipeline/model/own_statistics.py)."""
+    fields = {"version": CACHE_VERSION, "kind": "student", "teacher": teacher_key, "settings": model_settings(cfg),
+              "model": model, "round": round, "pseudo_fold": pseudo_fold, "selection": selection, "init": init,
+              "steps": steps, "augmentation": augmentation}
+    return cache_key({**fields, "apart": apart} if apart else fields)  # keys of students without any stay as they were
 
 
 def control_key(teacher_key: str, cfg: RunConfig, model: int, steps: int) -> str:

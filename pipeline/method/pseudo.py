@@ -203,11 +203,40 @@ def _class_share(hard: np.ndarray, train_share: np.ndarray, balance: str) -> np.
     """Each class's expected share of a group's pseudo-labels; infinite (no cap) with balance "none"."""
     if balance == "none":
         return np.full(hard.shape[1], np.inf)
-    if balance == "train":
+    if balance in ("train", "aligned"):
         return np.asarray(train_share, dtype=np.float64)
     if balance == "predicted":
         return hard.mean(axis=0) if len(hard) else np.zeros(hard.shape[1])
     raise ValueError(f"unknown balance {balance!r}; expected predicted, train or none")
+
+
+def align_to_prior(probs: np.ndarray, prior: np.ndarray, iterations: int = 100) -> np.ndarray:
+    """Per-class weights w such that the rows of probs x w, renormalised, average to `prior` (distribution alignment,
+    ReMixMatch and AdaMatch; the class-normalised confidences of class-balanced self-training, Zou et al. 2018).
+
+    Why: a teacher trained on few labels favours some classes. On sign-language photos with 10 labels a class it
+    called 513 of ~1,900 test hands a 4 and 21 a 3, and picking its most confident labels hands that bias to the
+    student, which then learns never to say 3. Rescaling each class until the predicted distribution matches the train
+    share lets the 3s it ranks highest become 3s. Found by alternating rescaling (iterative proportional fitting); a
+    class no row gives any probability keeps weight 1.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    prior = np.asarray(prior, dtype=np.float64)
+    weights = np.ones(probs.shape[1])
+    if len(probs) == 0:
+        return weights
+    for _ in range(iterations):
+        aligned = probs * weights
+        aligned /= np.maximum(aligned.sum(axis=1, keepdims=True), 1e-300)
+        mean = aligned.mean(axis=0)
+        weights = np.where(mean > 0, weights * prior / np.maximum(mean, 1e-300), weights)
+    return weights / weights.max()
+
+
+def aligned(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """probs rescaled per class by `weights` (align_to_prior) and renormalised per row."""
+    out = np.asarray(probs, dtype=np.float64) * weights
+    return out / np.maximum(out.sum(axis=1, keepdims=True), 1e-300)
 
 
 def assign_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline.cache import models as model_cache
 from pipeline.cache.stage import folder_of
+from pipeline.errors import UserError
 from pipeline.method import pseudo, trust
 from pipeline.run.config import RunConfig, student_seed
 
@@ -93,16 +94,27 @@ def fit_round(inputs: Inputs, chain: Chain, r: int) -> Round:
     y_scored = inputs.items.y[chain.scored_rows]
     multi_label = inputs.competition.multi_label
     settings = pseudo.PseudoSettings.of(cfg)
-    # the confidence its labels must reach, from how often the labeling model is right on the scored rows
-    cutoff = trust.precision_threshold(chain.scored_probs, y_scored, cfg.pseudo_precision, multi_label, chain.thresholds)
-    if cfg.pseudo_weight == "net":  # only labels whose net weight is above 0: likelier right than wrong, with evidence
-        cutoff = max(cutoff, trust.net_threshold(chain.scored_probs, y_scored, multi_label, chain.thresholds))
+    online = cfg.pseudo_labels == "online"
+    if online and multi_label:
+        raise UserError(f"--pseudo-labels online takes the class a single-label model is surest of; "
+                        f"{cfg.competition} is multi-label: use --pseudo-labels hard or soft")
+    if online and cfg.student_batch == "pooled":
+        raise UserError("--pseudo-labels online adds the test images on top of each labeled batch; "
+                        "use --student-batch real+pseudo with it")
+    labeler = chain  # whose probabilities pick, label and weigh the round's pseudo-labels
+    if cfg.pseudo_balance == "aligned" and not multi_label:
+        labeler = _aligned(inputs, chain, r, settings.groups)
+    # the confidence its labels must reach, from how often the labeling model is right on the scored rows; an online
+    # student labels its test images itself, with a cut of its own (pipeline/model/online.py)
+    cutoff = trust.precision_threshold(labeler.scored_probs, y_scored, cfg.pseudo_precision, multi_label, chain.thresholds)
+    if cfg.pseudo_weight == "net" and not online:  # only labels whose net weight is above 0: likelier right than wrong
+        cutoff = max(cutoff, trust.net_threshold(labeler.scored_probs, y_scored, multi_label, chain.thresholds))
     round_settings = replace(settings, threshold=max(settings.threshold, cutoff))
     band = None  # only hard multi-label targets have tags to leave out
     if multi_label and cfg.pseudo_labels == "hard":
         band = trust.certain_tag_band(chain.scored_probs, y_scored, cfg.pseudo_tag_confidence)
     _print_cuts(cfg, chain, r, cutoff, band)
-    selections = [_select(inputs, chain, r, k, round_settings, band) for k in range(cfg.pseudo_folds)]
+    selections = [_select(inputs, labeler, r, k, round_settings, band) for k in range(cfg.pseudo_folds)]
     labeled = chain.labeled or any(len(selection) > 0 for selection in selections)
     if cfg.pseudo_ratio == 0 or (r == cfg.pseudo_rounds and not labeled):
         info = [{"model": chain.model, "round": r, "pseudo_fold": k, "trained": False, "reason": selection.stop_reason}
@@ -115,7 +127,7 @@ def fit_round(inputs: Inputs, chain: Chain, r: int) -> Round:
     info, init, init_key = [], chain.init, chain.init_key
     for k, selection in enumerate(selections):
         predict_rows = inputs.pseudo_fold == k  # all rows when there is one pseudo-fold
-        student, key = _fit_student(inputs, chain, r, k, selection, steps, predict_rows)
+        student, key = _fit_student(inputs, labeler, r, k, selection, steps, predict_rows)
         next_probs[predict_rows] = student.test_probs
         scored_sum += student.scored_probs
         info.append({"model": chain.model, "round": r, "pseudo_fold": k, **student.info,
@@ -125,6 +137,27 @@ def fit_round(inputs: Inputs, chain: Chain, r: int) -> Round:
     after = replace(chain, test_probs=next_probs, scored_probs=scored_sum / cfg.pseudo_folds, init=init,
                     init_key=init_key, labeled=labeled)
     return Round(r, after, steps, selections, info, cutoff, band)
+
+
+def _aligned(inputs: Inputs, chain: Chain, r: int, groups: tuple[str, ...]) -> Chain:
+    """The chain with its labeling model's probabilities rescaled per class until each pseudo-labeled group's
+    predicted class distribution is the train share (pseudo.align_to_prior; --pseudo-balance aligned). The scored
+    rows, which say how far a confidence can be trusted, are rescaled as the pooled groups are: they are drawn like
+    train, as a group that did not shift is."""
+    items = inputs.items
+    prior = items.y[chain.fit_rows].mean(axis=0)
+    test = np.asarray(chain.test_probs, dtype=np.float64).copy()
+    pooled = pseudo.align_to_prior(test[np.isin(items.test_groups, groups)], prior)
+    spread = []
+    for g in groups:
+        rows = items.test_groups == g
+        weights = pseudo.align_to_prior(test[rows], prior)
+        test[rows] = pseudo.aligned(test[rows], weights)
+        spread.append(f"{g} {weights.min():.2f}-1")
+    print(f"{chain.prefix}round {r}: class probabilities rescaled to the train share before labeling (class weights "
+          f"{', '.join(spread)})", flush=True)
+    return replace(chain, test_probs=test.astype(np.float32),
+                   scored_probs=pseudo.aligned(chain.scored_probs, pooled).astype(np.float32))
 
 
 def _label(cfg: RunConfig, chain: Chain, r: int, k: int) -> str:
@@ -167,13 +200,14 @@ def _fit_student(inputs: Inputs, chain: Chain, r: int, k: int, selection: pseudo
                  predict_rows: np.ndarray) -> tuple[model_cache.ModelOutcome, str]:
     """The student of pseudo-fold k in round r, cached or fit now for `steps`: (its outcome, its cache key). With an
     empty selection it is the model it starts from continued on the chain's train rows."""
-    from pipeline.model import train
+    from pipeline.model import own_statistics, train
+    from pipeline.model.spec import pseudo_batch_size
 
     cfg, spec, items = inputs.cfg, inputs.spec, inputs.items
     label = _label(cfg, chain, r, k)
     x_fit, y_fit = items.train_x[chain.fit_rows], items.y[chain.fit_rows]
-    weights = None
-    if cfg.pseudo_weight in ("calibrated", "net") and len(selection):
+    weights, online = None, cfg.pseudo_labels == "online"
+    if cfg.pseudo_weight in ("calibrated", "net") and len(selection) and not online:
         weigh = trust.net_weights if cfg.pseudo_weight == "net" else trust.correctness_weights
         weights = weigh(chain.scored_probs, items.y[chain.scored_rows], selection.confidence,
                         inputs.competition.multi_label, chain.thresholds)
@@ -183,10 +217,20 @@ def _fit_student(inputs: Inputs, chain: Chain, r: int, k: int, selection: pseudo
     passes = train.labeled_passes(steps, cfg.batch_size, len(x_fit), len(selection), pooled=pooled)
     noise = train.applied_augmentation(spec, train.student_augment_level(cfg.student_augment, passes, cfg.augment))
     starts_from = chain.init_key if cfg.student_init == "teacher" else "scratch"
+    # the pseudo-labeled items predicted with statistics of their own (--adapt-bn) train under their own too
+    foreign = None
+    if items.domain is not None and spec.feature_dim is None and not pooled and not online:
+        foreign = np.asarray(items.domain[selection.index] != "", dtype=bool)
+    extra = pseudo_batch_size(cfg.batch_size, len(x_fit), len(selection))
+    apart = int(foreign.sum()) if own_statistics.needed((selection.index, selection.targets), foreign, extra) else 0
     key = model_cache.student_key(inputs.teacher_key, cfg, chain.model, r, k, model_cache.selection_digest(
-        selection.index, selection.targets), starts_from, steps, noise)
+        selection.index, selection.targets), starts_from, steps, noise, apart)
     why = " (cached embeddings)" if spec.feature_dim is not None else (" (auto)" if cfg.student_augment == "auto" else "")
     what = "" if len(selection) else " (no pseudo-label: the model it starts from, continued on its train rows)"
+    if online and len(selection):
+        what = f" (online: it labels these {len(selection)} test images itself at every step)"
+    if apart:
+        what += f" ({apart} foreign pseudo-labeled items in a batch-norm pass of their own)"
     print(f"{label}: {steps} steps, {passes:.0f} passes over each labeled item, augmentation {noise}{why}{what}",
           flush=True)
     seed, start = student_seed(cfg.seed, r, k, chain.model), chain.init if cfg.student_init == "teacher" else None
@@ -195,12 +239,14 @@ def _fit_student(inputs: Inputs, chain: Chain, r: int, k: int, selection: pseudo
         if len(selection) == 0:
             return train.fit(spec, label, x_fit, y_fit, steps, seed, noise, init=start)
         x_pseudo = items.test_x(selection.index)
+        if online:
+            return train.fit(spec, label, x_fit, y_fit, steps, seed, noise, init=start, unlabeled=x_pseudo)
         if pooled:
             pool_weights = None if weights is None else np.concatenate([np.ones(len(x_fit), np.float32), weights])
             return train.fit(spec, label, np.concatenate([x_fit, x_pseudo]), np.concatenate([y_fit, selection.targets]),
                              steps, seed, noise, init=start, weights=pool_weights)
         return train.fit(spec, label, x_fit, y_fit, steps, seed, noise, init=start,
-                         pseudo=(x_pseudo, selection.targets), pseudo_weights=weights)
+                         pseudo=(x_pseudo, selection.targets), pseudo_weights=weights, pseudo_foreign=foreign)
 
     def predict(model):
         return (items.predict_test(model, spec, np.flatnonzero(predict_rows)),

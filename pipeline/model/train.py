@@ -15,10 +15,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.data import augment
 from pipeline.data import streams as data
-from pipeline.model import distribute
+from pipeline.model import distribute, online, own_statistics
 from pipeline.errors import UserError
+from pipeline.model.batches import fit_batches
 from pipeline.model.spec import ModelSpec, TrainSettings, pseudo_batch_size
 from pipeline.run.config import PREDICTION_BATCH, STRONG_NOISE_PASSES
 
@@ -106,7 +106,10 @@ class StepLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.done = min(self.steps, self.done + self.params["steps"])
         loss = (logs or {}).get("loss", float("nan"))
-        print(f"  {self.name}: step {self.done}/{self.steps}, loss {loss:.4f} ({time.perf_counter() - self.start:.0f}s)", flush=True)
+        share = (logs or {}).get("online_share")  # --pseudo-labels online: the step's test images it labeled
+        kept = "" if share is None else f", {float(share):.0%} of the step's test images labeled"
+        print(f"  {self.name}: step {self.done}/{self.steps}, loss {loss:.4f}{kept} ({time.perf_counter() - self.start:.0f}s)",
+              flush=True)
 
 
 def labeled_passes(steps: int, batch_size: int, n_train: int, n_pseudo: int, pooled: bool) -> float:
@@ -130,30 +133,20 @@ def student_augment_level(level: str, passes: float, control_level: str) -> str:
     return "strong" if passes > STRONG_NOISE_PASSES else control_level
 
 
-def training_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
-                     pseudo: tuple[np.ndarray, np.ndarray] | None = None, weights: np.ndarray | None = None,
-                     pseudo_weights: np.ndarray | None = None) -> tuple[tf.data.Dataset, int]:
-    """Endless (items, targets, loss weights) batches of a fit, and how many pseudo-labeled items each batch adds
-    (see `fit`)."""
-    batches = data.training_stream(x, y, seed, weights).batch(batch_size)
-    if pseudo is None or len(pseudo[0]) == 0:
-        return batches, 0
-    extra = pseudo_batch_size(batch_size, len(x), len(pseudo[0]))
-    on_top = data.training_stream(*pseudo, seed + 1, pseudo_weights).batch(extra)
-    return tf.data.Dataset.zip((batches, on_top)).map(
-        lambda a, b: tuple(tf.concat([a[i], b[i]], axis=0) for i in range(3))), extra
-
-
 def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, seed: int, augment_level: str,
         init: Path | list[np.ndarray] | None = None,
         pseudo: tuple[np.ndarray, np.ndarray] | None = None, weights: np.ndarray | None = None,
-        pseudo_weights: np.ndarray | None = None) -> tuple[keras.Model, dict]:
+        pseudo_weights: np.ndarray | None = None, unlabeled: np.ndarray | None = None,
+        pseudo_foreign: np.ndarray | None = None) -> tuple[keras.Model, dict]:
     """Train on (x, targets) for exactly `steps` optimizer steps; `init` starts from saved or given weights.
 
     With `pseudo` (items, targets), every step takes --batch-size items of (x, y), the very stream a fit without
     them sees, plus `pseudo_batch_size` pseudo-labeled items on top (from their own shuffled stream): the labeled
     data is seen as often as the control sees it, and what the pseudo-labels add is all that differs.
     `weights` (per item of x) and `pseudo_weights` (per pseudo-labeled item) scale each item's loss; default 1.
+    With `unlabeled` test items instead, the student labels them itself at every step (pipeline/model/online.py).
+    `pseudo_foreign` marks the pseudo-labeled items predicted with batch-norm statistics of their own (--adapt-bn):
+    they train in a batch-norm pass of their own too (pipeline/model/own_statistics.py).
 
     Under the run's strategy (pipeline/model/distribute.py) each global batch of --batch-size items is split across
     the replicas and their gradients all-reduced into the global batch's, so the steps and schedule do not depend on
@@ -172,6 +165,12 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
                                      warmup_target=settings.learning_rate, warmup_steps=warmup)
         model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay), loss=spec.loss(),
                       jit_compile=False)
+        own = own_statistics.needed(pseudo, pseudo_foreign, 0 if pseudo is None else
+                                    pseudo_batch_size(settings.batch_size, len(x), len(pseudo[0])))
+        if unlabeled is not None:
+            online.attach(model, settings.label_smoothing)
+        elif own:
+            own_statistics.attach(model, spec.loss())
         xla = xla_enabled(settings)
         if xla:
             compile_with_xla(model)
@@ -180,13 +179,9 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
         model.optimizer.build(model.trainable_variables)
         if distribute.is_multiworker():
             distribute.detach_for_multiworker(model)
-    batches, extra = training_batches(x, y, settings.batch_size, seed, pseudo, weights, pseudo_weights)
     augment_level = applied_augmentation(spec, augment_level)
-    noise = augment.augmenter(augment_level, spec.flips)
-    if noise is not None:
-        batches = batches.map(lambda images, targets, loss_weights: (noise(tf.cast(images, tf.float32), training=True),
-                                                                     targets, loss_weights),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+    batches, extra = fit_batches(spec, x, y, seed, augment_level, pseudo, weights, pseudo_weights, unlabeled,
+                                 pseudo_foreign if own else None)
     batches = distribute.shard_by_data(data.without_autotuning(batches.prefetch(tf.data.AUTOTUNE)))
     chunk = max(1, math.ceil(steps / 10))
     started = time.perf_counter()
@@ -199,11 +194,13 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
     model._jit_compile = False  # predictions run as without --jit: XLA would compile again for every batch shape
     distribute.average_replica_statistics(model)
     losses = history.history["loss"]
-    n_pseudo = 0 if pseudo is None else int(len(pseudo[0]))
+    n_pseudo = int(len(unlabeled)) if unlabeled is not None else 0 if pseudo is None else int(len(pseudo[0]))
+    shares = history.history.get("online_share")
     return model, {"steps": int(math.ceil(steps / chunk) * chunk), "items": int(len(x)) + n_pseudo,
                    "batch": settings.batch_size + extra, "pseudo_per_batch": extra, "augment": augment_level,
                    "final_loss": float(losses[-1]), "seconds": round(time.perf_counter() - started, 2),
-                   "strategy": type(distribute.strategy()).__name__, "replicas": distribute.replicas(), "xla": xla}
+                   "strategy": type(distribute.strategy()).__name__, "replicas": distribute.replicas(), "xla": xla,
+                   **({"online_share": float(shares[-1])} if shares else {})}
 
 
 def adapted_batch_norm(model: keras.Model, source: np.ndarray, rows: np.ndarray, batch_size: int) -> list[tuple]:

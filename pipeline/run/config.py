@@ -28,7 +28,7 @@ AUGMENT_LEVELS = ("none", "light", "standard", "strong")
 # augmentation: strong noise then only blurs it (hand photos at the demo budget, 40 passes: private log loss 1.785
 # with strong, 1.649 with standard, the control 1.627). benchmarks/RESULTS.md.
 STRONG_NOISE_PASSES = 50
-BALANCE_MODES = ("predicted", "train", "none")
+BALANCE_MODES = ("predicted", "train", "aligned", "none")
 ADAPT_BN_MODES = ("none", "foreign", "shifted", "all")  # pipeline/method/adaptation.py
 CALIBRATIONS = ("temperature", "none")  # pipeline/method/calibration.py
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker")  # pipeline/model/distribute.py builds them
@@ -49,8 +49,8 @@ MAX_PSEUDO_FOLDS = 10  # the student of pseudo-fold k is seeded seed + ... + 100
 MAX_BATCH_VALUES = 2 ** 31 - 1
 PREDICTION_BATCH = 4
 # numpy's seeds, and so keras.utils.set_random_seed's, must be below 2**32. A run derives the seed of each fit from
-# --seed with the functions below (the fit of a student seeds its stream of pseudo-labeled items with its seed + 1,
-# train.training_batches), and --seed's bound follows from the largest of them.
+# --seed with the functions below (the fit of a student seeds its streams of pseudo-labeled items with its seed + 1 and
+# + 2, pipeline/model/batches.py), and --seed's bound follows from the largest of them.
 SEED_LIMIT = 2 ** 32
 
 
@@ -71,7 +71,7 @@ def student_seed(seed: int, round: int, pseudo_fold: int, model: int) -> int:
 def largest_derived_seed(seed: int, folds: int, pseudo_rounds: int, pseudo_folds: int) -> int:
     """The largest seed a run with these options passes to numpy and TensorFlow (see SEED_LIMIT)."""
     return max(teacher_seed(seed, folds - 1), control_seed(seed, folds - 1),
-               student_seed(seed, pseudo_rounds, pseudo_folds - 1, folds - 1) + 1)
+               student_seed(seed, pseudo_rounds, pseudo_folds - 1, folds - 1) + 2)
 
 
 MAX_SEED_OFFSET = largest_derived_seed(0, MAX_FOLDS, MAX_PSEUDO_ROUNDS, MAX_PSEUDO_FOLDS)
@@ -141,13 +141,13 @@ class RunConfig:
                                         "holdout/out-of-fold rows) | net (2x that - 1, and only the items it keeps above 0: a "
                                         "label no likelier right than wrong is not handed over)",
                                 check=one_of("none", "calibrated", "net"))
-    pseudo_balance: str = option("predicted", "class quotas follow the teacher's predicted class distribution on each test group, "
-                                              "the train share, or none: " + "|".join(BALANCE_MODES), check=one_of(*BALANCE_MODES))
+    pseudo_balance: str = option("predicted", "class quotas: the labeling model's class distribution on each group, the train share, that share "
+                                              "with probabilities rescaled to it, or none: " + "|".join(BALANCE_MODES), check=one_of(*BALANCE_MODES))
     pseudo_class_cap: float = option(1.0, "a class gets at most this multiple of its (--pseudo-balance) share of a group's quota",
                                      check=between(0.01, 100.0, "use a large value (e.g. 100) for no cap"))
     pseudo_groups: tuple[str, ...] = option(GROUPS, "which leaderboard groups to pseudo-label: public,private | public | private",
                                             check=groups_subset, parse=parse_groups)
-    pseudo_labels: str = option("hard", "0/1 targets or the teacher's probabilities: hard|soft", check=one_of("hard", "soft"))
+    pseudo_labels: str = option("hard", "hard|soft|online: 0/1 targets, probabilities, or the student's own at each step", check=one_of("hard", "soft", "online"))
     pseudo_folds: int = option(1, "K > 1: out-of-fold students (test fold k predicted by a student that never saw its pseudo-labels)",
                                check=integer(1, MAX_PSEUDO_FOLDS))
     student_init: str = option("teacher", "start each student from the previous model's weights, or from scratch: teacher|scratch",

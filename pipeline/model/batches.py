@@ -1,0 +1,54 @@
+"""What each optimizer step of a fit sees: the labeled stream, and what a student adds on top of it, augmented."""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline.data import augment
+from pipeline.data import streams as data
+from pipeline.model import online, own_statistics
+from pipeline.model.spec import ModelSpec, pseudo_batch_size
+
+
+def training_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
+                     pseudo: tuple[np.ndarray, np.ndarray] | None = None, weights: np.ndarray | None = None,
+                     pseudo_weights: np.ndarray | None = None) -> tuple[tf.data.Dataset, int]:
+    """Endless (items, targets, loss weights) batches of a fit, and how many pseudo-labeled items each batch adds
+    (see train.fit)."""
+    batches = data.training_stream(x, y, seed, weights).batch(batch_size)
+    if pseudo is None or len(pseudo[0]) == 0:
+        return batches, 0
+    extra = pseudo_batch_size(batch_size, len(x), len(pseudo[0]))
+    on_top = data.training_stream(*pseudo, seed + 1, pseudo_weights).batch(extra)
+    return tf.data.Dataset.zip((batches, on_top)).map(
+        lambda a, b: tuple(tf.concat([a[i], b[i]], axis=0) for i in range(3))), extra
+
+
+def fit_batches(spec: ModelSpec, x: np.ndarray, y: np.ndarray, seed: int, augment_level: str,
+                pseudo: tuple[np.ndarray, np.ndarray] | None, weights: np.ndarray | None,
+                pseudo_weights: np.ndarray | None, unlabeled: np.ndarray | None,
+                pseudo_foreign: np.ndarray | None) -> tuple[tf.data.Dataset, int]:
+    """A fit's batches with `augment_level` applied to every labeled and pseudo-labeled item, and how many items
+    each step adds to its --batch-size labeled ones. Three shapes, for three train steps (train.fit attaches them):
+    one batch (labeled + pseudo-labeled), labeled + test images in two views (`unlabeled`: online.py), or one batch
+    and the foreign pseudo-labeled items apart (`pseudo_foreign`: own_statistics.py)."""
+    batch_size = spec.settings.batch_size
+    noise = augment.augmenter(augment_level, spec.flips)
+    if unlabeled is not None:
+        return online.batches(x, y, weights, unlabeled, batch_size, seed, noise, spec.flips,
+                              images=spec.feature_dim is None)
+    if pseudo_foreign is not None:
+        labeled = data.training_stream(x, y, seed, weights).batch(batch_size)
+        batches, extra = own_statistics.batches(labeled, *pseudo, pseudo_weights, pseudo_foreign,
+                                                pseudo_batch_size(batch_size, len(x), len(pseudo[0])), seed)
+        if noise is None:
+            return batches, extra
+        noisy = lambda items: noise(tf.cast(items, tf.float32), training=True)  # noqa: E731
+        return batches.map(lambda a, b: ((noisy(a[0]), a[1], a[2]), (noisy(b[0]), b[1], b[2])),
+                           num_parallel_calls=tf.data.AUTOTUNE), extra
+    batches, extra = training_batches(x, y, batch_size, seed, pseudo, weights, pseudo_weights)
+    if noise is not None:
+        batches = batches.map(lambda items, targets, loss_weights: (noise(tf.cast(items, tf.float32), training=True),
+                                                                    targets, loss_weights),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    return batches, extra
