@@ -1,7 +1,7 @@
 """The quality suite: real sets and shifted private variants, teacher / control / student / submitted side by side.
 
 `make bench ARGS="suite [--sets sign-language digits] [--variants none dark cast blur night] [--k 10] [--seeds 0 1 2]
-                        [--sign-language DIR] [--work DIR] [-- RUN OPTIONS]"`
+                        [--unbalanced] [--sign-language DIR] [--work DIR] [-- RUN OPTIONS]"`
 
 Sets (real images, never copied into the repository):
 - `sign-language`: 2,062 photos of hands showing 10 digits (`--sign-language`, default
@@ -110,6 +110,17 @@ def write_variant(folder: Path, paths: list[str], labels: np.ndarray, classes: l
     (folder / ".complete").touch()
 
 
+def unbalanced(labels: np.ndarray, rows: np.ndarray, seed: int) -> np.ndarray:
+    """`rows` thinned per class: the i-th class of n, in an order drawn from `seed`, keeps 0.15^(i/(n-1)) of its rows."""
+    rng = np.random.default_rng(seed + 17)
+    classes = rng.permutation(np.unique(labels))
+    keep = []
+    for i, c in enumerate(classes):
+        mine = rows[labels[rows] == c]
+        keep.append(mine[: max(1, int(round(len(mine) * 0.15 ** (i / max(1, len(classes) - 1)))))])
+    return np.sort(np.concatenate(keep))
+
+
 def grey_features(folder: Path, ids: list[str], size: int = 32) -> np.ndarray:
     out = np.zeros((len(ids), size * size), dtype=np.float32)
     for row, path in enumerate(ids):
@@ -215,6 +226,9 @@ def main() -> None:
     parser.add_argument("--sign-language", type=Path, default=DEFAULT_SIGN_LANGUAGE)
     parser.add_argument("--work", type=Path, help="keep the competitions, caches and runs here (default: temporary)")
     parser.add_argument("--out", type=Path, help="also write the raw scores as CSV here")
+    parser.add_argument("--unbalanced", action="store_true",
+                        help="thin each test class unevenly (the i-th of n, in a seeded order, keeps 0.15^(i/(n-1)) of its "
+                             "images): K labels a class then meet a test set whose classes are not balanced")
     parser.add_argument("run_options", nargs=argparse.REMAINDER, help="after --: options of `python -m pipeline submit`")
     args = parser.parse_args()
     extra = [o for o in args.run_options if o != "--"]
@@ -230,11 +244,14 @@ def main() -> None:
                   f"variants {args.variants}; run options {extra or 'defaults'}", flush=True)
             for seed in args.seeds:
                 labeled, public, private = split(labels, args.k, seed)
+                if args.unbalanced:
+                    public, private = unbalanced(labels, public, seed), unbalanced(labels, private, seed)
                 for variant in args.variants:
-                    folder = work / f"{set_name}-k{args.k}-s{seed}-{variant}"
+                    name = variant + ("-unbalanced" if args.unbalanced else "")
+                    folder = work / f"{set_name}-k{args.k}-s{seed}-{name}"
                     if not (folder / ".complete").exists():
                         write_variant(folder, paths, labels, classes, labeled, public, private, variant, seed)
-                    rows += run_one(folder, work, set_name, variant, seed, labels, classes, labeled, extra)
+                    rows += run_one(folder, work, set_name, name, seed, labels, classes, labeled, extra)
                     if args.out:
                         pd.DataFrame(rows).to_csv(args.out, index=False)
     print_tables(pd.DataFrame(rows))

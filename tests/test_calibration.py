@@ -90,8 +90,10 @@ def test_the_decision_stage_submits_calibrated_probabilities_records_the_tempera
     np.testing.assert_allclose(submitted, scale(test["student"], fit_temperature(y, scored["student"])), atol=1e-6)
 
 
-def test_a_test_image_unlike_every_train_image_is_softened_but_never_sharpened():
-    """The scored rows say how sure a model should be on images like them, not on a foreign one (a night frame)."""
+@pytest.mark.parametrize("private_weighed", [True, False])
+def test_a_test_image_unlike_every_train_image_is_softened_but_never_sharpened(private_weighed):
+    """The scored rows say how sure a model should be on images like them, not on a foreign one (a night frame), nor
+    on any image of a group they cannot weigh like (too few effective rows: a blurred private half)."""
     from pipeline.plugin.registry import get_competition
     from pipeline.run.decision import decide
     from pipeline.run.folder import RunProbabilities
@@ -103,16 +105,18 @@ def test_a_test_image_unlike_every_train_image_is_softened_but_never_sharpened()
     soft, sure = softmax(logits / 3), softmax(logits * 3)  # under- and overconfident on the scored rows
     ids = [f"img_{i}.jpg" for i in range(20)]
     foreign = np.arange(20) >= 10
+    groups = np.array(["public", "private"] * 10)
+    unvouched = foreign | ((groups == "private") & (not private_weighed))  # what the run keeps (outputs.shift_evidence)
     probs = RunProbabilities(classes, np.array([f"train/{i}.jpg" for i in range(300)]), y, np.zeros(300, int),
-                             np.array(ids), np.array(["public", "private"] * 10), ids,
+                             np.array(ids), groups, ids,
                              {"teacher": soft, "student": sure}, {"teacher": softmax(test_logits / 3),
                                                                   "student": softmax(test_logits * 3)},
-                             test_foreign=foreign)
+                             test_foreign=foreign, test_unvouched=unvouched)
     outcome = decide(fisheries, probs, 0.8, 0, calibrate="temperature")
     temperatures = outcome.verdict.temperatures
     assert temperatures["teacher"] < 0.5 and temperatures["student"] > 2
     for model in ("teacher", "student"):
         submitted = outcome.tables[model].set_index("image").loc[ids].to_numpy()
         t = fit_temperature(y, probs.scored[model])
-        np.testing.assert_allclose(submitted[~foreign], scale(probs.test[model][~foreign], t), atol=1e-6)
-        np.testing.assert_allclose(submitted[foreign], scale(probs.test[model][foreign], max(t, 1.0)), atol=1e-6)
+        np.testing.assert_allclose(submitted[~unvouched], scale(probs.test[model][~unvouched], t), atol=1e-6)
+        np.testing.assert_allclose(submitted[unvouched], scale(probs.test[model][unvouched], max(t, 1.0)), atol=1e-6)

@@ -158,3 +158,15 @@ def test_calibrated_runs_submit_the_teacher_over_the_control_only_beyond_noise()
     control_vs_teacher = point.comparisons["control_vs_teacher"]
     assert control_vs_teacher.gain < 0 and 1 - control_vs_teacher.p_better < 0.8  # better, but not beyond noise
     assert point.submitted == "teacher" and guarded.submitted == "control"
+
+
+def test_the_scored_rows_speak_for_a_group_drawn_like_them_or_with_enough_look_alikes():
+    from pipeline.method.group_verdict import weighed_like
+
+    assert weighed_like(np.ones(20))  # drawn like them: however few
+    few = np.zeros(300)
+    few[:5] = 60.0  # 5 look-alikes of 300: effective sample size 5
+    assert not weighed_like(few)
+    some = np.zeros(300)
+    some[:30] = 10.0  # 30 of them
+    assert weighed_like(some)

@@ -100,8 +100,8 @@ def test_a_run_decided_before_calibration_and_group_verdicts_rescores_as_it_was_
     assert config.pop("calibrate") == "temperature"
     (run_copy / "config.json").write_text(json.dumps(config))
     with np.load(run_copy / "probabilities.npz") as npz:
-        assert {"weight_public", "weight_private", "test_foreign"} <= set(npz.files)
-        arrays = {key: npz[key] for key in npz.files if not key.startswith(("weight_", "test_foreign"))}
+        assert {"weight_public", "weight_private", "test_foreign", "test_unvouched"} <= set(npz.files)
+        arrays = {key: npz[key] for key in npz.files if not key.startswith(("weight_", "test_foreign", "test_unvouched"))}
     np.savez_compressed(run_copy / "probabilities.npz", **arrays)
     result = rescore(run_copy, write="teacher")
     assert result.verdict.temperatures == {} and result.verdict.groups == {} and result.verdict.prior is None

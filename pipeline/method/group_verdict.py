@@ -24,6 +24,11 @@ MAX_FOREIGN = 0.10  # a larger share of the group's images without a train look-
 LIKE_TRAIN = 0.9  # ESS / rows at or above which a group is drawn like train and takes the verdict's model
 
 
+def weighed_like(weights: np.ndarray) -> bool:
+    """Whether the scored rows speak for a group: drawn like it (nearly even weights), or enough of them look like it."""
+    return effective_sample_size(weights) >= min(MIN_ESS, LIKE_TRAIN * len(weights))
+
+
 def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], decisions: dict[str, Decision],
                   verdict: Verdict, weights: dict[str, np.ndarray], foreign: dict[str, float],
                   guard_confidence: float, seed: int, teacher_needs_guard: bool = False) -> dict[str, GroupVerdict]:

@@ -86,14 +86,18 @@ def calibrated(competition: Competition, probs: RunProbabilities, calibrate: str
     A test image with no look-alike among the train images (`test_foreign`) is only ever softened, never sharpened:
     the scored rows say how sure the model should be where it has seen images like them, not on a night frame. (On
     the quality suite, sharpening by the holdout's temperature, 0.35-0.5, raised the night variants' private log
-    loss from 2.17 to 2.40: benchmarks/RESULTS.md.)"""
+    loss from 2.17 to 2.40: benchmarks/RESULTS.md.) Nor is any image of a group the scored rows cannot weigh like it
+    (`test_unvouched`): a blurred private half has as many look-alikes by pixel statistics as train, but few scored
+    rows vouch for how sure the model may be there (hand photos, blurred: the control sharpened by the holdout's
+    temperature, 0.45, scored 2.68-2.77 private log loss, the class prior 2.30)."""
     if calibrate not in CALIBRATIONS:
         raise ValueError(f"unknown calibration {calibrate!r}; expected one of {', '.join(CALIBRATIONS)}")
     if calibrate == "none" or competition.multi_label:
         return probs, {}
     y = probs.y_scored
     temperatures = {name: calibration.fit_temperature(y, p) for name, p in probs.scored.items()}
-    foreign = np.zeros(len(probs.test_ids), bool) if probs.test_foreign is None else probs.test_foreign.astype(bool)
+    kept = probs.test_unvouched if probs.test_unvouched is not None else probs.test_foreign  # older runs: foreign
+    foreign = np.zeros(len(probs.test_ids), bool) if kept is None else kept.astype(bool)
 
     def scale_test(p: np.ndarray, temperature: float) -> np.ndarray:
         out = calibration.scale(p, temperature)

@@ -89,6 +89,9 @@ class RunProbabilities:
     # test group -> each scored row's importance weight for it (pipeline/method/importance.py); empty: none made
     group_weights: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     test_foreign: np.ndarray | None = None  # per test item: no look-alike among train images (None: not kept)
+    # per test item: no scored row vouches for a confidence there: foreign, or in a group they cannot weigh like
+    # (group_verdict.weighed_like); None: not kept, test_foreign then stands for it
+    test_unvouched: np.ndarray | None = None
 
     def foreign_share(self, group: str) -> float:
         """The share of the group's test items with no look-alike among the train images (0 when not kept)."""
@@ -160,7 +163,8 @@ class RunFolder:
                             **{f"scored_{k}": v for k, v in probs.scored.items()},
                             **{f"test_{k}": v for k, v in probs.test.items()},
                             **{f"weight_{g}": w for g, w in probs.group_weights.items()},
-                            **({} if probs.test_foreign is None else {"test_foreign": probs.test_foreign}))
+                            **({} if probs.test_foreign is None else {"test_foreign": probs.test_foreign}),
+                            **({} if probs.test_unvouched is None else {"test_unvouched": probs.test_unvouched}))
         write_bytes_atomic(self.file(PROBABILITIES), buffer.getvalue())
         write_csv_atomic(self.file(PSEUDO_LABELS), provenance)
 
@@ -197,7 +201,7 @@ class RunFolder:
                                 None if ids is None else [str(i) for i in ids],
                                 {m: arrays[f"scored_{m}"] for m in models}, {m: arrays[f"test_{m}"] for m in models},
                                 {k.removeprefix("weight_"): v for k, v in arrays.items() if k.startswith("weight_")},
-                                arrays.get("test_foreign"))
+                                arrays.get("test_foreign"), arrays.get("test_unvouched"))
 
     # ---- what deciding writes: submissions and metrics.json ------------------------------------------------
     def write_submissions(self, tables: dict[str, pd.DataFrame], submitted: str, also: Path | None = None) -> SubmissionRecord:

@@ -30,10 +30,12 @@ def run_probabilities(competition: Competition, data_dir: Path, items: Items, sc
 
 def shift_evidence(items: Items, seed: int) -> dict:
     """RunProbabilities' `group_weights` (each scored row's importance weight per test group,
-    pipeline/method/importance.py) and `test_foreign` (each readable test item with no look-alike among the train
-    images, pipeline/method/adaptation.py), from the properties the image stores measured while decoding."""
+    pipeline/method/importance.py), `test_foreign` (each readable test item with no look-alike among the train
+    images, pipeline/method/adaptation.py) and `test_unvouched` (those, and every item of a group the scored rows
+    cannot weigh like: group_verdict.weighed_like), from the properties the image stores measured while decoding."""
     from pipeline.method import importance
     from pipeline.method.adaptation import foreign_images
+    from pipeline.method.group_verdict import weighed_like
 
     tables = items.property_tables()
     train = tables.pop("train")
@@ -43,7 +45,12 @@ def shift_evidence(items: Items, seed: int) -> dict:
         if len(table) == (groups == g).sum():  # every item of the group measured, in item order
             foreign[groups == g] = foreign_images(train, table)
     scored_paths = items.train["path"].to_numpy(dtype=str)[items.fold >= 0]
-    return {"group_weights": importance.for_groups(train, scored_paths, tables, seed), "test_foreign": foreign}
+    weights = importance.for_groups(train, scored_paths, tables, seed)
+    unvouched = foreign.copy()
+    for g, w in weights.items():
+        if not weighed_like(w):
+            unvouched[groups == g] = True
+    return {"group_weights": weights, "test_foreign": foreign, "test_unvouched": unvouched}
 
 
 def submission_ids(competition: Competition, data_dir: Path, items: Items) -> list[str]:
