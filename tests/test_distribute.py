@@ -78,13 +78,19 @@ MIRRORED = textwrap.dedent("""
     local = spec.build()  # one device, outside the strategy
     local.set_weights(model.get_weights())
     direct = local.predict(x[rows], verbose=0)
+    # the students' own train steps (foreign pseudo-labels in a pass of their own; online labels) under the strategy
+    y = np.eye(3, dtype=np.float32)[np.arange(21) % 3]
+    wide = ModelSpec(TrainSettings.of(cfg.replace(batch_size=8)), 3, False)  # 8 foreign items a step: their own pass
+    _, own = train.fit(wide, "own", x, y, 2, 0, "none", pseudo=(x, y), pseudo_foreign=np.ones(21, bool))
+    _, online = train.fit(wide, "online", x, y, 2, 0, "none", unlabeled=x)
     try:
         distribute.setup(cfg.replace(batch_size=1))
         refused = ""
     except UserError as error:
         refused = str(error)
     print("CHECK " + json.dumps({"max_diff": float(np.abs(distributed - direct).max()), "spread": float(np.ptp(direct)),
-                                 "refused": refused}))
+                                 "refused": refused, "own": [own["pseudo_per_batch"], own["final_loss"]],
+                                 "online_loss": online["final_loss"]}))
 """)
 
 
@@ -117,6 +123,7 @@ def test_mirrored_over_two_cpu_devices_gives_the_submission_and_nearly_the_score
     assert check["spread"] > 1e-3  # the rows' predictions differ, so a misordering would show
     assert check["max_diff"] < 1e-5
     assert "--batch-size 1 is smaller than the 2 replicas" in check["refused"]
+    assert check["own"][0] == 8 and 0 < check["own"][1] < 10 and 0 < check["online_loss"] < 10  # ran on 2 replicas
 
 
 # Every wait on a worker process ends well inside the per-test timeout (pyproject.toml): a worker that hangs then

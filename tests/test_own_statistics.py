@@ -43,6 +43,7 @@ def test_foreign_items_leave_the_moving_statistics_to_the_labeled_batch():
                             pseudo_foreign=np.ones(24, bool))
     mixed, _ = train.fit(spec, "student", x, y, 3, seed=1, augment_level="none", pseudo=(bright, targets))
     assert info["pseudo_per_batch"] == 8  # as many as the labeled items, all in the second pass
+    assert info["final_loss"] > 0  # the step's own loss, not an untouched compiled metric
     for a, b in zip(_moving_statistics(alone), _moving_statistics(apart)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert any(not np.allclose(a, m, rtol=1e-3) for a, m in zip(_moving_statistics(alone), _moving_statistics(mixed)))

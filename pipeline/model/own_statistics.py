@@ -74,14 +74,17 @@ def attach(model: keras.Model, loss: keras.losses.Loss) -> None:
                 for layer, (mean, variance) in zip(norms, kept):
                     layer.moving_mean.assign(mean)
                     layer.moving_variance.assign(variance)
-            total = tf.reduce_sum(w * loss.call(y, probs)) + tf.reduce_sum(wf * loss.call(yf, foreign_probs))
+            foreign_total = tf.reduce_sum(wf * loss.call(yf, foreign_probs))
+            total = tf.reduce_sum(w * loss.call(y, probs)) + foreign_total
             value = total / tf.cast(tf.shape(x)[0] + tf.shape(xf)[0], tf.float32)
             if model.losses:
                 value += tf.add_n(model.losses)
             scaled = model.optimizer.scale_loss(value)  # divided by the replicas under a distribution strategy
         variables = model.trainable_weights
         model.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        return {"loss": value}
+        # a second key: logs whose keys are exactly the compiled metrics' ("loss") are replaced by those metrics, which
+        # this step does not update (Keras's Trainer._get_metrics_result_or_logs), and read 0
+        return {"loss": value, "foreign_loss": foreign_total / tf.cast(tf.shape(xf)[0], tf.float32)}
 
     model.train_step = train_step
 

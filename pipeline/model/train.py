@@ -163,10 +163,13 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
         warmup = min(100, steps // 10)
         schedule = WarmupCosineDecay(settings.learning_rate * 0.1, max(1, steps - warmup), alpha=0.0,
                                      warmup_target=settings.learning_rate, warmup_steps=warmup)
-        model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay), loss=spec.loss(),
-                      jit_compile=False)
         own = own_statistics.needed(pseudo, pseudo_foreign, 0 if pseudo is None else
                                     pseudo_batch_size(settings.batch_size, len(x), len(pseudo[0])))
+        # a train step of our own computes its loss itself; a compiled loss would make Keras build the model
+        # symbolically under a distribution strategy, from a batch that is not the model's input
+        own_step = unlabeled is not None or own
+        model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay),
+                      loss=None if own_step else spec.loss(), jit_compile=False)
         if unlabeled is not None:
             online.attach(model, settings.label_smoothing)
         elif own:
