@@ -207,7 +207,7 @@ def _class_share(hard: np.ndarray, train_share: np.ndarray, balance: str) -> np.
         return np.asarray(train_share, dtype=np.float64)
     if balance == "predicted":
         return hard.mean(axis=0) if len(hard) else np.zeros(hard.shape[1])
-    raise ValueError(f"unknown balance {balance!r}; expected predicted, train or none")
+    raise ValueError(f"unknown balance {balance!r}; expected predicted, train, aligned or none")
 
 
 def align_to_prior(probs: np.ndarray, prior: np.ndarray, iterations: int = 100) -> np.ndarray:

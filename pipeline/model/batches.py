@@ -34,21 +34,22 @@ def fit_batches(spec: ModelSpec, x: np.ndarray, y: np.ndarray, seed: int, augmen
     and the foreign pseudo-labeled items apart (`pseudo_foreign`: own_statistics.py)."""
     batch_size = spec.settings.batch_size
     noise = augment.augmenter(augment_level, spec.flips)
+    noisy = lambda items: noise(tf.cast(items, tf.float32), training=True)  # noqa: E731  (used where noise is set)
+    if unlabeled is not None or pseudo_foreign is not None:
+        labeled = data.training_stream(x, y, seed, weights).batch(batch_size)  # the control's own stream
     if unlabeled is not None:
-        return online.batches(x, y, weights, unlabeled, batch_size, seed, noise, spec.flips,
-                              images=spec.feature_dim is None)
+        if noise is not None:
+            labeled = labeled.map(lambda items, targets, w: (noisy(items), targets, w), num_parallel_calls=tf.data.AUTOTUNE)
+        return online.batches(labeled, len(x), unlabeled, batch_size, seed, spec.flips, images=spec.feature_dim is None)
     if pseudo_foreign is not None:
-        labeled = data.training_stream(x, y, seed, weights).batch(batch_size)
         batches, extra = own_statistics.batches(labeled, *pseudo, pseudo_weights, pseudo_foreign,
                                                 pseudo_batch_size(batch_size, len(x), len(pseudo[0])), seed)
         if noise is None:
             return batches, extra
-        noisy = lambda items: noise(tf.cast(items, tf.float32), training=True)  # noqa: E731
         return batches.map(lambda a, b: ((noisy(a[0]), a[1], a[2]), (noisy(b[0]), b[1], b[2])),
                            num_parallel_calls=tf.data.AUTOTUNE), extra
     batches, extra = training_batches(x, y, batch_size, seed, pseudo, weights, pseudo_weights)
     if noise is not None:
-        batches = batches.map(lambda items, targets, loss_weights: (noise(tf.cast(items, tf.float32), training=True),
-                                                                    targets, loss_weights),
+        batches = batches.map(lambda items, targets, loss_weights: (noisy(items), targets, loss_weights),
                               num_parallel_calls=tf.data.AUTOTUNE)
     return batches, extra

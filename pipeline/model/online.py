@@ -29,16 +29,12 @@ UNLABELED_WEIGHT = 1.0  # the test images' loss beside the labeled batch's (FixM
 WEAK, STRONG = "light", "strong"  # the augmentation levels of the two views (pipeline/data/augment.py)
 
 
-def batches(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None, unlabeled: np.ndarray, batch_size: int,
-            seed: int, noise: keras.Sequential | None, flips: str, images: bool) -> tuple[tf.data.Dataset, int]:
+def batches(labeled: tf.data.Dataset, n_labeled: int, unlabeled: np.ndarray, batch_size: int, seed: int, flips: str,
+            images: bool) -> tuple[tf.data.Dataset, int]:
     """Endless ((labeled items, targets, loss weights), (weak views, strong views)) batches, and how many test
-    images each step adds (`pseudo_batch_size`). The labeled part is the control's stream with its `noise`;
-    `images` False (cached embeddings) leaves both views as they are."""
-    labeled = data.training_stream(x, y, seed, weights).batch(batch_size)
-    if noise is not None:
-        labeled = labeled.map(lambda items, targets, w: (noise(tf.cast(items, tf.float32), training=True), targets, w),
-                              num_parallel_calls=tf.data.AUTOTUNE)
-    extra = pseudo_batch_size(batch_size, len(x), len(unlabeled))
+    images each step adds (`pseudo_batch_size`). `labeled` is the control's own batched, augmented stream of its
+    `n_labeled` items; `images` False (cached embeddings) leaves both views as they are."""
+    extra = pseudo_batch_size(batch_size, n_labeled, len(unlabeled))
     placeholder = np.zeros((len(unlabeled), 1), np.float32)  # the stream carries targets; test images have none
     test = data.training_stream(unlabeled, placeholder, seed + 1).batch(extra)
     weak = augment.augmenter(WEAK, flips) if images else None

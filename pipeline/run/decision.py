@@ -97,11 +97,11 @@ def calibrated(competition: Competition, probs: RunProbabilities, calibrate: str
     y = probs.y_scored
     temperatures = {name: calibration.fit_temperature(y, p) for name, p in probs.scored.items()}
     kept = probs.test_unvouched if probs.test_unvouched is not None else probs.test_foreign  # older runs: foreign
-    foreign = np.zeros(len(probs.test_ids), bool) if kept is None else kept.astype(bool)
+    unvouched = np.zeros(len(probs.test_ids), bool) if kept is None else kept.astype(bool)
 
     def scale_test(p: np.ndarray, temperature: float) -> np.ndarray:
         out = calibration.scale(p, temperature)
-        out[foreign] = calibration.scale(p[foreign], max(temperature, 1.0))
+        out[unvouched] = calibration.scale(p[unvouched], max(temperature, 1.0))
         return out
 
     return dataclasses.replace(
