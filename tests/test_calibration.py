@@ -39,12 +39,34 @@ def test_scaling_keeps_every_argmax_and_rows_that_sum_to_one():
         np.testing.assert_allclose(scaled.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_a_model_that_is_never_right_gets_the_softest_temperature_and_one_always_right_the_sharpest():
+def test_without_the_prior_a_model_never_right_gets_the_softest_temperature_and_one_always_right_the_sharpest():
     y = np.eye(3)[np.arange(30) % 3]
     right = 0.6 * y + 0.2 * (1 - y)
     wrong = np.roll(right, 1, axis=1)
-    assert fit_temperature(y, right) == pytest.approx(LOWEST, rel=0.01)
-    assert fit_temperature(y, wrong) == pytest.approx(HIGHEST, rel=0.01)
+    assert fit_temperature(y, right, prior_sd=None) == pytest.approx(LOWEST, rel=0.01)
+    assert fit_temperature(y, wrong, prior_sd=None) == pytest.approx(HIGHEST, rel=0.01)
+
+
+def test_the_prior_keeps_a_few_right_rows_from_asking_for_the_sharpest_temperature_and_yields_to_many():
+    def always_right(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.eye(3)[np.arange(n) % 3]
+        return y, 0.6 * y + 0.2 * (1 - y)
+
+    few, many = fit_temperature(*always_right(16)), fit_temperature(*always_right(1000))
+    assert 0.2 < few < 1.0  # sharper, but a wrong answer made at this temperature costs a few nats, not ten
+    assert many < 0.6 * few  # a thousand rows outweigh the prior
+    logits, y = calibrated_draw(200, 5, seed=4)
+    probs = softmax(logits / 2.0)  # needs T = 0.5
+    assert fit_temperature(y, probs) == pytest.approx(fit_temperature(y, probs, prior_sd=None), rel=0.1)
+
+
+def test_on_twenty_rows_one_confident_mistake_costs_less_cross_fitted_with_the_prior_than_without():
+    y = np.eye(4)[np.arange(20) % 4]
+    probs = 0.85 * y + 0.05 * (1 - y)  # right on 19 rows at 0.85
+    probs[7] = np.roll(probs[7], 1)  # and wrong on one at 0.85: the fold holding it is scaled by the other 16
+    with_prior, without = cross_fitted(y, probs, seed=0), cross_fitted(y, probs, seed=0, prior_sd=None)
+    assert log_loss(y, with_prior) < log_loss(y, without) - 0.2
+    assert -np.log(without[7, 3]) > 8  # the failure the prior is for: one row at the sharpest temperature
 
 
 def test_a_cross_fitted_row_is_scaled_by_a_temperature_its_own_label_did_not_choose():

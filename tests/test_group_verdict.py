@@ -10,7 +10,7 @@ from scipy.stats import spearmanr
 from pipeline.data.image_properties import NUMERIC_PROPERTIES
 from pipeline.method.group_verdict import MAX_FOREIGN, MIN_ESS, decide_groups
 from pipeline.method.importance import density_weights, effective_sample_size
-from pipeline.method.verdict import BY_GROUP, Verdict, decide_submission
+from pipeline.method.verdict import AVERAGE, BY_GROUP, Verdict, decide_submission
 from pipeline.plugin.api import Decision
 from pipeline.plugin.registry import get_competition
 
@@ -76,6 +76,24 @@ def _two_halves():
     return fisheries, y, scored, decisions, verdict, first
 
 
+def _close_call():
+    """Scored rows where the student and the control differ on a few rows only, each right on half of those: the
+    guard keeps the control (the student is not better beyond noise), and the student did not lose beyond it."""
+    fisheries = get_competition("fisheries")
+    labels, y, control = _sure_of_the_truth(200, 8, 0.6)
+    student = control.copy()
+    student[:10] = np.roll(control[:10], 1, axis=1)  # wrong where the control is right
+    control = control.copy()
+    control[10:20] = np.roll(control[10:20], 1, axis=1)  # and the other way round
+    teacher = np.sqrt(control) / np.sqrt(control).sum(axis=1, keepdims=True)  # the control, less sure: calibrated,
+    # the two are one model (every resample a tie), and a tie keeps the control
+    scored = {"teacher": teacher, "control": control, "student": student}
+    decisions = {name: Decision() for name in scored}
+    verdict = decide_submission(fisheries, y, scored, decisions, "holdout", 0.8, seed=0)
+    assert verdict.submitted == "control" and 0.2 <= verdict.comparisons["student_vs_control"].p_better < 0.8
+    return fisheries, y, scored, decisions, verdict
+
+
 def test_a_group_like_the_rows_where_the_student_wins_gets_the_student_and_the_others_keep_the_verdict():
     fisheries, y, scored, decisions, verdict, first = _two_halves()
     assert verdict.submitted == "control"
@@ -132,6 +150,103 @@ def test_the_decision_stage_submits_each_group_its_own_model_and_each_models_own
     pd.testing.assert_frame_equal(mixed.loc[private], student.loc[private])
     assert list(mixed.index) == list(test_ids[::-1])  # the submission's own order
     np.testing.assert_allclose(student.loc[list(test_ids)].to_numpy(), test["student"], atol=1e-6)  # uncalibrated
+
+
+@pytest.mark.parametrize("unmeasured", ["student", "average"])
+def test_a_mostly_foreign_group_under_a_control_verdict_gets_the_student_or_the_average_and_no_other_group_does(unmeasured):
+    fisheries, y, scored, decisions, verdict = _close_call()
+    decisions = {**decisions, AVERAGE: Decision()}  # decide() adds the average as one more model
+    few = np.zeros(len(y))
+    few[-int(MIN_ESS) + 1:] = 1.0  # one row short of MIN_ESS, but with look-alikes among train
+    weights = {"night": np.ones(len(y)), "few": few, "public": np.ones(len(y))}
+    foreign = {"night": MAX_FOREIGN, "few": 0.0, "public": 0.0}
+    learned = {"night": 30, "few": 30, "public": 30}
+    groups = decide_groups(fisheries, y, scored, decisions, verdict, weights, foreign, 0.8, 0, unmeasured=unmeasured,
+                           learned=learned)
+    assert groups["night"].submitted == unmeasured and not groups["night"].confident
+    assert "the student learned from 30 of its images" in groups["night"].reason
+    assert groups["few"].submitted == "control" and groups["public"].submitted == "control"
+    for other in ({"learned": {**learned, "night": 0}}, {"unmeasured": "verdict"}):  # nothing learned there; the option
+        kept = decide_groups(fisheries, y, scored, decisions, verdict, weights, foreign, 0.8, 0,
+                             **{"unmeasured": unmeasured, "learned": learned, **other})
+        assert kept["night"].submitted == "control" and kept["night"].reason.endswith("it gets the verdict's control")
+    fisheries, y, scored, decisions, lost, first = _two_halves()  # the student loses beyond noise on the scored rows
+    assert lost.submitted == "control" and lost.comparisons["student_vs_control"].p_better < 0.2
+    groups = decide_groups(fisheries, y, scored, {**decisions, AVERAGE: Decision()}, lost, weights, foreign, 0.8, 0,
+                           unmeasured=unmeasured, learned=learned)
+    assert groups["night"].submitted == "control"
+    student_verdict = decide_submission(fisheries, y, scored, decisions, "holdout", 0.0, seed=0)  # guard off: student
+    groups = decide_groups(fisheries, y, scored, decisions, student_verdict, weights, foreign, 0.0, 0,
+                           unmeasured=unmeasured, learned=learned)
+    assert groups["night"].submitted == "student"  # the verdict's own model: nothing to hedge
+
+
+def _foreign_private_run(student_differs: bool = True):
+    from pipeline.run.folder import RunProbabilities
+
+    fisheries, y, scored, decisions, verdict = _close_call()
+    classes = ["ALB", "BET", "DOL", "LAG", "NoF", "OTHER", "SHARK", "YFT"]
+    test_ids = np.array([f"img_{i}.jpg" for i in range(10)])
+    groups = np.array(["public"] * 5 + ["private"] * 5)
+    rng = np.random.default_rng(0)
+    test = {m: rng.dirichlet(np.ones(8), 10) for m in scored}
+    if not student_differs:
+        scored["student"], test["student"] = scored["control"].copy(), test["control"].copy()
+    probs = RunProbabilities(classes, np.array([f"train/{i}.jpg" for i in range(len(y))]), y, np.zeros(len(y), int),
+                             test_ids, groups, list(test_ids), scored, test,
+                             {"public": np.ones(len(y)), "private": np.ones(len(y))}, groups == "private")
+    return fisheries, probs
+
+
+def test_the_decision_stage_submits_a_foreign_group_the_mean_of_control_and_student_probabilities():
+    from pipeline.run.decision import decide
+
+    fisheries, probs = _foreign_private_run()
+    outcome = decide(fisheries, probs, 0.8, seed=0, unmeasured_groups="average", learned={"public": 5, "private": 5})
+    assert outcome.verdict.submitted == "control" and outcome.verdict.groups["private"].submitted == AVERAGE
+    assert outcome.submitted == BY_GROUP and AVERAGE not in outcome.holdout  # scored, never the run's verdict
+    mixed, control, average = (outcome.tables[name].set_index("image") for name in (BY_GROUP, "control", AVERAGE))
+    private = list(probs.test_ids[5:])
+    pd.testing.assert_frame_equal(mixed.loc[private], average.loc[private])
+    pd.testing.assert_frame_equal(mixed.loc[list(probs.test_ids[:5])], control.loc[list(probs.test_ids[:5])])
+    mean = (probs.test["control"] + probs.test["student"]) / 2
+    np.testing.assert_allclose(average.loc[list(probs.test_ids)].to_numpy(), mean / mean.sum(axis=1, keepdims=True),
+                               atol=1e-6)  # uncalibrated, as every model here
+    assert decide(fisheries, probs, 0.8, seed=0).verdict.groups["private"].submitted == "control"  # the default: verdict
+
+
+def test_the_rule_reads_the_students_uncalibrated_comparison_with_the_control():
+    fisheries, y, scored, decisions, lost, first = _two_halves()  # calibrated, the student lost beyond noise
+    weights, foreign, learned = {"night": np.ones(len(y))}, {"night": 1.0}, {"night": 30}
+    kept = decide_groups(fisheries, y, scored, decisions, lost, weights, foreign, 0.8, 0, unmeasured="student",
+                         learned=learned)
+    given = decide_groups(fisheries, y, scored, decisions, lost, weights, foreign, 0.8, 0, unmeasured="student",
+                          learned=learned, student_p_better=0.45)  # as the models predicted, it did not
+    assert kept["night"].submitted == "control" and given["night"].submitted == "student"
+    assert "(uncalibrated, better in 45% of resamples)" in given["night"].reason
+
+
+def test_a_calibrated_decision_gates_an_unmeasured_group_on_the_raw_probabilities():
+    from pipeline.method.verdict import compare
+    from pipeline.run.decision import decide
+
+    fisheries, probs = _foreign_private_run()
+    outcome = decide(fisheries, probs, 0.8, seed=0, calibrate="temperature", unmeasured_groups="student",
+                     learned={"public": 5, "private": 5})
+    y = probs.y_scored
+    raw = compare(fisheries, y, probs.scored["student"], probs.scored["control"], (Decision(), Decision()),
+                  ("student", "control"), 0).p_better
+    private = outcome.verdict.groups["private"]
+    assert outcome.verdict.submitted == "control"  # calibrated, the teacher ties it in every resample: not a win
+    assert private.submitted == "student" and f"(uncalibrated, better in {raw:.0%} of resamples)" in private.reason
+
+
+def test_a_student_that_learned_nothing_gives_no_average():
+    from pipeline.run.decision import decide
+
+    fisheries, probs = _foreign_private_run(student_differs=False)
+    outcome = decide(fisheries, probs, 0.8, seed=0, unmeasured_groups="average", learned={"public": 5, "private": 5})
+    assert AVERAGE not in outcome.tables and outcome.verdict.groups["private"].submitted == outcome.verdict.submitted
 
 
 def test_a_group_with_nearly_even_weights_is_drawn_like_train_and_takes_the_verdicts_model():

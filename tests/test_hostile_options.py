@@ -22,8 +22,8 @@ from PIL import Image
 
 from pipeline.run import preflight
 from pipeline.__main__ import main
-from pipeline.run.config import (MAX_FOLDS, MAX_PSEUDO_FOLDS, MAX_PSEUDO_ROUNDS, MAX_SEED, SEED_LIMIT, RunConfig,
-                                 largest_derived_seed)
+from pipeline.run.config import MAX_FOLDS, MAX_PSEUDO_FOLDS, MAX_PSEUDO_ROUNDS, MAX_SEED, RunConfig
+from pipeline.run.seeds import SEED_LIMIT, largest_derived_seed
 from pipeline.errors import UserError
 from pipeline.plugin.registry import get_competition
 from tests.conftest import tiny_config

@@ -16,6 +16,7 @@ from pipeline.plugin.api import Decision
 from pipeline.plugin.registry import get_competition, list_competitions
 from pipeline.run.decision import submission_table
 from pipeline.method import calibration
+from pipeline.method.verdict import BY_GROUP
 from pipeline.run.folder import RunFolder, RunProbabilities, model_submission
 from pipeline.run.metrics import RunMetrics
 from pipeline.run.rescore import rescore
@@ -49,7 +50,7 @@ def test_rescore_reproduces_the_run_byte_for_byte(name, tiny_plugin_run, plugin_
     for model, table in result.outcome.tables.items():  # every submission, as the run wrote it
         write_csv_atomic(tmp_path / model, table)
         assert (tmp_path / model).read_bytes() == (run_dir / model_submission(model)).read_bytes(), model
-    assert (tmp_path / result.verdict.submitted).read_bytes() == (run_dir / "submission.csv").read_bytes()
+    assert (tmp_path / result.outcome.submitted).read_bytes() == (run_dir / "submission.csv").read_bytes()
 
 
 @pytest.mark.parametrize("name", list_competitions())
@@ -57,7 +58,8 @@ def test_rescore_reproduces_the_run_byte_for_byte(name, tiny_plugin_run, plugin_
 def test_metrics_json_reads_back_to_the_same_bytes(name, tiny_plugin_run):
     path = tiny_plugin_run(name).run_dir / "metrics.json"
     metrics = RunFolder(path.parent).read_metrics()
-    assert metrics.verdict.submitted == metrics.submission.model and metrics.timings.total_s > 0
+    assert metrics.submission.model == (BY_GROUP if metrics.verdict.by_group else metrics.verdict.submitted)
+    assert metrics.timings.total_s > 0
     assert json.dumps(metrics.to_dict(), indent=2) + "\n" == path.read_text()
 
 
@@ -108,6 +110,22 @@ def test_a_run_decided_before_calibration_and_group_verdicts_rescores_as_it_was_
     run = RunFolder(run_copy).read_probabilities()
     written = pd.read_csv(result.written).set_index("image").loc[run.test_ids].to_numpy()
     assert np.allclose(written, run.test["teacher"], atol=1e-6)  # the teacher's probabilities as they were
+
+
+@trained
+def test_a_run_calibrated_before_the_temperature_prior_rescores_with_the_fit_it_had(run_copy):
+    """A verdict with temperatures but no temperature_prior_sd was fit without the prior: rescored so, and a run of
+    this version records the prior it used."""
+    metrics = json.loads((run_copy / "metrics.json").read_text())
+    assert metrics["verdict"]["temperature_prior_sd"] == calibration.PRIOR_SD
+    del metrics["verdict"]["temperature_prior_sd"]
+    (run_copy / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    result = rescore(run_copy)
+    run = RunFolder(run_copy).read_probabilities()
+    for model, t in result.verdict.temperatures.items():
+        assert t == pytest.approx(round(calibration.fit_temperature(run.y_scored, run.scored[model], prior_sd=None), 4))
+    assert result.verdict.temperatures != metrics["verdict"]["temperatures"]  # the prior moved them in the run
+    assert result.verdict.temperature_prior_sd is None
 
 
 @trained

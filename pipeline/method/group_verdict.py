@@ -7,7 +7,16 @@ of the group that has look-alikes among them. So a group's own choice is made on
 - the weights rest on enough rows: effective sample size at least MIN_ESS;
 - the group has look-alikes: fewer than MAX_FOREIGN of its images are foreign (no train image near them,
   pipeline/method/adaptation.py); a group that is mostly foreign is where the weighted estimate is blind.
-Otherwise the group gets the run's verdict, and the reason says why the estimate was not trusted. A group whose
+Otherwise the group gets the run's verdict, and the reason says why the estimate was not trusted; except where the
+verdict fell back to the control and the group is mostly foreign (--unmeasured-groups, `unmeasured_choice`): there the
+student is the one model that learned from the group's own images (its pseudo-labels, under batch-norm statistics of
+their own), which is where self-training pays in domain adaptation (Zou et al. 2018), and no scored row can say
+whether it did. So the group gets the student (`student`), or the mean of the two models' probabilities (`average`:
+on log loss, which is convex, never worse than the two models' mean score), when the student learned from at least one
+of the group's images and did not lose to the control beyond noise on the scored rows, as the models predicted them:
+uncalibrated, since on 20 held-out rows each fold's temperature rests on 16, and one confident mistake sets it (digits,
+default budget: the student's one wrong row at 0.85 made the calibrated student lose in every resample, with raw log
+losses 0.417 against the control's 0.427). A group whose
 weights are nearly even (ESS at least LIKE_TRAIN of the rows) is drawn like train: the run's verdict speaks for it,
 and a second bootstrap on nearly the same rows would only flip a close call. Pure numpy.
 """
@@ -16,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.method.importance import effective_sample_size
-from pipeline.method.verdict import GroupVerdict, Verdict, decide_submission
+from pipeline.method.verdict import AVERAGE, GroupVerdict, Verdict, decide_submission
 from pipeline.plugin.api import Decision
 
 MIN_ESS = 20.0  # fewer effective rows: a percentile bootstrap of a weighted mean is noise
@@ -31,9 +40,14 @@ def weighed_like(weights: np.ndarray) -> bool:
 
 def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], decisions: dict[str, Decision],
                   verdict: Verdict, weights: dict[str, np.ndarray], foreign: dict[str, float],
-                  guard_confidence: float, seed: int, teacher_needs_guard: bool = False) -> dict[str, GroupVerdict]:
+                  guard_confidence: float, seed: int, teacher_needs_guard: bool = False, unmeasured: str = "verdict",
+                  learned: dict[str, int] | None = None, student_p_better: float | None = None) -> dict[str, GroupVerdict]:
     """Each weighted group's verdict (`weights`: group -> one weight per scored row; `foreign`: group -> share of
-    its images with no train look-alike), falling back to `verdict`'s model where the estimate is not trusted."""
+    its images with no train look-alike), falling back to `verdict`'s model where the estimate is not trusted, or to
+    `unmeasured_choice` (`learned`: group -> pseudo-labels the student learned from its images; `student_p_better`:
+    the share of resamples in which the uncalibrated student beat the control, default the verdict's)."""
+    if student_p_better is None and "student_vs_control" in verdict.comparisons:
+        student_p_better = verdict.comparisons["student_vs_control"].p_better
     out = {}
     any_model = next(iter(scored))
     per_row = competition.metric_rows(y, competition.decide(scored[any_model], decisions[any_model])) is not None
@@ -52,6 +66,17 @@ def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], dec
                           f"for them (needs under {MAX_FOREIGN:.0%})")
         if not per_row:
             doubts.append(f"the {competition.metric_name} metric has no per-row form to weigh")
+        chosen = unmeasured_choice(unmeasured, verdict.submitted, share, (learned or {}).get(group, 0),
+                                   student_p_better, guard_confidence, AVERAGE in decisions) if doubts else None
+        if chosen:
+            out[group] = GroupVerdict(group, ess, share, False, chosen,
+                                      f"not confident for the {group} group: {'; '.join(doubts)}; the student learned "
+                                      f"from {learned[group]} of its images and the control did not, and did not lose "
+                                      f"to it on the {verdict.kind} rows beyond noise (uncalibrated, better in "
+                                      f"{student_p_better:.0%} of resamples): it gets "
+                                      + ("the student" if chosen == "student" else "the average of the two")
+                                      + " (--unmeasured-groups)")
+            continue
         if doubts:
             out[group] = GroupVerdict(group, ess, share, False, verdict.submitted,
                                       f"not confident for the {group} group: {'; '.join(doubts)}; it gets the "
@@ -62,3 +87,14 @@ def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], dec
                                           f"{len(y)})", teacher_needs_guard=teacher_needs_guard)
         out[group] = GroupVerdict(group, ess, share, True, weighted.submitted, weighted.reason, weighted.scores)
     return out
+
+
+def unmeasured_choice(unmeasured: str, submitted: str, foreign_share: float, learned: int,
+                      student_p_better: float | None, guard_confidence: float, average_available: bool) -> str | None:
+    """What a group no scored row can measure gets instead of the verdict's control (module doc), or None: keep it."""
+    if (unmeasured == "verdict" or foreign_share < MAX_FOREIGN or submitted != "control" or learned <= 0
+            or student_p_better is None or student_p_better < 1 - guard_confidence):
+        return None
+    if unmeasured == "average":
+        return AVERAGE if average_available else None
+    return "student"

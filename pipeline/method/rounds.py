@@ -17,7 +17,8 @@ from pipeline.cache import models as model_cache
 from pipeline.cache.stage import folder_of
 from pipeline.errors import UserError
 from pipeline.method import pseudo, trust
-from pipeline.run.config import RunConfig, student_seed
+from pipeline.run.config import RunConfig
+from pipeline.run.seeds import student_seed
 
 if TYPE_CHECKING:  # TensorFlow is imported only where a model is built
     from pipeline.data.items import Items

@@ -24,7 +24,8 @@ from pipeline.data import split
 from pipeline.method import pseudo
 from pipeline.method.rounds import Chain, Inputs, Round, fit_round
 from pipeline.model.family import FoldModel, fit_family, mean_over_models
-from pipeline.run.config import RunConfig, control_seed
+from pipeline.run.config import RunConfig
+from pipeline.run.seeds import control_seed
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pipeline.plugin.api import Decision
 
 MODELS = ("teacher", "control", "student")  # every model a run can have, in the order tables show them
 BY_GROUP = "by-group"  # the submission that gives each test group its own model's predictions (Verdict.by_group)
+AVERAGE = "average"  # the mean of the control's and the student's probabilities: what an unmeasured group can get
 BOOTSTRAP_RESAMPLES = 500  # the verdict's; `compare --resamples` chooses its own
 LEVEL = 0.90  # of every bootstrap interval reported: the verdict's, `runs rescore`'s and `compare`'s
 # LEVEL's two tails, written out: (1 - LEVEL) / 2 is 0.04999999999999999, and a quantile taken there would move
@@ -34,6 +35,9 @@ class Comparison:
     gain: float  # metric difference, signed so that > 0 means `better` is better
     p_better: float  # share of bootstrap resamples in which `better` is better
     interval: tuple[float, float]  # LEVEL bootstrap interval of the gain
+    # share of resamples in which `worse` is better: 1 - p_better less the ties, which an accuracy gain has often
+    # (not recorded: the verdict's decision is, and a rescore recomputes it)
+    p_worse: float | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -91,6 +95,7 @@ class Verdict:
     groups: dict[str, GroupVerdict] = field(default_factory=dict)  # test group -> its own choice (empty: none made)
     prior: float | None = None  # the class prior's score on the same rows: what a model must beat to have learned
     temperatures: dict[str, float] = field(default_factory=dict)  # model -> its temperature (--calibrate temperature)
+    temperature_prior_sd: float | None = None  # the temperature fit's prior (calibration.PRIOR_SD); None: fit without one
 
     @property
     def by_group(self) -> bool:
@@ -101,6 +106,8 @@ class Verdict:
         groups = {"groups": {g: v.to_dict() for g, v in self.groups.items()}} if self.groups else {}
         prior = {} if self.prior is None else {"prior": self.prior}
         temperatures = {"temperatures": self.temperatures} if self.temperatures else {}
+        if self.temperatures and self.temperature_prior_sd is not None:
+            temperatures["temperature_prior_sd"] = self.temperature_prior_sd
         return {"scores": self.scores, "rows": self.rows, "kind": self.kind, "submitted": self.submitted, "reason": self.reason,
                 **{name: c.to_dict() for name, c in self.comparisons.items()}, **groups, **prior, **temperatures}
 
@@ -110,7 +117,8 @@ class Verdict:
         comparisons = {key: Comparison.from_dict(key, value) for key, value in record.items() if "_vs_" in key}
         groups = {g: GroupVerdict.from_dict(g, v) for g, v in (record.get("groups") or {}).items()}
         return cls(dict(record["scores"]), int(record["rows"]), record["kind"], comparisons, record["submitted"],
-                   record["reason"], groups, record.get("prior"), dict(record.get("temperatures") or {}))
+                   record["reason"], groups, record.get("prior"), dict(record.get("temperatures") or {}),
+                   record.get("temperature_prior_sd"))
 
 
 def score(competition, y: np.ndarray, probs: np.ndarray, decision: Decision, weights: np.ndarray | None = None) -> float:
@@ -164,7 +172,8 @@ def paired_bootstrap(competition, y: np.ndarray, submitted_a: np.ndarray, submit
         whole = sign * (competition.metric(y, submitted_a) - competition.metric(y, submitted_b))
     else:
         whole = float(np.average(per_row, weights=weights))
-    return Comparison(names[0], names[1], float(whole), float((gains > 0).mean()), (float(low), float(high)))
+    return Comparison(names[0], names[1], float(whole), float((gains > 0).mean()), (float(low), float(high)),
+                      float((gains < 0).mean()))
 
 
 def decide_submission(competition, y: np.ndarray, scored: dict[str, np.ndarray], decisions: dict[str, Decision], kind: str,
@@ -202,7 +211,7 @@ def decide_submission(competition, y: np.ndarray, scored: dict[str, np.ndarray],
     if baseline == "control" and "student_vs_teacher" in verdict.comparisons:
         control_vs_teacher = verdict.comparisons["control_vs_teacher"]
         if teacher_needs_guard:  # the teacher replaces the control only as the student would: beyond noise
-            fallback = "teacher" if 1 - control_vs_teacher.p_better >= max(guard_confidence, 0.5) else "control"
+            fallback = "teacher" if control_vs_teacher.p_worse >= max(guard_confidence, 0.5) else "control"
         else:
             fallback = "control" if control_vs_teacher.gain >= 0 else "teacher"
     verdict.submitted = fallback

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from pipeline.data import split
-from pipeline.run.config import teacher_seed
+from pipeline.run.seeds import teacher_seed
 
 if TYPE_CHECKING:
     from pipeline.data.items import Items

@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline.errors import UserError
 from pipeline.plugin.api import GROUPS
 from pipeline.run.options import Bounds, between, flag_of, groups_subset, integer, one_of, option, parse_groups
+from pipeline.run.seeds import SEED_LIMIT, largest_derived_seed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # pipeline/run/config.py -> the checkout
 SUBMISSIONS_DIR = REPO_ROOT / "submissions"
@@ -31,6 +32,7 @@ STRONG_NOISE_PASSES = 50
 BALANCE_MODES = ("predicted", "train", "aligned", "none")
 ADAPT_BN_MODES = ("none", "foreign", "shifted", "all")  # pipeline/method/adaptation.py
 CALIBRATIONS = ("temperature", "none")  # pipeline/method/calibration.py
+UNMEASURED_GROUP_CHOICES = ("student", "average", "verdict")  # pipeline/method/group_verdict.py
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker")  # pipeline/model/distribute.py builds them
 
 
@@ -48,32 +50,7 @@ MAX_PSEUDO_FOLDS = 10  # the student of pseudo-fold k is seeded seed + ... + 100
 # larger): 8 GiB in one tensor, more than a GPU holds beside its model, and the most a 32-bit element count addresses.
 MAX_BATCH_VALUES = 2 ** 31 - 1
 PREDICTION_BATCH = 4
-# numpy's seeds, and so keras.utils.set_random_seed's, must be below 2**32. A run derives the seed of each fit from
-# --seed with the functions below (the fit of a student seeds its streams of pseudo-labeled items with its seed + 1 and
-# + 2, pipeline/model/batches.py), and --seed's bound follows from the largest of them.
-SEED_LIMIT = 2 ** 32
-
-
-def teacher_seed(seed: int, model: int) -> int:
-    return seed + model
-
-
-def control_seed(seed: int, model: int) -> int:
-    return seed + 7 + model
-
-
-def student_seed(seed: int, round: int, pseudo_fold: int, model: int) -> int:
-    """A first-round student draws its train batches as its control does (common random numbers): what differs
-    between the two is the pseudo-labels, not the luck of the draw, so the verdict compares like with like."""
-    return control_seed(seed, model) if round == 1 else seed + 1000 * round + 100 * pseudo_fold + model
-
-
-def largest_derived_seed(seed: int, folds: int, pseudo_rounds: int, pseudo_folds: int) -> int:
-    """The largest seed a run with these options passes to numpy and TensorFlow (see SEED_LIMIT)."""
-    return max(teacher_seed(seed, folds - 1), control_seed(seed, folds - 1),
-               student_seed(seed, pseudo_rounds, pseudo_folds - 1, folds - 1) + 2)
-
-
+# --seed's bound: a run derives seeds up to --seed + MAX_SEED_OFFSET (pipeline/run/seeds.py), all below SEED_LIMIT
 MAX_SEED_OFFSET = largest_derived_seed(0, MAX_FOLDS, MAX_PSEUDO_ROUNDS, MAX_PSEUDO_FOLDS)
 MAX_SEED = SEED_LIMIT - 1 - MAX_SEED_OFFSET
 
@@ -170,6 +147,12 @@ class RunConfig:
     calibrate: str = option("temperature", "temperature-scale each model's class probabilities on the scored rows before "
                                            "deciding and submitting (single-label; argmax unchanged): temperature | none",
                             check=one_of(*CALIBRATIONS))
+    unmeasured_groups: str = option("student", "what a test group gets when no scored row can measure the models on it "
+                                               "(mostly images unlike every train image), the verdict fell back to the "
+                                               "control, and the student learned from the group and did not lose beyond "
+                                               "noise: student | average (of the control's and the student's "
+                                               "probabilities) | verdict (the control)",
+                                    check=one_of(*UNMEASURED_GROUP_CHOICES))
     # Not a teacher key: the strategy changes how the same fit runs (same global batch, steps, schedule, data order
     # and seeds), not what it is asked to learn; what differs is float summation order and batch-norm batch statistics
     # taken per replica (their moving averages are averaged after each fit). On the tiny test sample two replicas moved

@@ -17,7 +17,7 @@ from pipeline.method import calibration
 from pipeline.method import verdict as verdicts
 from pipeline.method.calibration import CALIBRATIONS
 from pipeline.method.group_verdict import decide_groups
-from pipeline.method.verdict import BY_GROUP, MODELS
+from pipeline.method.verdict import AVERAGE, BY_GROUP, MODELS
 from pipeline.plugin.api import Competition, Decision
 from pipeline.run.folder import RunProbabilities
 from pipeline.submission import read_solution, score_against_solution, validate_submission
@@ -44,27 +44,47 @@ class Outcome:
 
 
 def decide(competition: Competition, probs: RunProbabilities, guard_confidence: float, seed: int,
-           solution: Path | str | None = None, calibrate: str = "none") -> Outcome:
+           solution: Path | str | None = None, calibrate: str = "none",
+           temperature_prior_sd: float | None = calibration.PRIOR_SD, unmeasured_groups: str = "verdict",
+           learned: dict[str, int] | None = None) -> Outcome:
     """Calibrate each model (--calibrate), fit its decision on the scored rows, score it, run the verdict and its
     guard over the run's models (MODELS; another entry, such as a rescore's blend, is decided and scored but never
     submitted), then per test group where the run kept importance weights, and make every model's submission (and
     the by-group one when the groups got different models); with a solution, score each against the public and
-    private rows."""
+    private rows. `temperature_prior_sd`: the temperature fit's prior (None: none, as runs before it had);
+    `unmeasured_groups`: what a group no scored row can measure gets (group_verdict.unmeasured_choice; `learned`:
+    group -> pseudo-labels the student learned from its images); with "average", the AVERAGE of control and student
+    is one more model, calibrated, decided and submitted like the others."""
     y = probs.y_scored
-    probs, temperatures = calibrated(competition, probs, calibrate, seed)
+    average = (unmeasured_groups == "average" and {"control", "student"} <= set(probs.scored)
+               and bool(probs.group_weights) and probs.test_groups is not None
+               and not np.array_equal(probs.test["student"], probs.test["control"]))  # a student that learned nothing
+    if average:
+        probs = dataclasses.replace(
+            probs, scored={**probs.scored, AVERAGE: (probs.scored["control"] + probs.scored["student"]) / 2},
+            test={**probs.test, AVERAGE: (probs.test["control"] + probs.test["student"]) / 2})
+    raw = probs.scored
+    probs, temperatures = calibrated(competition, probs, calibrate, seed, temperature_prior_sd)
     decisions = {name: competition.fit_decision(y, p) for name, p in probs.scored.items()}
     models = {name: p for name, p in probs.scored.items() if name in MODELS}
     guarded = calibrate != "none"  # the teacher must beat the control beyond noise (decide_submission)
     verdict = verdicts.decide_submission(competition, y, models, decisions, probs.kind, guard_confidence, seed,
                                          teacher_needs_guard=guarded)
     verdict.temperatures = {name: round(t, 4) for name, t in temperatures.items() if name in MODELS}
+    verdict.temperature_prior_sd = temperature_prior_sd if temperatures else None
     if calibrate != "none":  # older runs recorded no prior; their rescore must reproduce their metrics.json
         prior = np.tile(probs.y.mean(axis=0), (len(y), 1))
         verdict.prior = verdicts.score(competition, y, prior, competition.fit_decision(y, prior))
     if probs.group_weights and probs.test_groups is not None:
+        student_p_better = None  # the verdict's, where nothing was calibrated
+        if temperatures and {"student", "control"} <= set(raw):
+            student_p_better = verdicts.compare(competition, y, raw["student"], raw["control"],
+                                                (competition.fit_decision(y, raw["student"]),
+                                                 competition.fit_decision(y, raw["control"])),
+                                                ("student", "control"), seed).p_better
         verdict.groups = decide_groups(competition, y, models, decisions, verdict, probs.group_weights,
                                        {g: probs.foreign_share(g) for g in probs.group_weights}, guard_confidence, seed,
-                                       guarded)
+                                       guarded, unmeasured_groups, learned, student_p_better)
     scores = {name: verdict.scores[name] if name in verdict.scores else verdicts.score(competition, y, p, decisions[name])
               for name, p in probs.scored.items()}
     tables = {name: submission_table(competition, probs, p, decisions[name]) for name, p in probs.test.items()}
@@ -77,8 +97,8 @@ def decide(competition: Competition, probs: RunProbabilities, guard_confidence: 
     return Outcome(decisions, scores, verdict, tables, leaderboard, probs.scored)
 
 
-def calibrated(competition: Competition, probs: RunProbabilities, calibrate: str,
-               seed: int) -> tuple[RunProbabilities, dict[str, float]]:
+def calibrated(competition: Competition, probs: RunProbabilities, calibrate: str, seed: int,
+               prior_sd: float | None = calibration.PRIOR_SD) -> tuple[RunProbabilities, dict[str, float]]:
     """The run's probabilities temperature-scaled per model (pipeline/method/calibration.py) and the temperatures:
     the test rows by the temperature fit on every scored row, the scored rows cross-fitted. Single-label only (a
     multi-label metric thresholds each tag on the scored rows, which a temperature does not change).
@@ -95,7 +115,7 @@ def calibrated(competition: Competition, probs: RunProbabilities, calibrate: str
     if calibrate == "none" or competition.multi_label:
         return probs, {}
     y = probs.y_scored
-    temperatures = {name: calibration.fit_temperature(y, p) for name, p in probs.scored.items()}
+    temperatures = {name: calibration.fit_temperature(y, p, prior_sd) for name, p in probs.scored.items()}
     kept = probs.test_unvouched if probs.test_unvouched is not None else probs.test_foreign  # older runs: foreign
     unvouched = np.zeros(len(probs.test_ids), bool) if kept is None else kept.astype(bool)
 
@@ -105,7 +125,7 @@ def calibrated(competition: Competition, probs: RunProbabilities, calibrate: str
         return out
 
     return dataclasses.replace(
-        probs, scored={name: calibration.cross_fitted(y, p, seed) for name, p in probs.scored.items()},
+        probs, scored={name: calibration.cross_fitted(y, p, seed, prior_sd) for name, p in probs.scored.items()},
         test={name: scale_test(p, temperatures[name]) for name, p in probs.test.items()}), temperatures
 
 

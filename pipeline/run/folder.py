@@ -20,13 +20,13 @@ import pandas as pd
 
 from pipeline.errors import UserError
 from pipeline.files import json_plain, sha256_of, write_bytes_atomic, write_csv_atomic, write_text_atomic
-from pipeline.method.verdict import BY_GROUP, MODELS
+from pipeline.method.verdict import AVERAGE, BY_GROUP, MODELS
 from pipeline.run.config import RunConfig
 from pipeline.run.metrics import RunMetrics, SubmissionRecord
 
 # Options of the decision stage added after runs were made, with the value those runs were decided under: a config.json
 # without one is an older run's, and `runs rescore` must reproduce what it decided.
-LEGACY_DEFAULTS = {"calibrate": "none"}
+LEGACY_DEFAULTS = {"calibrate": "none", "unmeasured_groups": "verdict"}
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # a run id: the folder's name
 CONFIG = "config.json"  # the resolved RunConfig: what `submit --resume` runs again
 SPLIT = "split.csv"  # each labeled image's fold
@@ -53,7 +53,7 @@ def outputs() -> frozenset[str]:
     """The names of the files a run writes besides CONFIG: what `submit --resume` may remove."""
     from pipeline.shift.plots import PLOT_NAMES  # matplotlib: only when asked
 
-    return frozenset({SUBMISSION, *(model_submission(m) for m in (*MODELS, BY_GROUP)), SPLIT, PROBABILITIES, PSEUDO_LABELS, METRICS,
+    return frozenset({SUBMISSION, *(model_submission(m) for m in (*MODELS, AVERAGE, BY_GROUP)), SPLIT, PROBABILITIES, PSEUDO_LABELS, METRICS,
                       REPORT, CONFIDENCE_PLOT, SHIFT, *PLOT_NAMES.values()})
 
 

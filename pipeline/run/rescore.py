@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.errors import UserError
+from pipeline.method import calibration
 from pipeline.method import verdict as verdicts
 from pipeline.method.verdict import MODELS
 from pipeline.plugin.api import Competition
@@ -159,7 +160,12 @@ def rescore(path: Path, metric: str | None = None, solution: Path | None = None,
                                     test={**probs.test, BLEND: sum(w * probs.test[m] for m, w in weights.items())})
     if write is not None and write not in probs.test:
         raise UserError(f"--write {write!r}: choose one of {', '.join(probs.test)}" + ("" if weights else " (or blend, with --blend)"))
-    outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, solution, cfg.calibrate)
+    recorded = metrics.verdict if metrics else None
+    # a run calibrated before the temperature fit had a prior recorded none: its rescore fits as it did
+    prior_sd = recorded.temperature_prior_sd if recorded and recorded.temperatures else calibration.PRIOR_SD
+    learned = (metrics.pseudo if metrics else {}).get("by_group")  # what the student learned from, per group
+    outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, solution, cfg.calibrate, prior_sd,
+                     cfg.unmeasured_groups, learned)
     result = Rescore(folder, metrics, probs, competition.metric_name, competition.greater_is_better, outcome, weights)
     if weights:
         submitted = outcome.verdict.submitted

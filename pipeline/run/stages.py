@@ -228,7 +228,9 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
             scored["control"], test["control"] = training.control.scored_probs, training.control.test_probs
     probs = outputs.run_probabilities(competition, data_dir, items, {name: p[items.fold >= 0] for name, p in scored.items()}, test)
     probs = dataclasses.replace(probs, **outputs.shift_evidence(items, cfg.seed))
-    outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, cfg.solution, cfg.calibrate)
+    learned = training.summary.get("by_group") if training else None  # per group: what the student learned from
+    outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, cfg.solution, cfg.calibrate,
+                     unmeasured_groups=cfg.unmeasured_groups, learned=learned)
     chosen = outcome.verdict.submitted
     print(("" if chosen == "student" else "WARNING: ") + outcome.verdict.reason,
           file=sys.stderr if chosen != "student" else sys.stdout, flush=True)
