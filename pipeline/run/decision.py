@@ -76,12 +76,7 @@ def decide(competition: Competition, probs: RunProbabilities, guard_confidence: 
         prior = np.tile(probs.y.mean(axis=0), (len(y), 1))
         verdict.prior = verdicts.score(competition, y, prior, competition.fit_decision(y, prior))
     if probs.group_weights and probs.test_groups is not None:
-        student_p_better = None  # the verdict's, where nothing was calibrated
-        if temperatures and {"student", "control"} <= set(raw):
-            student_p_better = verdicts.compare(competition, y, raw["student"], raw["control"],
-                                                (competition.fit_decision(y, raw["student"]),
-                                                 competition.fit_decision(y, raw["control"])),
-                                                ("student", "control"), seed).p_better
+        student_p_better = uncalibrated_student_p_better(competition, y, raw, seed) if temperatures else None
         verdict.groups = decide_groups(competition, y, models, decisions, verdict, probs.group_weights,
                                        {g: probs.foreign_share(g) for g in probs.group_weights}, guard_confidence, seed,
                                        guarded, unmeasured_groups, learned, student_p_better)
@@ -95,6 +90,17 @@ def decide(competition: Competition, probs: RunProbabilities, guard_confidence: 
         answers = read_solution(Path(solution))
         leaderboard = {name: score_against_solution(competition, t, answers, probs.classes) for name, t in tables.items()}
     return Outcome(decisions, scores, verdict, tables, leaderboard, probs.scored)
+
+
+def uncalibrated_student_p_better(competition: Competition, y: np.ndarray, raw: dict[str, np.ndarray],
+                                  seed: int) -> float | None:
+    """The share of bootstrap resamples in which the student beats the control as the two predicted the scored rows,
+    before calibration: what group_verdict.unmeasured_choice gates on (its doc says why). None without both."""
+    if not {"student", "control"} <= set(raw):
+        return None
+    decisions = (competition.fit_decision(y, raw["student"]), competition.fit_decision(y, raw["control"]))
+    return verdicts.compare(competition, y, raw["student"], raw["control"], decisions, ("student", "control"),
+                            seed).p_better
 
 
 def calibrated(competition: Competition, probs: RunProbabilities, calibrate: str, seed: int,
