@@ -285,3 +285,24 @@ def test_the_scored_rows_speak_for_a_group_drawn_like_them_or_with_enough_look_a
     some = np.zeros(300)
     some[:30] = 10.0  # 30 of them
     assert weighed_like(some)
+
+
+def test_the_summary_names_each_groups_model_and_the_by_group_score(capsys, tmp_path):
+    from pipeline.run.decision import decide
+    from pipeline.run.folder import RunFolder
+    from pipeline.run.metrics import RunMetrics, SubmissionRecord, Timings
+    from pipeline.run.outputs import print_summary
+
+    fisheries, probs = _foreign_private_run()
+    outcome = decide(fisheries, probs, 0.8, seed=0, unmeasured_groups="student", learned={"public": 5, "private": 5})
+    board = {"teacher": {"public": 1.5, "private": 1.6}, "control": {"public": 1.0, "private": 1.3},
+             "student": {"public": 1.1, "private": 1.2}, BY_GROUP: {"public": 1.0, "private": 1.2}}
+    metrics = RunMetrics("r", "fisheries", "logloss", False, holdout=outcome.holdout, verdict=outcome.verdict,
+                         pseudo={"selected_per_round": {"1": 10}, "stop_reason": "threshold", "by_group": {"public": 5, "private": 5},
+                                 "shifted_groups": ["private"]},
+                         leaderboard=board, submission=SubmissionRecord(str(tmp_path / "submission.csv"), None, 10, BY_GROUP))
+    metrics.timings = Timings(1.0, 1.0, 1.0, 3.0)
+    print_summary(metrics, RunFolder(tmp_path))
+    out = capsys.readouterr().out
+    assert "submission.csv gives each test group its own model: public the control, private the student" in out
+    assert "private     teacher 1.6000   control 1.3000   student 1.2000   by-group 1.2000" in out

@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.data import split
 from pipeline.data.items import Items, group_sizes
+from pipeline.method.verdict import BY_GROUP
 from pipeline.plugin.api import Competition
 from pipeline.run import report
 from pipeline.run.folder import REPORT, RunFolder, RunProbabilities
@@ -96,14 +97,16 @@ def print_summary(metrics: RunMetrics, folder: RunFolder) -> None:
     scores = metrics.leaderboard
     for board in ("public", "private"):
         if scores and scores["teacher"].get(board) is not None:
-            print(f"{board:<11} " + "   ".join(f"{m} {scores[m][board]:.4f}" for m in names if m in scores))
+            shown = [*names, *([BY_GROUP] if verdict.by_group and BY_GROUP in scores else [])]  # what submission.csv scored
+            print(f"{board:<11} " + "   ".join(f"{m} {scores[m][board]:.4f}" for m in shown if m in scores))
     for comparison in verdict.comparisons.values():
         print(comparison.line())
     print(("" if verdict.submitted == "student" else "\n!!! ") + f"submitted: {verdict.submitted} ({verdict.reason})")
     for group in verdict.groups.values():
         print(f"  {group.group} group: {group.submitted} ({group.reason})")
     if verdict.by_group:
-        print("submission.csv gives each test group its own verdict's model")
+        print("submission.csv gives each test group its own model: "
+              + ", ".join(f"{g.group} the {g.submitted}" for g in verdict.groups.values()))
     if metrics.shift:
         print(f"shift       {metrics.shift['worst']}; shifted groups: {', '.join(metrics.pseudo['shifted_groups']) or 'none'}")
     pseudo = metrics.pseudo
