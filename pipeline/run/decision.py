@@ -60,9 +60,7 @@ def decide(competition: Competition, probs: RunProbabilities, guard_confidence: 
                and bool(probs.group_weights) and probs.test_groups is not None
                and not np.array_equal(probs.test["student"], probs.test["control"]))  # a student that learned nothing
     if average:
-        probs = dataclasses.replace(
-            probs, scored={**probs.scored, AVERAGE: (probs.scored["control"] + probs.scored["student"]) / 2},
-            test={**probs.test, AVERAGE: (probs.test["control"] + probs.test["student"]) / 2})
+        probs = with_blend(probs, AVERAGE, {"control": 0.5, "student": 0.5})
     raw = probs.scored
     probs, temperatures = calibrated(competition, probs, calibrate, seed, temperature_prior_sd)
     decisions = {name: competition.fit_decision(y, p) for name, p in probs.scored.items()}
@@ -90,6 +88,16 @@ def decide(competition: Competition, probs: RunProbabilities, guard_confidence: 
         answers = read_solution(Path(solution))
         leaderboard = {name: score_against_solution(competition, t, answers, probs.classes) for name, t in tables.items()}
     return Outcome(decisions, scores, verdict, tables, leaderboard, probs.scored)
+
+
+def with_blend(probs: RunProbabilities, name: str, weights: dict[str, float]) -> RunProbabilities:
+    """`probs` with one more model, `name`: the weighted mean of the named models' probabilities (weights summing to
+    1), of the scored rows and of the test items; `decide` calibrates, decides and scores it like any model."""
+    def mix(models: dict[str, np.ndarray]) -> np.ndarray:
+        return sum(w * models[m] for m, w in weights.items())
+
+    return dataclasses.replace(probs, scored={**probs.scored, name: mix(probs.scored)},
+                               test={**probs.test, name: mix(probs.test)})
 
 
 def uncalibrated_student_p_better(competition: Competition, y: np.ndarray, raw: dict[str, np.ndarray],

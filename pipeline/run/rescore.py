@@ -23,7 +23,7 @@ from pipeline.method import verdict as verdicts
 from pipeline.method.verdict import MODELS
 from pipeline.plugin.api import Competition
 from pipeline.plugin.registry import get_competition
-from pipeline.run.decision import Outcome, decide
+from pipeline.run.decision import Outcome, decide, with_blend
 from pipeline.run.folder import SUBMISSION, RunFolder, RunProbabilities
 from pipeline.run.metrics import RunMetrics
 
@@ -156,8 +156,7 @@ def rescore(path: Path, metric: str | None = None, solution: Path | None = None,
     probs = dataclasses.replace(probs, submission_ids=expected_submission_ids(folder, probs, metrics, competition))
     weights = parse_blend(blend, [m for m in MODELS if m in probs.scored]) if blend else {}
     if weights:
-        probs = dataclasses.replace(probs, scored={**probs.scored, BLEND: sum(w * probs.scored[m] for m, w in weights.items())},
-                                    test={**probs.test, BLEND: sum(w * probs.test[m] for m, w in weights.items())})
+        probs = with_blend(probs, BLEND, weights)
     if write is not None and write not in probs.test:
         raise UserError(f"--write {write!r}: choose one of {', '.join(probs.test)}" + ("" if weights else " (or blend, with --blend)"))
     recorded = metrics.verdict if metrics else None
