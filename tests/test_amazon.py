@@ -346,19 +346,19 @@ def test_end_to_end_on_a_tiny_sample_beats_the_trivial_baseline(tmp_path: Path):
         assert m["leaderboard"][submitted][board] > trivial + 0.05, (board, submitted, m["leaderboard"], trivial)
 
     # pseudo-tags the holdout cannot vouch for are left unlabeled, and the run says which and where: the band is the
-    # one the teacher's holdout rows give (the teacher labels round 1), and each selected item's tags are on at or
-    # above it, unlabeled inside it, by the teacher's probabilities the run kept
+    # one the control's holdout rows give (the control labels round 1), and each selected item's tags are on at or
+    # above it, unlabeled inside it, by the control's probabilities the run kept
     from pipeline.method.trust import certain_tag_band
 
     with np.load(result.run_dir / "probabilities.npz") as saved:
-        low, high = certain_tag_band(saved["scored_teacher"], saved["y"][saved["fold"] >= 0], RunConfig().pseudo_tag_confidence)
-        teacher, classes = dict(zip(saved["test_ids"].tolist(), saved["test_teacher"])), saved["classes"].tolist()
+        low, high = certain_tag_band(saved["scored_control"], saved["y"][saved["fold"] >= 0], RunConfig().pseudo_tag_confidence)
+        labeler, classes = dict(zip(saved["test_ids"].tolist(), saved["test_control"])), saved["classes"].tolist()
     assert m["pseudo"]["certain_tag_bands"]["1"] == [[round(low, 4), round(high, 4)]]
     provenance = pd.read_csv(result.run_dir / "pseudo_labels.csv", dtype=str, keep_default_na=False)
     selected = provenance[provenance["status"] == "selected"]
     assert (selected["unlabeled_tags"] != "").any()
     for item, tags, left_out in zip(selected["id"], selected["pseudo_label"], selected["unlabeled_tags"]):
-        p = dict(zip(classes, teacher[item]))
+        p = dict(zip(classes, labeler[item]))
         assert set(tags.split()) == {t for t, v in p.items() if v >= high}, item
         assert set(left_out.split()) == {t for t, v in p.items() if low < v < high}, item
     assert "Tags left unlabeled" in (result.run_dir / "report.html").read_text()

@@ -269,9 +269,11 @@ def test_cache_keys_are_the_ones_existing_entries_were_written_under():
     from pipeline.run.config import RunConfig
 
     # the options' values of the pinned runs (the defaults then: what older entries were written under)
-    cfg = RunConfig(competition="fisheries", data="d", adapt_bn="none", pseudo_weight="none", jit="off")
+    cfg = RunConfig(competition="fisheries", data="d", adapt_bn="none", pseudo_weight="none", jit="off",
+                    pseudo_labeler="teacher")
     other = RunConfig(competition="amazon", data="d2", folds=3, seed=5, pseudo_groups=("public",), plugin_options={"a": "b"},
-                      backbone="MobileNetV2", image_size=32, adapt_bn="all", pseudo_weight="none", jit="off")
+                      backbone="MobileNetV2", image_size=32, adapt_bn="all", pseudo_weight="none", jit="off",
+                      pseudo_labeler="teacher")
     y = np.eye(3, dtype=np.float32)[np.arange(30) % 3]
     items = SimpleNamespace(fingerprint="f", y=y, fold=np.arange(30) % 5, adapted=())
     other_items = SimpleNamespace(fingerprint="g", y=y[::-1].copy(), fold=np.arange(30) % 3, adapted=("private",))

@@ -112,6 +112,42 @@ def test_the_decision_stage_submits_calibrated_probabilities_records_the_tempera
     np.testing.assert_allclose(submitted, scale(test["student"], fit_temperature(y, scored["student"])), atol=1e-6)
 
 
+def test_the_guard_compares_the_models_as_they_predicted_unless_told_to_compare_them_calibrated():
+    """20 held-out rows: the student is right on 19 at 0.9 and confidently wrong on one; the control is right on all
+    20 at 0.3. As predicted, the student is far better; calibrated, the control is sharpened to nearly 0 log loss while
+    the student's one mistake stays costly. The scores (and submissions) are the calibrated ones either way."""
+    from pipeline.method.verdict import Verdict
+    from pipeline.plugin.registry import get_competition
+    from pipeline.run.decision import decide
+    from pipeline.run.folder import RunProbabilities
+
+    fisheries = get_competition("fisheries")
+    classes = ["ALB", "BET", "DOL", "LAG", "NoF", "OTHER", "SHARK", "YFT"]
+    labels = np.arange(20) % 8
+    y = np.eye(8)[labels]
+    control = np.full((20, 8), 0.1)
+    control[np.arange(20), labels] = 0.3
+    student = np.full((20, 8), 0.1 / 7)
+    student[np.arange(20), labels] = 0.9
+    student[0] = 0.01 / 6
+    student[0, labels[0]], student[0, (labels[0] + 1) % 8] = 0.01, 0.98
+    scored = {"teacher": control, "control": control, "student": student}
+    ids = [f"img_{i}.jpg" for i in range(4)]
+    probs = RunProbabilities(classes, np.array([f"train/{i}.jpg" for i in range(20)]), y, np.zeros(20, int),
+                             np.array(ids), np.array(["public", "private"] * 2), ids, scored,
+                             {m: p[:4] for m, p in scored.items()})
+    raw = decide(fisheries, probs, 0.8, 0, calibrate="temperature", guard_compares="uncalibrated")
+    calibrated = decide(fisheries, probs, 0.8, 0, calibrate="temperature", guard_compares="calibrated")
+    assert raw.verdict.submitted == "student" and raw.verdict.comparisons["student_vs_control"].p_better >= 0.99
+    assert calibrated.verdict.submitted == "control" and calibrated.verdict.comparisons["student_vs_control"].p_better < 0.2
+    assert raw.scores == calibrated.scores and raw.scores["student"] > raw.scores["control"]  # calibrated scores
+    assert raw.verdict.compared == "uncalibrated" and calibrated.verdict.compared is None
+    assert Verdict.from_dict(raw.verdict.to_dict()).compared == "uncalibrated"
+    assert "compared" not in calibrated.verdict.to_dict()  # earlier runs' verdicts read and rescore as they were
+    uncalibrated_run = decide(fisheries, probs, 0.8, 0, guard_compares="uncalibrated")  # nothing calibrated: the same
+    assert uncalibrated_run.verdict.compared is None and uncalibrated_run.verdict.submitted == "student"
+
+
 @pytest.mark.parametrize("private_weighed", [True, False])
 def test_a_test_image_unlike_every_train_image_is_softened_but_never_sharpened(private_weighed):
     """The scored rows say how sure a model should be on images like them, not on a foreign one (a night frame), nor

@@ -16,7 +16,7 @@ from pipeline.plugin.api import Decision
 from pipeline.plugin.registry import get_competition, list_competitions
 from pipeline.run.decision import submission_table
 from pipeline.method import calibration
-from pipeline.method.verdict import BY_GROUP
+from pipeline.method.verdict import BY_GROUP, compare
 from pipeline.run.folder import RunFolder, RunProbabilities, model_submission
 from pipeline.run.metrics import RunMetrics
 from pipeline.run.rescore import rescore
@@ -207,3 +207,20 @@ def test_an_id_with_no_readable_image_gets_the_class_prior_as_in_the_run():
     assert np.allclose(table.iloc[1, 1:].to_numpy(dtype=float), [0.75, 0.25, 0, 0, 0, 0, 0, 0])  # the train prior
     assert np.allclose(table.iloc[2, 1:].to_numpy(dtype=float), 0.125)
     assert probs.kind == "holdout" and dataclasses.replace(probs, fold=np.array([0, 1, 0, 1])).kind == "out-of-fold"
+
+
+@trained
+def test_a_run_whose_guard_compared_calibrated_models_rescores_so_and_a_run_of_this_version_records_uncalibrated(run_copy):
+    """A config.json without --guard-compares is an older run's: its guard compared the calibrated models, and its
+    rescore does too; this version's run compared them as they predicted, and says so in its verdict."""
+    metrics = json.loads((run_copy / "metrics.json").read_text())
+    assert metrics["verdict"]["compared"] == "uncalibrated"
+    config = json.loads((run_copy / "config.json").read_text())
+    assert config.pop("guard_compares") == "uncalibrated"
+    (run_copy / "config.json").write_text(json.dumps(config))
+    older = rescore(run_copy)
+    assert older.verdict.compared is None and "compared" not in older.verdict.to_dict()
+    y, scored, decisions = older.probs.y_scored, older.outcome.scored, older.outcome.decisions
+    calibrated = compare(get_competition("fisheries"), y, scored["student"], scored["control"],
+                         (decisions["student"], decisions["control"]), ("student", "control"), 0)
+    assert older.verdict.comparisons["student_vs_control"] == calibrated

@@ -55,7 +55,8 @@ def reference(tiny_fisheries, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def resumed(reference, tiny_fisheries, tmp_path_factory):
-    """The same config in a subprocess killed with SIGKILL once the teacher and a student are cached, then resumed.
+    """The same config in a subprocess killed with SIGKILL once the teacher and a first model are cached (the control,
+    which labels round 1 and so is trained before the students), then resumed.
 
     Its cache starts with the reference run's images and teacher (one fit less), none of its students or controls.
     Returns (runs dir, cache dir, models cached before the resume, the ledger row before it, resume's stdout)."""
@@ -71,7 +72,7 @@ def resumed(reference, tiny_fisheries, tmp_path_factory):
         deadline = time.monotonic() + 240
         while not entries(cache) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert entries(cache), proc.stderr.read() if proc.poll() is not None else "no student cached in 240 s"
+        assert entries(cache), proc.stderr.read() if proc.poll() is not None else "no model cached in 240 s"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
@@ -107,7 +108,7 @@ def test_a_killed_run_resumes_from_its_cached_models_to_the_uninterrupted_runs_b
     assert {info["key"] for info in infos} == {info["key"] for info in model_infos(whole.metrics)}
     for info in infos:  # no model whose entry existed was trained again, and each one that did not was trained
         assert info["cache"] == ("hit" if info["key"] in before else "miss"), info
-    assert "student round 1/2: cached in" in out and sum(info["cache"] == "miss" for info in infos) >= 1
+    assert "control: cached in" in out and sum(info["cache"] == "miss" for info in infos) >= 1
 
     record = Ledger(runs / "ledger.sqlite").run("cut")
     assert record["status"] == "done" and record["started_at"] == row["started_at"] and record["error"] is None
@@ -146,7 +147,7 @@ def test_a_second_run_reuses_every_cached_model_and_retrains_a_damaged_one_to_th
     assert caches == {info["key"]: ("miss" if info["key"] == damaged else "hit") for info in model_infos(whole.metrics)}
     assert f"cache entry {weights.parent} is unusable" in captured.err
     reused = re.findall(r"^(teacher|student round \d/\d|control): cached in", captured.out, flags=re.MULTILINE)
-    assert reused == ["teacher", "student round 1/2", "control"]
+    assert reused == ["teacher", "control", "student round 1/2"]  # the control labels round 1: trained first
 
 
 def test_a_models_key_changes_with_every_option_but_those_declared_not_to_change_a_model(tmp_path):

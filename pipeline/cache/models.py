@@ -38,7 +38,7 @@ WEIGHTS = "model.weights.h5"
 MODEL_FILES = (WEIGHTS, "test_probs.npy", "scored_probs.npy", "info.json")
 # Options that never change a trained student or control (where files go, what is done with the predictions);
 # --jit does, but through the teacher's key, which holds what it resolved to (pipeline/cache/teachers.py).
-NOT_MODEL_SETTINGS = frozenset({"data", "output", "solution", "run_name", "guard_confidence", "calibrate",
+NOT_MODEL_SETTINGS = frozenset({"data", "output", "solution", "run_name", "guard_confidence", "guard_compares", "calibrate",
                                 "unmeasured_groups", "on_shift",
                                 "runs_dir", "cache_dir", "ledger", "record", "worker_wait", "jit"})
 # Options a control never reads: it is the teacher continued on train only, so how the test set is pseudo-labeled
@@ -46,7 +46,7 @@ NOT_MODEL_SETTINGS = frozenset({"data", "output", "solution", "run_name", "guard
 # sweep over pseudo-label settings retrained the same control for every setting.
 NOT_CONTROL_SETTINGS = NOT_MODEL_SETTINGS | frozenset({
     "pseudo_ratio", "pseudo_rounds", "pseudo_weight", "pseudo_threshold", "pseudo_precision", "pseudo_tag_confidence", "pseudo_balance", "pseudo_class_cap",
-    "pseudo_groups", "pseudo_labels", "pseudo_folds", "student_init", "student_epochs", "student_batch", "student_augment", "control"})
+    "pseudo_groups", "pseudo_labels", "pseudo_labeler", "pseudo_folds", "student_init", "student_epochs", "student_batch", "student_augment", "control"})
 
 
 @dataclass
@@ -80,7 +80,10 @@ def student_key(teacher_key: str, cfg: RunConfig, model: int, round: int, pseudo
     starting from `init` (the key of the model whose weights it continues, or "scratch"), with `augmentation` applied
     (what --student-augment auto resolved to: the option alone would keep a student trained under an older rule), and
     `apart` of its pseudo-labeled items in a batch-norm pass of their own (pipeline/model/own_statistics.py)."""
-    fields = {"version": CACHE_VERSION, "kind": "student", "teacher": teacher_key, "settings": model_settings(cfg),
+    settings = model_settings(cfg)
+    if settings["pseudo_labeler"] == "teacher":  # as every student before the option was labeled: those keys stay
+        del settings["pseudo_labeler"]
+    fields = {"version": CACHE_VERSION, "kind": "student", "teacher": teacher_key, "settings": settings,
               "model": model, "round": round, "pseudo_fold": pseudo_fold, "selection": selection, "init": init,
               "steps": steps, "augmentation": augmentation}
     return cache_key({**fields, "apart": apart} if apart else fields)  # keys of students without any stay as they were

@@ -41,11 +41,13 @@ def weighed_like(weights: np.ndarray) -> bool:
 def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], decisions: dict[str, Decision],
                   verdict: Verdict, weights: dict[str, np.ndarray], foreign: dict[str, float],
                   guard_confidence: float, seed: int, teacher_needs_guard: bool = False, unmeasured: str = "verdict",
-                  learned: dict[str, int] | None = None, student_p_better: float | None = None) -> dict[str, GroupVerdict]:
+                  learned: dict[str, int] | None = None, student_p_better: float | None = None,
+                  compared: tuple[dict[str, np.ndarray], dict[str, Decision]] | None = None) -> dict[str, GroupVerdict]:
     """Each weighted group's verdict (`weights`: group -> one weight per scored row; `foreign`: group -> share of
     its images with no train look-alike), falling back to `verdict`'s model where the estimate is not trusted, or to
     `unmeasured_choice` (`learned`: group -> pseudo-labels the student learned from its images; `student_p_better`:
-    the share of resamples in which the uncalibrated student beat the control, default the verdict's)."""
+    the share of resamples in which the uncalibrated student beat the control, default the verdict's; `compared`: the
+    probabilities and decisions a confident group's comparisons run on, as decide_submission's)."""
     if student_p_better is None and "student_vs_control" in verdict.comparisons:
         student_p_better = verdict.comparisons["student_vs_control"].p_better
     out = {}
@@ -84,7 +86,8 @@ def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], dec
             continue
         weighted = decide_submission(competition, y, scored, decisions, verdict.kind, guard_confidence, seed, w,
                                      rows=f"the {verdict.kind} rows weighted like the {group} group (ESS {ess:.0f} of "
-                                          f"{len(y)})", teacher_needs_guard=teacher_needs_guard)
+                                          f"{len(y)})" + (", uncalibrated" if compared else ""),
+                                     teacher_needs_guard=teacher_needs_guard, compared=compared)
         out[group] = GroupVerdict(group, ess, share, True, weighted.submitted, weighted.reason, weighted.scores)
     return out
 

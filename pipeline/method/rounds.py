@@ -49,7 +49,7 @@ class Chain:
     n_models: int
     fit_rows: np.ndarray  # the labeled rows its models train on
     scored_rows: np.ndarray  # the labeled rows they never train on
-    thresholds: np.ndarray  # the competition's decision thresholds, fit on the teacher model's scored rows
+    thresholds: np.ndarray  # the competition's decision thresholds, fit on the labeling model's scored rows
     test_probs: np.ndarray  # the labeling model's predictions of the test set
     scored_probs: np.ndarray  # and of the scored rows
     init: Path | list[np.ndarray]  # the weights the next student continues (--student-init teacher)
@@ -80,6 +80,14 @@ def round_steps(inputs: Inputs, chain: Chain) -> int:
     least --min-steps), whatever the pseudo-label count and --student-batch. The control trains --pseudo-rounds times
     this, so it depends on the teacher and the train rows only, and one cached control serves every setting."""
     return inputs.spec.steps(len(chain.fit_rows), inputs.cfg.student_epochs)
+
+
+def chain_budget(inputs: Inputs, fit_rows: np.ndarray) -> int:
+    """A chain's whole budget, known before its first round: --pseudo-rounds times round_steps (0 with --pseudo-ratio
+    0: no student trains). The control trains this long."""
+    if inputs.cfg.pseudo_ratio == 0:
+        return 0
+    return inputs.cfg.pseudo_rounds * inputs.spec.steps(len(fit_rows), inputs.cfg.student_epochs)
 
 
 def fit_round(inputs: Inputs, chain: Chain, r: int) -> Round:

@@ -2,7 +2,8 @@
 
 Each teacher model m (one per fold) starts its own chain, so its scored rows stay unseen by every model of
 the chain and the verdict is honest: round r's student trains on m's train rows plus the test items its
-predecessor labels most confidently (r/R of the share), then relabels the test set for round r + 1. The
+predecessor labels most confidently (r/R of the share; round 1's labels are the control's, or with --pseudo-labeler
+teacher or --no-control the teacher model's), then relabels the test set for round r + 1. The
 control gets the same optimizer steps on the same train rows without any pseudo-label: what the student
 gains over it is the pseudo-labels' doing, not the longer training. A round's budget is counted in labeled
 batches (rounds.round_steps), so the control's (--pseudo-rounds times it) depends on the teacher and the train
@@ -22,7 +23,7 @@ from pipeline.cache import models as model_cache
 from pipeline.cache.stage import folder_of
 from pipeline.data import split
 from pipeline.method import pseudo
-from pipeline.method.rounds import Chain, Inputs, Round, fit_round
+from pipeline.method.rounds import Chain, Inputs, Round, chain_budget, fit_round
 from pipeline.model.family import FoldModel, fit_family, mean_over_models
 from pipeline.run.config import RunConfig
 from pipeline.run.seeds import control_seed
@@ -56,12 +57,24 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
     inputs = Inputs(cfg, spec, competition, items, teacher_key(cfg, spec, items),
                     pseudo.assign_folds(items.test_groups, cfg.pseudo_folds, cfg.seed))
     n_models = split.n_models(items.fold)
+    every_rows = list(split.model_rows(items.fold))
+    control = None
+    if cfg.control and cfg.pseudo_labeler == "control" and cfg.pseudo_ratio > 0:
+        # The control labels round 1: trained on the same rows as the teacher for the students' budget, it is the
+        # better model, and fewer of its labels are wrong. Its budget is known before any round (rounds.chain_budget).
+        control = fit_controls(cfg, spec, items, teacher, inputs.teacher_key,
+                               [chain_budget(inputs, fit_rows) for _, fit_rows, _ in every_rows])
+        print("round 1 is labeled by the control (--pseudo-labeler control); each student starts from the teacher and "
+              "trains as long as the control did", flush=True)
+    labeler = teacher if control is None else control
     started = time.perf_counter()
     chains: list[list[Round]] = []
-    for m, fit_rows, scored_rows in split.model_rows(items.fold):
-        thresholds = competition.fit_decision(items.y[scored_rows], teacher.scored_probs[scored_rows]).threshold_array
-        chain = Chain(m, n_models, fit_rows, scored_rows, thresholds, teacher.test_probs[m],
-                      teacher.scored_probs[scored_rows], teacher.weights[m], f"{inputs.teacher_key}/teacher {m}")
+    for m, fit_rows, scored_rows in every_rows:
+        scored_probs = labeler.scored_probs[scored_rows]
+        test_probs = teacher.test_probs[m] if control is None else control.per_model_test[m]
+        thresholds = competition.fit_decision(items.y[scored_rows], scored_probs).threshold_array
+        chain = Chain(m, n_models, fit_rows, scored_rows, thresholds, test_probs, scored_probs, teacher.weights[m],
+                      f"{inputs.teacher_key}/teacher {m}")
         rounds = []
         for r in range(1, cfg.pseudo_rounds + 1):
             rounds.append(fit_round(inputs, chain, r))
@@ -76,8 +89,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
         # its train rows, which is what the control is. So the control, trained for the chain's budget, is its student.
         print(f"{chains[m][-1].chain.prefix}no pseudo-label passed the cut: the student is the control ({budgets[m]} "
               "steps on the train rows)", flush=True)
-    control = None
-    if cfg.control or as_control:  # a chain's student may be the control even when no control was asked for
+    if control is None and (cfg.control or as_control):  # a chain's student may be the control even unasked
         control = fit_controls(cfg, spec, items, teacher, inputs.teacher_key,
                                [b if cfg.control or m in as_control else 0 for m, b in enumerate(budgets)])
     scored = np.full_like(teacher.scored_probs, np.nan)

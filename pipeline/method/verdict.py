@@ -96,6 +96,7 @@ class Verdict:
     prior: float | None = None  # the class prior's score on the same rows: what a model must beat to have learned
     temperatures: dict[str, float] = field(default_factory=dict)  # model -> its temperature (--calibrate temperature)
     temperature_prior_sd: float | None = None  # the temperature fit's prior (calibration.PRIOR_SD); None: fit without one
+    compared: str | None = None  # "uncalibrated": the comparisons ran on the models' probabilities before calibration
 
     @property
     def by_group(self) -> bool:
@@ -108,8 +109,10 @@ class Verdict:
         temperatures = {"temperatures": self.temperatures} if self.temperatures else {}
         if self.temperatures and self.temperature_prior_sd is not None:
             temperatures["temperature_prior_sd"] = self.temperature_prior_sd
+        compared = {} if self.compared is None else {"compared": self.compared}
         return {"scores": self.scores, "rows": self.rows, "kind": self.kind, "submitted": self.submitted, "reason": self.reason,
-                **{name: c.to_dict() for name, c in self.comparisons.items()}, **groups, **prior, **temperatures}
+                **{name: c.to_dict() for name, c in self.comparisons.items()}, **groups, **prior, **temperatures,
+                **compared}
 
     @classmethod
     def from_dict(cls, record: dict) -> "Verdict":
@@ -118,7 +121,7 @@ class Verdict:
         groups = {g: GroupVerdict.from_dict(g, v) for g, v in (record.get("groups") or {}).items()}
         return cls(dict(record["scores"]), int(record["rows"]), record["kind"], comparisons, record["submitted"],
                    record["reason"], groups, record.get("prior"), dict(record.get("temperatures") or {}),
-                   record.get("temperature_prior_sd"))
+                   record.get("temperature_prior_sd"), record.get("compared"))
 
 
 def score(competition, y: np.ndarray, probs: np.ndarray, decision: Decision, weights: np.ndarray | None = None) -> float:
@@ -178,11 +181,14 @@ def paired_bootstrap(competition, y: np.ndarray, submitted_a: np.ndarray, submit
 
 def decide_submission(competition, y: np.ndarray, scored: dict[str, np.ndarray], decisions: dict[str, Decision], kind: str,
                       guard_confidence: float, seed: int, weights: np.ndarray | None = None,
-                      rows: str | None = None, teacher_needs_guard: bool = False) -> Verdict:
+                      rows: str | None = None, teacher_needs_guard: bool = False,
+                      compared: tuple[dict[str, np.ndarray], dict[str, Decision]] | None = None) -> Verdict:
     """Score every model on the scored rows; submit the student only if it beats the control (or, without a
     control, the teacher) in at least `guard_confidence` of the bootstrap resamples. Otherwise submit the
     better of control and teacher, and say why. With `weights`, every score and gain is weighted per row, and
-    `rows` says what the weighted rows stand for in the reason (default: "the N <kind> rows").
+    `rows` says what the weighted rows stand for in the reason (default: "the N <kind> rows"). `compared`: other
+    probabilities of the same models, with their decisions, for the bootstrap comparisons (--guard-compares
+    uncalibrated: the models as they predicted, while the scores are those of the calibrated submissions).
 
     `teacher_needs_guard` (calibrated runs): the teacher is submitted instead of the control only when it beats
     the control in `guard_confidence` of the resamples. Calibration takes away most of the log-loss gap an over- or
@@ -190,11 +196,12 @@ def decide_submission(competition, y: np.ndarray, scored: dict[str, np.ndarray],
     trained longer; uncalibrated runs keep the better point estimate, as they were decided."""
     scores = {name: score(competition, y, p, decisions[name], weights) for name, p in scored.items()}
     verdict = Verdict(scores, len(y), kind)
+    duelling, duel_decisions = compared or (scored, decisions)
     pairs = [("student", "control"), ("control", "teacher"), ("student", "teacher")]
     for better, worse in pairs:
         if better in scored and worse in scored:
-            duel = compare(competition, y, scored[better], scored[worse], (decisions[better], decisions[worse]),
-                           (better, worse), seed, weights)
+            duel = compare(competition, y, duelling[better], duelling[worse],
+                           (duel_decisions[better], duel_decisions[worse]), (better, worse), seed, weights)
             verdict.comparisons[duel.name] = duel
     rows = rows or f"the {len(y)} {kind} rows"
     baseline = "control" if "control" in scored else "teacher"

@@ -125,6 +125,10 @@ class RunConfig:
     pseudo_groups: tuple[str, ...] = option(GROUPS, "which leaderboard groups to pseudo-label: public,private | public | private",
                                             check=groups_subset, parse=parse_groups)
     pseudo_labels: str = option("hard", "hard|soft|online: 0/1 targets, probabilities, or the student's own at each step", check=one_of("hard", "soft", "online"))
+    pseudo_labeler: str = option("control", "which model labels the test set in round 1: control (the teacher continued on "
+                                           "the train rows for the students' budget: the better model, trained anyway for "
+                                           "the verdict; the teacher with --no-control) | teacher",
+                                 check=one_of("control", "teacher"))
     pseudo_folds: int = option(1, "K > 1: out-of-fold students (test fold k predicted by a student that never saw its pseudo-labels)",
                                check=integer(1, MAX_PSEUDO_FOLDS))
     student_init: str = option("teacher", "start each student from the previous model's weights, or from scratch: teacher|scratch",
@@ -144,6 +148,10 @@ class RunConfig:
     guard_confidence: float = option(0.8, "the student is submitted only if it beats the control in at least this share of "
                                           "bootstrap resamples of the holdout/out-of-fold rows (0 = always submit the student)",
                                      check=between(0.0, 1.0))
+    guard_compares: str = option("uncalibrated", "what the guard's bootstrap compares: uncalibrated (the models' probabilities "
+                                                 "as predicted: on a few scored rows a cross-fitted temperature adds noise of "
+                                                 "its own, and one confident mistake sets it) | calibrated",
+                                 check=one_of("uncalibrated", "calibrated"))
     calibrate: str = option("temperature", "temperature-scale each model's class probabilities on the scored rows before "
                                            "deciding and submitting (single-label; argmax unchanged): temperature | none",
                             check=one_of(*CALIBRATIONS))

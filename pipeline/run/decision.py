@@ -30,7 +30,7 @@ class Outcome:
     verdict: verdicts.Verdict  # which of the run's models is submitted (per test group too), and why
     tables: dict[str, pd.DataFrame]  # model (and BY_GROUP when the groups differ) -> its validated submission
     leaderboard: dict[str, dict] | None  # model -> {"public", "private"} against a solution; None without one
-    scored: dict[str, np.ndarray]  # model -> the scored rows' probabilities the verdict compared (calibrated)
+    scored: dict[str, np.ndarray]  # model -> the scored rows' probabilities, calibrated as its submission is
 
     @property
     def submitted(self) -> str:
@@ -46,7 +46,7 @@ class Outcome:
 def decide(competition: Competition, probs: RunProbabilities, guard_confidence: float, seed: int,
            solution: Path | str | None = None, calibrate: str = "none",
            temperature_prior_sd: float | None = calibration.PRIOR_SD, unmeasured_groups: str = "verdict",
-           learned: dict[str, int] | None = None) -> Outcome:
+           learned: dict[str, int] | None = None, guard_compares: str = "calibrated") -> Outcome:
     """Calibrate each model (--calibrate), fit its decision on the scored rows, score it, run the verdict and its
     guard over the run's models (MODELS; another entry, such as a rescore's blend, is decided and scored but never
     submitted), then per test group where the run kept importance weights, and make every model's submission (and
@@ -54,7 +54,8 @@ def decide(competition: Competition, probs: RunProbabilities, guard_confidence: 
     private rows. `temperature_prior_sd`: the temperature fit's prior (None: none, as runs before it had);
     `unmeasured_groups`: what a group no scored row can measure gets (group_verdict.unmeasured_choice; `learned`:
     group -> pseudo-labels the student learned from its images); with "average", the AVERAGE of control and student
-    is one more model, calibrated, decided and submitted like the others."""
+    is one more model, calibrated, decided and submitted like the others. `guard_compares`: "uncalibrated" runs the
+    guard's comparisons on the models' probabilities as predicted (the scores and submissions stay calibrated)."""
     y = probs.y_scored
     average = (unmeasured_groups == "average" and {"control", "student"} <= set(probs.scored)
                and bool(probs.group_weights) and probs.test_groups is not None
@@ -66,18 +67,27 @@ def decide(competition: Competition, probs: RunProbabilities, guard_confidence: 
     decisions = {name: competition.fit_decision(y, p) for name, p in probs.scored.items()}
     models = {name: p for name, p in probs.scored.items() if name in MODELS}
     guarded = calibrate != "none"  # the teacher must beat the control beyond noise (decide_submission)
+    compared = None
+    if temperatures and guard_compares == "uncalibrated":
+        # On 20 held-out rows each cross-fitted temperature rests on 16, and one confident mistake sets it: compared
+        # calibrated, a student right on 19 of 20 rows lost to its control in every resample while its raw log loss
+        # was lower (digits, default budget). On the quality suite the calibrated comparison submitted the best model
+        # in 27 of 36 runs, the uncalibrated one in 31 (benchmarks/RESULTS.md).
+        compared = ({name: raw[name] for name in models}, {name: competition.fit_decision(y, raw[name]) for name in models})
     verdict = verdicts.decide_submission(competition, y, models, decisions, probs.kind, guard_confidence, seed,
-                                         teacher_needs_guard=guarded)
+                                         teacher_needs_guard=guarded, compared=compared)
+    verdict.compared = "uncalibrated" if compared else None
     verdict.temperatures = {name: round(t, 4) for name, t in temperatures.items() if name in MODELS}
     verdict.temperature_prior_sd = temperature_prior_sd if temperatures else None
     if calibrate != "none":  # older runs recorded no prior; their rescore must reproduce their metrics.json
         prior = np.tile(probs.y.mean(axis=0), (len(y), 1))
         verdict.prior = verdicts.score(competition, y, prior, competition.fit_decision(y, prior))
     if probs.group_weights and probs.test_groups is not None:
-        student_p_better = uncalibrated_student_p_better(competition, y, raw, seed) if temperatures else None
+        # the verdict's own comparison when it ran uncalibrated
+        student_p_better = uncalibrated_student_p_better(competition, y, raw, seed) if temperatures and not compared else None
         verdict.groups = decide_groups(competition, y, models, decisions, verdict, probs.group_weights,
                                        {g: probs.foreign_share(g) for g in probs.group_weights}, guard_confidence, seed,
-                                       guarded, unmeasured_groups, learned, student_p_better)
+                                       guarded, unmeasured_groups, learned, student_p_better, compared)
     scores = {name: verdict.scores[name] if name in verdict.scores else verdicts.score(competition, y, p, decisions[name])
               for name, p in probs.scored.items()}
     tables = {name: submission_table(competition, probs, p, decisions[name]) for name, p in probs.test.items()}

@@ -24,9 +24,10 @@ from pipeline.method.verdict import AVERAGE, BY_GROUP, MODELS
 from pipeline.run.config import RunConfig
 from pipeline.run.metrics import RunMetrics, SubmissionRecord
 
-# Options of the decision stage added after runs were made, with the value those runs were decided under: a config.json
-# without one is an older run's, and `runs rescore` must reproduce what it decided.
-LEGACY_DEFAULTS = {"calibrate": "none", "unmeasured_groups": "verdict"}
+# Options added after runs were made, with the value those runs were made under: a config.json without one is an older
+# run's, and `runs rescore` and `submit --resume` must reproduce what it did.
+LEGACY_DEFAULTS = {"calibrate": "none", "unmeasured_groups": "verdict", "pseudo_labeler": "teacher",
+                   "guard_compares": "calibrated"}
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # a run id: the folder's name
 CONFIG = "config.json"  # the resolved RunConfig: what `submit --resume` runs again
 SPLIT = "split.csv"  # each labeled image's fold

@@ -164,11 +164,11 @@ def rescore(path: Path, metric: str | None = None, solution: Path | None = None,
     prior_sd = recorded.temperature_prior_sd if recorded and recorded.temperatures else calibration.PRIOR_SD
     learned = (metrics.pseudo if metrics else {}).get("by_group")  # what the student learned from, per group
     outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, solution, cfg.calibrate, prior_sd,
-                     cfg.unmeasured_groups, learned)
+                     cfg.unmeasured_groups, learned, cfg.guard_compares)
     result = Rescore(folder, metrics, probs, competition.metric_name, competition.greater_is_better, outcome, weights)
     if weights:
         submitted = outcome.verdict.submitted
-        scored = outcome.scored  # as the verdict compared them (calibrated)
+        scored = outcome.scored  # calibrated, as the submissions are
         result.blend_comparison = verdicts.compare(competition, probs.y_scored, scored[BLEND], scored[submitted],
                                                    (outcome.decisions[BLEND], outcome.decisions[submitted]),
                                                    (BLEND, submitted), cfg.seed)
