@@ -100,5 +100,7 @@ def test_round_one_is_labeled_by_the_control_and_with_pseudo_labeler_teacher_by_
         labeling = saved[f"test_{labeler}"][rows]
         assert selected["pseudo_label"].tolist() == [classes[c] for c in labeling.argmax(axis=1)], labeler
         assert steps_per_chain(run.metrics["student_training"]) == steps_per_chain(run.metrics["control_training"])
+        assert run.metrics["pseudo"]["labeler"] == labeler
+        assert f"Round 1 labeled by the {labeler} (--pseudo-labeler)." in (run.run_dir / "report.html").read_text()
     teacher_labels, control_labels = (probabilities(runs[k])[f"test_{k}"].argmax(axis=1) for k in ("teacher", "control"))
     assert not np.array_equal(teacher_labels, control_labels)  # the two labelers disagree somewhere: the test can fail

@@ -66,7 +66,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                                [chain_budget(inputs, fit_rows) for _, fit_rows, _ in every_rows])
         print("round 1 is labeled by the control (--pseudo-labeler control); each student starts from the teacher and "
               "trains as long as the control did", flush=True)
-    labeler = teacher if control is None else control
+    labeler, labeled_by = (teacher, "teacher") if control is None else (control, "control")
     started = time.perf_counter()
     chains: list[list[Round]] = []
     for m, fit_rows, scored_rows in every_rows:
@@ -105,7 +105,8 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
     provenance = [provenance_rows(items.test_ids, items.test_groups, selection, done.chain.model, k, items.classes)
                   for done in every for k, selection in enumerate(done.selections)]
     return SelfTraining(student, control if cfg.control else None, [s for done in every for s in done.selections],
-                        pd.concat(provenance, ignore_index=True), _summary(cfg, items.classes, every))
+                        pd.concat(provenance, ignore_index=True),
+                        {**_summary(cfg, items.classes, every), "labeler": labeled_by})
 
 
 def fit_controls(cfg: RunConfig, spec, items, teacher, key_of_teacher: str, budgets: list[int]) -> ModelFamily:

@@ -74,7 +74,7 @@ def write_report(folder: RunFolder, metrics: RunMetrics, probs: RunProbabilities
 <h2>Scores ({html.escape(metrics.metric)}, {better} is better)</h2>
 <table><tr><th></th>{header}</tr>{score_rows}</table>
 {verdict_html}
-<h2>Pseudo-labels (last round): {pseudo['selected']} of {pseudo['target']} wanted; per round: {html.escape(counts_text(pseudo.get('selected_per_round', {}), 'round '))}</h2><p>Stopped: {html.escape(pseudo['stop_reason'])}</p>{_tag_bands(pseudo)}
+<h2>Pseudo-labels (last round): {pseudo['selected']} of {pseudo['target']} wanted; per round: {html.escape(counts_text(pseudo.get('selected_per_round', {}), 'round '))}</h2>{_labeler(pseudo)}<p>Stopped: {html.escape(pseudo['stop_reason'])}</p>{_tag_bands(pseudo)}
 <table><tr><th>group</th>{''.join(f'<th>{html.escape(c)}</th>' for c in classes)}<th>total</th><th>mean confidence</th></tr>{count_rows}</table>
 <h2>Confidence on the test set</h2><img src="{CONFIDENCE_PLOT}" alt="confidence histograms per test group">
 {extra_html}
@@ -101,6 +101,12 @@ img{max-width:100%;height:auto} pre{white-space:pre-wrap;overflow-wrap:anywhere}
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _labeler(pseudo: dict) -> str:
+    """Which model labeled round 1 (--pseudo-labeler); runs before the option recorded none: the teacher did."""
+    labeler = pseudo.get("labeler", "teacher")
+    return f"<p>Round 1 labeled by the {html.escape(labeler)} (--pseudo-labeler).</p>"
 
 
 def _tag_bands(pseudo: dict) -> str:
