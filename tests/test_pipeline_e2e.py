@@ -185,11 +185,20 @@ def test_the_verdict_compares_the_models_on_the_same_rows_and_the_guard_picks_th
     verdict, holdout = result.metrics["verdict"], result.metrics["holdout"]
     assert verdict["kind"] == "holdout" and verdict["rows"] == result.metrics["items"]["holdout"]
     sign = 1 if result.metrics["greater_is_better"] else -1
+    # what the guard compared: the models' probabilities as they predicted the holdout (--guard-compares
+    # uncalibrated, the default), while the holdout scores are those of the calibrated submissions
+    assert verdict["compared"] == "uncalibrated" and verdict["temperatures"]
+    competition = get_competition(cfg.competition)
+    with np.load(result.run_dir / "probabilities.npz") as saved:
+        y = saved["y"][saved["fold"] >= 0]
+        raw = {m: saved[f"scored_{m}"] for m in ("teacher", "control", "student")}
+    compared = {m: competition.metric(y, competition.decide(p, competition.fit_decision(y, p))) for m, p in raw.items()}
+    assert compared != pytest.approx(holdout)  # calibration moved the scores: the test tells the two apart
     for pair in ("student_vs_control", "control_vs_teacher", "student_vs_teacher"):
         better, worse = pair.split("_vs_")
         low, high = verdict[pair]["interval"]
         # the gain is the score difference on the whole holdout, signed so that > 0 means `better` won
-        assert verdict[pair]["gain"] == pytest.approx(sign * (holdout[better] - holdout[worse]), abs=1e-9)
+        assert verdict[pair]["gain"] == pytest.approx(sign * (compared[better] - compared[worse]), abs=1e-9)
         assert low <= verdict[pair]["gain"] <= high
     # the student only where it beat the control in --guard-confidence of the resamples, else the better fallback
     fallback = "control" if verdict["control_vs_teacher"]["gain"] >= 0 else "teacher"
