@@ -67,13 +67,14 @@ def decide(competition: Competition, probs: RunProbabilities, guard_confidence: 
     decisions = {name: competition.fit_decision(y, p) for name, p in probs.scored.items()}
     models = {name: p for name, p in probs.scored.items() if name in MODELS}
     guarded = calibrate != "none"  # the teacher must beat the control beyond noise (decide_submission)
-    compared = None
-    if temperatures and guard_compares == "uncalibrated":
-        # On 20 held-out rows each cross-fitted temperature rests on 16, and one confident mistake sets it: compared
-        # calibrated, a student right on 19 of 20 rows lost to its control in every resample while its raw log loss
-        # was lower (digits, default budget). On the quality suite the calibrated comparison submitted the best model
-        # in 27 of 36 runs, the uncalibrated one in 31 (benchmarks/RESULTS.md).
-        compared = ({name: raw[name] for name in models}, {name: competition.fit_decision(y, raw[name]) for name in models})
+    # the models as they predicted, with their decisions (only where calibration changed them)
+    as_predicted = ({name: raw[name] for name in models},
+                    {name: competition.fit_decision(y, raw[name]) for name in models}) if temperatures else None
+    # On 20 held-out rows each cross-fitted temperature rests on 16, and one confident mistake sets it: compared
+    # calibrated, a student right on 19 of 20 rows lost to its control in every resample while its raw log loss was
+    # lower (digits, default budget). On the quality suite the calibrated comparison submitted the best model in 27 of
+    # 36 runs, the uncalibrated one in 31 (benchmarks/RESULTS.md).
+    compared = as_predicted if guard_compares == "uncalibrated" else None
     verdict = verdicts.decide_submission(competition, y, models, decisions, probs.kind, guard_confidence, seed,
                                          teacher_needs_guard=guarded, compared=compared)
     verdict.compared = "uncalibrated" if compared else None
@@ -83,8 +84,9 @@ def decide(competition: Competition, probs: RunProbabilities, guard_confidence: 
         prior = np.tile(probs.y.mean(axis=0), (len(y), 1))
         verdict.prior = verdicts.score(competition, y, prior, competition.fit_decision(y, prior))
     if probs.group_weights and probs.test_groups is not None:
-        # the verdict's own comparison when it ran uncalibrated
-        student_p_better = uncalibrated_student_p_better(competition, y, raw, seed) if temperatures and not compared else None
+        student_p_better = None  # the verdict's own comparison when it ran uncalibrated (decide_groups' default)
+        if as_predicted and not compared:
+            student_p_better = uncalibrated_student_p_better(competition, y, as_predicted, seed)
         verdict.groups = decide_groups(competition, y, models, decisions, verdict, probs.group_weights,
                                        {g: probs.foreign_share(g) for g in probs.group_weights}, guard_confidence, seed,
                                        guarded, unmeasured_groups, learned, student_p_better, compared)
@@ -110,15 +112,17 @@ def with_blend(probs: RunProbabilities, name: str, weights: dict[str, float]) ->
                                test={**probs.test, name: mix(probs.test)})
 
 
-def uncalibrated_student_p_better(competition: Competition, y: np.ndarray, raw: dict[str, np.ndarray],
+def uncalibrated_student_p_better(competition: Competition, y: np.ndarray,
+                                  as_predicted: tuple[dict[str, np.ndarray], dict[str, Decision]],
                                   seed: int) -> float | None:
     """The share of bootstrap resamples in which the student beats the control as the two predicted the scored rows,
-    before calibration: what group_verdict.unmeasured_choice gates on (its doc says why). None without both."""
+    before calibration (`as_predicted`: their probabilities and decisions): what group_verdict.unmeasured_choice gates
+    on (its doc says why). None without both."""
+    raw, decisions = as_predicted
     if not {"student", "control"} <= set(raw):
         return None
-    decisions = (competition.fit_decision(y, raw["student"]), competition.fit_decision(y, raw["control"]))
-    return verdicts.compare(competition, y, raw["student"], raw["control"], decisions, ("student", "control"),
-                            seed).p_better
+    return verdicts.compare(competition, y, raw["student"], raw["control"], (decisions["student"], decisions["control"]),
+                            ("student", "control"), seed).p_better
 
 
 def calibrated(competition: Competition, probs: RunProbabilities, calibrate: str, seed: int,
