@@ -142,6 +142,7 @@ def test_the_guard_compares_the_models_as_they_predicted_unless_told_to_compare_
     assert calibrated.verdict.submitted == "control" and calibrated.verdict.comparisons["student_vs_control"].p_better < 0.2
     assert raw.scores == calibrated.scores and raw.scores["student"] > raw.scores["control"]  # calibrated scores
     assert raw.verdict.compared == "uncalibrated" and calibrated.verdict.compared is None
+    assert raw.verdict.compared_text().startswith("compared uncalibrated: ") and calibrated.verdict.compared_text() == ""
     assert Verdict.from_dict(raw.verdict.to_dict()).compared == "uncalibrated"
     assert "compared" not in calibrated.verdict.to_dict()  # earlier runs' verdicts read and rescore as they were
     uncalibrated_run = decide(fisheries, probs, 0.8, 0, guard_compares="uncalibrated")  # nothing calibrated: the same

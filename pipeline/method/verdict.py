@@ -98,6 +98,13 @@ class Verdict:
     temperature_prior_sd: float | None = None  # the temperature fit's prior (calibration.PRIOR_SD); None: fit without one
     compared: str | None = None  # "uncalibrated": the comparisons ran on the models' probabilities before calibration
 
+    def compared_text(self) -> str:
+        """How the comparisons were made, in words, when not on the calibrated probabilities the scores are of: what
+        the run's summary and its report print above them ("" otherwise)."""
+        if self.compared is None:
+            return ""
+        return f"compared {self.compared}: the models' probabilities as they predicted the scored rows (--guard-compares)"
+
     @property
     def by_group(self) -> bool:
         """Whether the test groups got different models (submission.csv then mixes them, BY_GROUP)."""

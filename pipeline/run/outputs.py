@@ -100,7 +100,7 @@ def print_summary(metrics: RunMetrics, folder: RunFolder) -> None:
             shown = [*names, *([BY_GROUP] if verdict.by_group and BY_GROUP in scores else [])]  # what submission.csv scored
             print(f"{board:<11} " + "   ".join(f"{m} {scores[m][board]:.4f}" for m in shown if m in scores))
     if verdict.compared:
-        print(f"compared {verdict.compared}: the models' probabilities as they predicted the scored rows (--guard-compares)")
+        print(verdict.compared_text())
     for comparison in verdict.comparisons.values():
         print(comparison.line())
     print(("" if verdict.submitted == "student" else "\n!!! ") + f"submitted: {verdict.submitted} ({verdict.reason})")

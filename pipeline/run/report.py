@@ -55,8 +55,8 @@ def write_report(folder: RunFolder, metrics: RunMetrics, probs: RunProbabilities
     comparisons = "".join(f"<li>{c.better} vs {c.worse}: {html.escape(c.describe())}</li>" for c in verdict.comparisons.values())
     groups = "".join(f"<li>{html.escape(g.group)} group: <b>{html.escape(g.submitted)}</b> ({html.escape(g.reason)})</li>"
                      for g in verdict.groups.values())
-    compared = (f"<p>Compared {verdict.compared}: the models' probabilities as they predicted the scored rows "
-                "(--guard-compares).</p>" if verdict.compared else "")
+    text = verdict.compared_text()
+    compared = f"<p>{html.escape(text[:1].upper() + text[1:])}.</p>" if text else ""
     verdict_html = (f"<h2>Did pseudo-labeling help?</h2>{compared}<ul>{comparisons}</ul>"
                     f"<p><b>Submitted: {html.escape(verdict.submitted)}</b> ({html.escape(verdict.reason)})</p>"
                     + (f"<p>Per test group (the scored rows weighted like each group):</p><ul>{groups}</ul>" if groups else ""))
