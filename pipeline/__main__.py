@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import pkgutil
 import sys
@@ -30,11 +29,6 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as error:  # bad user input: a clear message, no traceback; anything else is a bug and keeps it
         print(f"error: {error}", file=sys.stderr)
-        # What failed may have left objects in reference cycles through its traceback: a multi-worker peer that died
-        # leaves TensorFlow's all-reduce ThreadPool in its frames, and collected at interpreter exit, with the pipes
-        # already closed, its __del__ printed a traceback after the one error line. Collect them while they can close.
-        del error
-        gc.collect()
         return 2
 
 

@@ -6,6 +6,7 @@ run the pipeline in fresh processes (this one has long started TensorFlow)."""
 from __future__ import annotations
 
 import json
+import multiprocessing.pool
 import os
 import re
 import random
@@ -368,3 +369,21 @@ def test_mixed_precision_is_refused_without_a_gpu():
         pytest.skip("a GPU is visible: mixed precision is allowed here")
     with pytest.raises(UserError, match=r"--mixed-precision needs a GPU.*make install GPU=1"):
         distribute.setup(RunConfig(mixed_precision=True, distribute="none"))
+
+
+def test_a_thread_pool_a_failed_all_reduce_left_running_is_terminated_before_the_error_line():
+    # TensorFlow's eager all-reduce closes its ThreadPool only when the map returns; a dead peer makes the map raise
+    from pipeline.model.distribute import _terminate_pools_left_in
+
+    pools = []
+
+    def all_reduce():
+        pool = multiprocessing.pool.ThreadPool(1)
+        pools.append(pool)
+        pool.map(lambda _: 1 / 0, [0])
+
+    with pytest.raises(ZeroDivisionError) as failed:
+        all_reduce()
+    assert pools[0]._state == "RUN"
+    _terminate_pools_left_in(failed.value.__traceback__)
+    assert pools[0]._state == "TERMINATE"

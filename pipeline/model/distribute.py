@@ -19,10 +19,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import multiprocessing.pool
 import os
 import re
 import shutil
 import tempfile
+from types import TracebackType
 from typing import Iterator
 
 import keras
@@ -137,11 +139,24 @@ def peers_alive(what: str) -> Iterator[None]:
             "Collective ops is aborted" in str(error)
         if not (lost and is_multiworker()):
             raise
+        _terminate_pools_left_in(error.__traceback__)
         reason = re.search(r"Collective ops is aborted by: ([^\n]+)", str(error))
         detail = (reason.group(1) if reason else str(error).strip().splitlines()[0]).strip().rstrip(":")
         raise UserError(f"--distribute multiworker: another worker stopped during {what} ({type(error).__name__}: "
                         f"{detail}); a multi-worker run needs every worker until the end: see that worker's output "
                         f"for why it stopped, then start every worker again") from error
+
+
+def _terminate_pools_left_in(traceback: TracebackType | None) -> None:
+    """TensorFlow's eager all-reduce maps over a `multiprocessing.pool.ThreadPool` and closes it only when the map
+    returns: when a peer died, the map raised and the pool stayed open in the failed frames. Collected at interpreter
+    exit, after its pipe was closed, its `__del__` printed a traceback below the one error line (seen under load only).
+    Terminate it now, while it can still shut down."""
+    while traceback is not None:
+        for value in list(traceback.tb_frame.f_locals.values()):
+            if isinstance(value, multiprocessing.pool.Pool):
+                value.terminate()
+        traceback = traceback.tb_next
 
 
 def average_replica_statistics(model: keras.Model) -> None:
