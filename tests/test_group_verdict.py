@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from pipeline.data.image_properties import NUMERIC_PROPERTIES
-from pipeline.method.group_verdict import MAX_FOREIGN, MIN_ESS, decide_groups
+from pipeline.method.group_verdict import MAX_FOREIGN, MIN_ESS, Unmeasured, decide_groups
 from pipeline.method.importance import density_weights, effective_sample_size
 from pipeline.method.verdict import AVERAGE, BY_GROUP, Verdict, decide_submission
 from pipeline.plugin.api import Decision
@@ -77,20 +77,20 @@ def _two_halves():
 
 
 def _close_call():
-    """Scored rows where the student and the control differ on a few rows only, each right on half of those: the
-    guard keeps the control (the student is not better beyond noise), and the student did not lose beyond it."""
+    """Scored rows where the student and the control differ on a few rows only, the student right on 11 of those 20:
+    the guard keeps the control (the student is not better beyond noise), and the student was at least even."""
     fisheries = get_competition("fisheries")
     labels, y, control = _sure_of_the_truth(200, 8, 0.6)
     student = control.copy()
-    student[:10] = np.roll(control[:10], 1, axis=1)  # wrong where the control is right
+    student[:9] = np.roll(control[:9], 1, axis=1)  # wrong where the control is right
     control = control.copy()
-    control[10:20] = np.roll(control[10:20], 1, axis=1)  # and the other way round
+    control[9:20] = np.roll(control[9:20], 1, axis=1)  # and the other way round
     teacher = np.sqrt(control) / np.sqrt(control).sum(axis=1, keepdims=True)  # the control, less sure: calibrated,
     # the two are one model (every resample a tie), and a tie keeps the control
     scored = {"teacher": teacher, "control": control, "student": student}
     decisions = {name: Decision() for name in scored}
     verdict = decide_submission(fisheries, y, scored, decisions, "holdout", 0.8, seed=0)
-    assert verdict.submitted == "control" and 0.2 <= verdict.comparisons["student_vs_control"].p_better < 0.8
+    assert verdict.submitted == "control" and 0.5 <= verdict.comparisons["student_vs_control"].p_better < 0.8
     return fisheries, y, scored, decisions, verdict
 
 
@@ -161,23 +161,23 @@ def test_a_mostly_foreign_group_under_a_control_verdict_gets_the_student_or_the_
     weights = {"night": np.ones(len(y)), "few": few, "public": np.ones(len(y))}
     foreign = {"night": MAX_FOREIGN, "few": 0.0, "public": 0.0}
     learned = {"night": 30, "few": 30, "public": 30}
-    groups = decide_groups(fisheries, y, scored, decisions, verdict, weights, foreign, 0.8, 0, unmeasured=unmeasured,
+    groups = decide_groups(fisheries, y, scored, decisions, verdict, weights, foreign, 0.8, 0, unmeasured=Unmeasured(unmeasured),
                            learned=learned)
     assert groups["night"].submitted == unmeasured and not groups["night"].confident
     assert "the student learned from 30 of its images" in groups["night"].reason
     assert groups["few"].submitted == "control" and groups["public"].submitted == "control"
-    for other in ({"learned": {**learned, "night": 0}}, {"unmeasured": "verdict"}):  # nothing learned there; the option
+    for other in ({"learned": {**learned, "night": 0}}, {"unmeasured": Unmeasured("verdict")}):  # nothing learned there; the option
         kept = decide_groups(fisheries, y, scored, decisions, verdict, weights, foreign, 0.8, 0,
-                             **{"unmeasured": unmeasured, "learned": learned, **other})
+                             **{"unmeasured": Unmeasured(unmeasured), "learned": learned, **other})
         assert kept["night"].submitted == "control" and kept["night"].reason.endswith("it gets the verdict's control")
     fisheries, y, scored, decisions, lost, first = _two_halves()  # the student loses beyond noise on the scored rows
     assert lost.submitted == "control" and lost.comparisons["student_vs_control"].p_better < 0.2
     groups = decide_groups(fisheries, y, scored, {**decisions, AVERAGE: Decision()}, lost, weights, foreign, 0.8, 0,
-                           unmeasured=unmeasured, learned=learned)
+                           unmeasured=Unmeasured(unmeasured), learned=learned)
     assert groups["night"].submitted == "control"
     student_verdict = decide_submission(fisheries, y, scored, decisions, "holdout", 0.0, seed=0)  # guard off: student
     groups = decide_groups(fisheries, y, scored, decisions, student_verdict, weights, foreign, 0.0, 0,
-                           unmeasured=unmeasured, learned=learned)
+                           unmeasured=Unmeasured(unmeasured), learned=learned)
     assert groups["night"].submitted == "student"  # the verdict's own model: nothing to hedge
 
 
@@ -202,7 +202,7 @@ def test_the_decision_stage_submits_a_foreign_group_the_mean_of_control_and_stud
     from pipeline.run.decision import decide
 
     fisheries, probs = _foreign_private_run()
-    outcome = decide(fisheries, probs, 0.8, seed=0, unmeasured_groups="average", learned={"public": 5, "private": 5})
+    outcome = decide(fisheries, probs, 0.8, seed=0, unmeasured=Unmeasured("average"), learned={"public": 5, "private": 5})
     assert outcome.verdict.submitted == "control" and outcome.verdict.groups["private"].submitted == AVERAGE
     assert outcome.submitted == BY_GROUP and AVERAGE not in outcome.holdout  # scored, never the run's verdict
     mixed, control, average = (outcome.tables[name].set_index("image") for name in (BY_GROUP, "control", AVERAGE))
@@ -218,12 +218,26 @@ def test_the_decision_stage_submits_a_foreign_group_the_mean_of_control_and_stud
 def test_the_rule_reads_the_students_uncalibrated_comparison_with_the_control():
     fisheries, y, scored, decisions, lost, first = _two_halves()  # calibrated, the student lost beyond noise
     weights, foreign, learned = {"night": np.ones(len(y))}, {"night": 1.0}, {"night": 30}
-    kept = decide_groups(fisheries, y, scored, decisions, lost, weights, foreign, 0.8, 0, unmeasured="student",
+    kept = decide_groups(fisheries, y, scored, decisions, lost, weights, foreign, 0.8, 0, unmeasured=Unmeasured("student"),
                          learned=learned)
-    given = decide_groups(fisheries, y, scored, decisions, lost, weights, foreign, 0.8, 0, unmeasured="student",
-                          learned=learned, student_p_better=0.45)  # as the models predicted, it did not
+    given = decide_groups(fisheries, y, scored, decisions, lost, weights, foreign, 0.8, 0, unmeasured=Unmeasured("student"),
+                          learned=learned, student_p_better=0.55)  # as the models predicted, it did not lose
     assert kept["night"].submitted == "control" and given["night"].submitted == "student"
-    assert "(uncalibrated, better in 45% of resamples)" in given["night"].reason
+    assert "(uncalibrated, better in 55% of resamples, needs 50%)" in given["night"].reason
+
+
+def test_an_unmeasured_group_gets_the_student_only_if_it_was_better_in_the_required_share_of_resamples():
+    fisheries, y, scored, decisions, lost, first = _two_halves()
+    weights, foreign, learned = {"night": np.ones(len(y))}, {"night": 1.0}, {"night": 30}
+
+    def night(rule: Unmeasured, p_better: float) -> str:
+        return decide_groups(fisheries, y, scored, decisions, lost, weights, foreign, 0.8, 0, unmeasured=rule,
+                             learned=learned, student_p_better=p_better)["night"].submitted
+
+    assert night(Unmeasured("student"), 0.45) == "control"  # the default: at least even
+    assert night(Unmeasured("student"), 0.5) == "student"
+    assert night(Unmeasured("student", min_p_better=0.2), 0.45) == "student"  # "not worse beyond noise"
+    assert night(Unmeasured("student", min_p_better=0.2), 0.15) == "control"
 
 
 def test_a_calibrated_decision_gates_an_unmeasured_group_on_the_raw_probabilities():
@@ -231,21 +245,21 @@ def test_a_calibrated_decision_gates_an_unmeasured_group_on_the_raw_probabilitie
     from pipeline.run.decision import decide
 
     fisheries, probs = _foreign_private_run()
-    outcome = decide(fisheries, probs, 0.8, seed=0, calibrate="temperature", unmeasured_groups="student",
+    outcome = decide(fisheries, probs, 0.8, seed=0, calibrate="temperature", unmeasured=Unmeasured("student"),
                      learned={"public": 5, "private": 5})
     y = probs.y_scored
     raw = compare(fisheries, y, probs.scored["student"], probs.scored["control"], (Decision(), Decision()),
                   ("student", "control"), 0).p_better
     private = outcome.verdict.groups["private"]
     assert outcome.verdict.submitted == "control"  # calibrated, the teacher ties it in every resample: not a win
-    assert private.submitted == "student" and f"(uncalibrated, better in {raw:.0%} of resamples)" in private.reason
+    assert private.submitted == "student" and f"(uncalibrated, better in {raw:.0%} of resamples, needs 50%)" in private.reason
 
 
 def test_a_student_that_learned_nothing_gives_no_average():
     from pipeline.run.decision import decide
 
     fisheries, probs = _foreign_private_run(student_differs=False)
-    outcome = decide(fisheries, probs, 0.8, seed=0, unmeasured_groups="average", learned={"public": 5, "private": 5})
+    outcome = decide(fisheries, probs, 0.8, seed=0, unmeasured=Unmeasured("average"), learned={"public": 5, "private": 5})
     assert AVERAGE not in outcome.tables and outcome.verdict.groups["private"].submitted == outcome.verdict.submitted
 
 
@@ -294,7 +308,7 @@ def test_the_summary_names_each_groups_model_and_the_by_group_score(capsys, tmp_
     from pipeline.run.outputs import print_summary
 
     fisheries, probs = _foreign_private_run()
-    outcome = decide(fisheries, probs, 0.8, seed=0, unmeasured_groups="student", learned={"public": 5, "private": 5})
+    outcome = decide(fisheries, probs, 0.8, seed=0, unmeasured=Unmeasured("student"), learned={"public": 5, "private": 5})
     board = {"teacher": {"public": 1.5, "private": 1.6}, "control": {"public": 1.0, "private": 1.3},
              "student": {"public": 1.1, "private": 1.2}, BY_GROUP: {"public": 1.0, "private": 1.2}}
     metrics = RunMetrics("r", "fisheries", "logloss", False, holdout=outcome.holdout, verdict=outcome.verdict,

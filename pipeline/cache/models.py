@@ -39,7 +39,7 @@ MODEL_FILES = (WEIGHTS, "test_probs.npy", "scored_probs.npy", "info.json")
 # Options that never change a trained student or control (where files go, what is done with the predictions);
 # --jit does, but through the teacher's key, which holds what it resolved to (pipeline/cache/teachers.py).
 NOT_MODEL_SETTINGS = frozenset({"data", "output", "solution", "run_name", "guard_confidence", "guard_compares", "calibrate",
-                                "unmeasured_groups", "on_shift",
+                                "unmeasured_groups", "unmeasured_p_better", "on_shift",
                                 "runs_dir", "cache_dir", "ledger", "record", "worker_wait", "jit"})
 # Options a control never reads: it is the teacher continued on train only, so how the test set is pseudo-labeled
 # and how students learn from it cannot change it (its budget, the students' steps, is in its key). Without this a

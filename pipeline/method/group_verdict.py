@@ -13,14 +13,18 @@ student is the one model that learned from the group's own images (its pseudo-la
 their own), which is where self-training pays in domain adaptation (Zou et al. 2018), and no scored row can say
 whether it did. So the group gets the student (`student`), or the mean of the two models' probabilities (`average`:
 on log loss, which is convex, never worse than the two models' mean score), when the student learned from at least one
-of the group's images and did not lose to the control beyond noise on the scored rows, as the models predicted them:
-uncalibrated, since on 20 held-out rows each fold's temperature rests on 16, and one confident mistake sets it (digits,
+of the group's images and was at least even with the control on the scored rows (better in at least
+`Unmeasured.min_p_better` of the guard's resamples, default a half: on the quality suite a half gave the private
+group its best model in 33 of 36 runs, where "not worse beyond noise", a fifth, did in 31), as the models predicted
+them: uncalibrated, since on 20 held-out rows each fold's temperature rests on 16, and one confident mistake sets it (digits,
 default budget: the student's one wrong row at 0.85 made the calibrated student lose in every resample, with raw log
 losses 0.417 against the control's 0.427). A group whose
 weights are nearly even (ESS at least LIKE_TRAIN of the rows) is drawn like train: the run's verdict speaks for it,
 and a second bootstrap on nearly the same rows would only flip a close call. Pure numpy.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +37,15 @@ MAX_FOREIGN = 0.10  # a larger share of the group's images without a train look-
 LIKE_TRAIN = 0.9  # ESS / rows at or above which a group is drawn like train and takes the verdict's model
 
 
+@dataclass(frozen=True)
+class Unmeasured:
+    """--unmeasured-groups and --unmeasured-p-better: what a group no scored row can measure gets when the verdict fell
+    back to the control (`choice`: student | average | verdict), and in how many of the guard's resamples of the
+    scored rows the student must have beaten the control for it (`min_p_better`)."""
+    choice: str = "verdict"
+    min_p_better: float = 0.5
+
+
 def weighed_like(weights: np.ndarray) -> bool:
     """Whether the scored rows speak for a group: drawn like it (nearly even weights), or enough of them look like it."""
     return effective_sample_size(weights) >= min(MIN_ESS, LIKE_TRAIN * len(weights))
@@ -40,7 +53,7 @@ def weighed_like(weights: np.ndarray) -> bool:
 
 def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], decisions: dict[str, Decision],
                   verdict: Verdict, weights: dict[str, np.ndarray], foreign: dict[str, float],
-                  guard_confidence: float, seed: int, teacher_needs_guard: bool = False, unmeasured: str = "verdict",
+                  guard_confidence: float, seed: int, teacher_needs_guard: bool = False, unmeasured: Unmeasured = Unmeasured(),
                   learned: dict[str, int] | None = None, student_p_better: float | None = None,
                   compared: tuple[dict[str, np.ndarray], dict[str, Decision]] | None = None) -> dict[str, GroupVerdict]:
     """Each weighted group's verdict (`weights`: group -> one weight per scored row; `foreign`: group -> share of
@@ -69,13 +82,14 @@ def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], dec
         if not per_row:
             doubts.append(f"the {competition.metric_name} metric has no per-row form to weigh")
         chosen = unmeasured_choice(unmeasured, verdict.submitted, share, (learned or {}).get(group, 0),
-                                   student_p_better, guard_confidence, AVERAGE in decisions) if doubts else None
+                                   student_p_better, AVERAGE in decisions) if doubts else None
         if chosen:
             out[group] = GroupVerdict(group, ess, share, False, chosen,
                                       f"not confident for the {group} group: {'; '.join(doubts)}; the student learned "
-                                      f"from {learned[group]} of its images and the control did not, and did not lose "
-                                      f"to it on the {verdict.kind} rows beyond noise (uncalibrated, better in "
-                                      f"{student_p_better:.0%} of resamples): it gets "
+                                      f"from {learned[group]} of its images and the control did not, and was at least "
+                                      f"even with it on the {verdict.kind} rows (uncalibrated, better in "
+                                      f"{student_p_better:.0%} of resamples, needs {unmeasured.min_p_better:.0%}): "
+                                      f"it gets "
                                       + ("the student" if chosen == "student" else "the average of the two")
                                       + " (--unmeasured-groups)")
             continue
@@ -92,12 +106,12 @@ def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], dec
     return out
 
 
-def unmeasured_choice(unmeasured: str, submitted: str, foreign_share: float, learned: int,
-                      student_p_better: float | None, guard_confidence: float, average_available: bool) -> str | None:
+def unmeasured_choice(unmeasured: Unmeasured, submitted: str, foreign_share: float, learned: int,
+                      student_p_better: float | None, average_available: bool) -> str | None:
     """What a group no scored row can measure gets instead of the verdict's control (module doc), or None: keep it."""
-    if (unmeasured == "verdict" or foreign_share < MAX_FOREIGN or submitted != "control" or learned <= 0
-            or student_p_better is None or student_p_better < 1 - guard_confidence):
+    if (unmeasured.choice == "verdict" or foreign_share < MAX_FOREIGN or submitted != "control" or learned <= 0
+            or student_p_better is None or student_p_better < unmeasured.min_p_better):
         return None
-    if unmeasured == "average":
+    if unmeasured.choice == "average":
         return AVERAGE if average_available else None
     return "student"

@@ -16,7 +16,7 @@ import pandas as pd
 from pipeline.method import calibration
 from pipeline.method import verdict as verdicts
 from pipeline.method.calibration import CALIBRATIONS
-from pipeline.method.group_verdict import decide_groups
+from pipeline.method.group_verdict import Unmeasured, decide_groups
 from pipeline.method.verdict import AVERAGE, BY_GROUP, MODELS
 from pipeline.plugin.api import Competition, Decision
 from pipeline.run.folder import RunProbabilities
@@ -45,19 +45,19 @@ class Outcome:
 
 def decide(competition: Competition, probs: RunProbabilities, guard_confidence: float, seed: int,
            solution: Path | str | None = None, calibrate: str = "none",
-           temperature_prior_sd: float | None = calibration.PRIOR_SD, unmeasured_groups: str = "verdict",
+           temperature_prior_sd: float | None = calibration.PRIOR_SD, unmeasured: Unmeasured = Unmeasured(),
            learned: dict[str, int] | None = None, guard_compares: str = "calibrated") -> Outcome:
     """Calibrate each model (--calibrate), fit its decision on the scored rows, score it, run the verdict and its
     guard over the run's models (MODELS; another entry, such as a rescore's blend, is decided and scored but never
     submitted), then per test group where the run kept importance weights, and make every model's submission (and
     the by-group one when the groups got different models); with a solution, score each against the public and
     private rows. `temperature_prior_sd`: the temperature fit's prior (None: none, as runs before it had);
-    `unmeasured_groups`: what a group no scored row can measure gets (group_verdict.unmeasured_choice; `learned`:
-    group -> pseudo-labels the student learned from its images); with "average", the AVERAGE of control and student
+    `unmeasured`: what a group no scored row can measure gets (group_verdict.unmeasured_choice; `learned`:
+    group -> pseudo-labels the student learned from its images); with the choice "average", the AVERAGE of control and student
     is one more model, calibrated, decided and submitted like the others. `guard_compares`: "uncalibrated" runs the
     guard's comparisons on the models' probabilities as predicted (the scores and submissions stay calibrated)."""
     y = probs.y_scored
-    average = (unmeasured_groups == "average" and {"control", "student"} <= set(probs.scored)
+    average = (unmeasured.choice == "average" and {"control", "student"} <= set(probs.scored)
                and bool(probs.group_weights) and probs.test_groups is not None
                and not np.array_equal(probs.test["student"], probs.test["control"]))  # a student that learned nothing
     if average:
@@ -89,7 +89,7 @@ def decide(competition: Competition, probs: RunProbabilities, guard_confidence: 
             student_p_better = uncalibrated_student_p_better(competition, y, as_predicted, seed)
         verdict.groups = decide_groups(competition, y, models, decisions, verdict, probs.group_weights,
                                        {g: probs.foreign_share(g) for g in probs.group_weights}, guard_confidence, seed,
-                                       guarded, unmeasured_groups, learned, student_p_better, compared)
+                                       guarded, unmeasured, learned, student_p_better, compared)
     scores = {name: verdict.scores[name] if name in verdict.scores else verdicts.score(competition, y, p, decisions[name])
               for name, p in probs.scored.items()}
     tables = {name: submission_table(competition, probs, p, decisions[name]) for name, p in probs.test.items()}

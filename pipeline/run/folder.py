@@ -27,7 +27,9 @@ from pipeline.run.metrics import RunMetrics, SubmissionRecord
 # Options added after runs were made, with the value those runs were made under: a config.json without one is an older
 # run's, and `runs rescore` and `submit --resume` must reproduce what it did.
 LEGACY_DEFAULTS = {"calibrate": "none", "unmeasured_groups": "verdict", "pseudo_labeler": "teacher",
-                   "guard_compares": "calibrated"}
+                   "guard_compares": "calibrated",
+                   # before the option, the student had only to not lose beyond noise: the guard's confidence mirrored
+                   "unmeasured_p_better": lambda values: round(1 - values.get("guard_confidence", 0.8), 9)}
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # a run id: the folder's name
 CONFIG = "config.json"  # the resolved RunConfig: what `submit --resume` runs again
 SPLIT = "split.csv"  # each labeled image's fold
@@ -142,7 +144,8 @@ class RunFolder:
         if not values.get("competition"):
             raise UserError(f"{path} names no competition; is {self.path} a run folder?")
         for name, before in LEGACY_DEFAULTS.items():
-            values.setdefault(name, before)
+            if name not in values:
+                values[name] = before(values) if callable(before) else before
         for name, value in values.items():
             if isinstance(fields[name].default, tuple) and isinstance(value, list):
                 values[name] = tuple(value)  # JSON has no tuples

@@ -20,6 +20,7 @@ import pandas as pd
 from pipeline.errors import UserError
 from pipeline.method import calibration
 from pipeline.method import verdict as verdicts
+from pipeline.method.group_verdict import Unmeasured
 from pipeline.method.verdict import MODELS
 from pipeline.plugin.api import Competition
 from pipeline.plugin.registry import get_competition
@@ -164,7 +165,7 @@ def rescore(path: Path, metric: str | None = None, solution: Path | None = None,
     prior_sd = recorded.temperature_prior_sd if recorded and recorded.temperatures else calibration.PRIOR_SD
     learned = (metrics.pseudo if metrics else {}).get("by_group")  # what the student learned from, per group
     outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, solution, cfg.calibrate, prior_sd,
-                     cfg.unmeasured_groups, learned, cfg.guard_compares)
+                     Unmeasured(cfg.unmeasured_groups, cfg.unmeasured_p_better), learned, cfg.guard_compares)
     result = Rescore(folder, metrics, probs, competition.metric_name, competition.greater_is_better, outcome, weights)
     if weights:
         submitted = outcome.verdict.submitted

@@ -27,6 +27,7 @@ from pipeline.errors import UserError
 from pipeline.files import no_space_error
 from pipeline.data.items import Items, load_items
 from pipeline.method import adaptation
+from pipeline.method.group_verdict import Unmeasured
 from pipeline.ledger.provenance import library_versions
 from pipeline.plugin.api import GROUPS, Competition
 from pipeline.plugin.registry import get_competition
@@ -230,7 +231,8 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
     probs = dataclasses.replace(probs, **outputs.shift_evidence(items, cfg.seed))
     learned = training.summary.get("by_group") if training else None  # per group: what the student learned from
     outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, cfg.solution, cfg.calibrate,
-                     unmeasured_groups=cfg.unmeasured_groups, learned=learned, guard_compares=cfg.guard_compares)
+                     unmeasured=Unmeasured(cfg.unmeasured_groups, cfg.unmeasured_p_better), learned=learned,
+                     guard_compares=cfg.guard_compares)
     chosen = outcome.verdict.submitted
     print(("" if chosen == "student" else "WARNING: ") + outcome.verdict.reason,
           file=sys.stderr if chosen != "student" else sys.stdout, flush=True)
