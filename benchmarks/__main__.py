@@ -7,6 +7,8 @@ import sys
 
 import benchmarks
 
+TRAIN_NOTHING = {"suite_compare"}  # benchmarks that only read CSVs: no TensorFlow to load
+
 
 def main() -> None:
     names = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__))
@@ -16,6 +18,10 @@ def main() -> None:
     options = sys.argv[2:]
     for name in wanted:
         print(f"\n=== benchmark: {name}", flush=True)
+        if name not in TRAIN_NOTHING:  # as `python -m pipeline` does: no TensorFlow C++ log line in the output
+            from pipeline.quiet_tensorflow import import_tensorflow_quietly
+
+            import_tensorflow_quietly()
         module = importlib.import_module(f"benchmarks.{name}")
         needs = getattr(module, "NEEDS", None)  # e.g. real: photos that are not in this repository
         if needs and len(wanted) > 1:

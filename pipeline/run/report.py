@@ -2,24 +2,23 @@
 from __future__ import annotations
 
 import html
+import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # object-oriented API: no pyplot state, Agg canvas on savefig
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from pipeline.files import write_text_atomic  # noqa: E402
-from pipeline.method.pseudo import confidence_and_classes  # noqa: E402
-from pipeline.plugin.api import GROUPS  # noqa: E402
-from pipeline.run.folder import CONFIDENCE_PLOT, REPORT, RunFolder, RunProbabilities  # noqa: E402
-from pipeline.run.metrics import RunMetrics  # noqa: E402
+from pipeline.files import write_bytes_atomic, write_text_atomic
+from pipeline.method.pseudo import confidence_and_classes
+from pipeline.plugin.api import GROUPS
+from pipeline.run.folder import CONFIDENCE_PLOT, REPORT, RunFolder, RunProbabilities
+from pipeline.run.metrics import RunMetrics
 
 
 def confidence_histogram(path: Path, groups: np.ndarray, probs: dict[str, np.ndarray], multi_label: bool) -> None:
-    """One panel per model (teacher, student): how confident it is on each test group."""
-    fig, axes = plt.subplots(1, len(probs), figsize=(5 * len(probs), 3.4), sharey=True, squeeze=False)
+    """One panel per model (teacher, student): how confident it is on each test group; written atomically."""
+    fig = Figure(figsize=(5 * len(probs), 3.4))
+    axes = fig.subplots(1, len(probs), sharey=True, squeeze=False)
     bins = np.linspace(0, 1, 21)
     for axis, (name, p) in zip(axes[0], probs.items()):
         confidence, _ = confidence_and_classes(p, multi_label)
@@ -32,8 +31,9 @@ def confidence_histogram(path: Path, groups: np.ndarray, probs: dict[str, np.nda
         axis.legend()
     axes[0][0].set_ylabel("images")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_report(folder: RunFolder, metrics: RunMetrics, probs: RunProbabilities, multi_label: bool,
