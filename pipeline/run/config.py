@@ -161,9 +161,10 @@ class RunConfig:
                                                "noise: student | average (of the control's and the student's "
                                                "probabilities) | verdict (the control)",
                                     check=one_of(*UNMEASURED_GROUP_CHOICES))
-    unmeasured_p_better: float = option(0.5, "such a group gets the student (or the average) only if the student beat the "
-                                             "control in at least this share of the guard's resamples of the scored "
-                                             "rows, as the two predicted them (0.5: at least even)",
+    unmeasured_p_better: float = option(0.5, "a test group no scored row can measure gets the student (or the average, "
+                                             "--unmeasured-groups) only if the student beat the control in at least "
+                                             "this share of the guard's resamples of the scored rows, as the two "
+                                             "predicted them (0.5: at least even)",
                                         check=between(0.0, 1.0))
     # Not a teacher key: the strategy changes how the same fit runs (same global batch, steps, schedule, data order
     # and seeds), not what it is asked to learn; what differs is float summation order and batch-norm batch statistics

@@ -53,8 +53,8 @@ def decide(competition: Competition, probs: RunProbabilities, guard_confidence: 
     the by-group one when the groups got different models); with a solution, score each against the public and
     private rows. `temperature_prior_sd`: the temperature fit's prior (None: none, as runs before it had);
     `unmeasured`: what a group no scored row can measure gets (group_verdict.unmeasured_choice; `learned`:
-    group -> pseudo-labels the student learned from its images); with the choice "average", the AVERAGE of control and student
-    is one more model, calibrated, decided and submitted like the others. `guard_compares`: "uncalibrated" runs the
+    group -> pseudo-labels the student learned from its images); with the choice "average", the AVERAGE of control and
+    student is one more model, calibrated, decided and submitted like the others. `guard_compares`: "uncalibrated" runs the
     guard's comparisons on the models' probabilities as predicted (the scores and submissions stay calibrated)."""
     y = probs.y_scored
     average = (unmeasured.choice == "average" and {"control", "student"} <= set(probs.scored)
