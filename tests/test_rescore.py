@@ -229,7 +229,6 @@ def test_a_run_whose_guard_compared_calibrated_models_rescores_so_and_a_run_of_t
 def test_a_run_made_before_unmeasured_p_better_reads_the_gate_it_was_decided_with(tmp_path):
     """Before the option, an unmeasured group got the student when it had not lost beyond noise: better in at least
     1 - --guard-confidence of the resamples. An older config.json reads so; a newer one keeps its own value."""
-
     (tmp_path / "config.json").write_text(json.dumps({"competition": "fisheries", "guard_confidence": 0.7}))
     assert RunFolder(tmp_path).read_config().unmeasured_p_better == pytest.approx(0.3)
     (tmp_path / "config.json").write_text(json.dumps({"competition": "fisheries", "unmeasured_p_better": 0.6}))

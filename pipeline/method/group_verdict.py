@@ -45,6 +45,11 @@ class Unmeasured:
     choice: str = "verdict"
     min_p_better: float = 0.5
 
+    @classmethod
+    def of(cls, options) -> "Unmeasured":
+        """The rule of a run (a RunConfig)."""
+        return cls(options.unmeasured_groups, options.unmeasured_p_better)
+
 
 def weighed_like(weights: np.ndarray) -> bool:
     """Whether the scored rows speak for a group: drawn like it (nearly even weights), or enough of them look like it."""

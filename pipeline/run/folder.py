@@ -29,7 +29,7 @@ from pipeline.run.metrics import RunMetrics, SubmissionRecord
 LEGACY_DEFAULTS = {"calibrate": "none", "unmeasured_groups": "verdict", "pseudo_labeler": "teacher",
                    "guard_compares": "calibrated",
                    # before the option, the student had only to not lose beyond noise: the guard's confidence mirrored
-                   "unmeasured_p_better": lambda values: round(1 - values.get("guard_confidence", 0.8), 9)}
+                   "unmeasured_p_better": lambda values: round(1 - values.get("guard_confidence", RunConfig.guard_confidence), 9)}
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # a run id: the folder's name
 CONFIG = "config.json"  # the resolved RunConfig: what `submit --resume` runs again
 SPLIT = "split.csv"  # each labeled image's fold

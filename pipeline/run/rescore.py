@@ -165,7 +165,7 @@ def rescore(path: Path, metric: str | None = None, solution: Path | None = None,
     prior_sd = recorded.temperature_prior_sd if recorded and recorded.temperatures else calibration.PRIOR_SD
     learned = (metrics.pseudo if metrics else {}).get("by_group")  # what the student learned from, per group
     outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, solution, cfg.calibrate, prior_sd,
-                     Unmeasured(cfg.unmeasured_groups, cfg.unmeasured_p_better), learned, cfg.guard_compares)
+                     Unmeasured.of(cfg), learned, cfg.guard_compares)
     result = Rescore(folder, metrics, probs, competition.metric_name, competition.greater_is_better, outcome, weights)
     if weights:
         submitted = outcome.verdict.submitted

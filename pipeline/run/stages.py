@@ -231,7 +231,7 @@ def train_and_submit(cfg: RunConfig, competition: Competition, data_dir: Path, i
     probs = dataclasses.replace(probs, **outputs.shift_evidence(items, cfg.seed))
     learned = training.summary.get("by_group") if training else None  # per group: what the student learned from
     outcome = decide(competition, probs, cfg.guard_confidence, cfg.seed, cfg.solution, cfg.calibrate,
-                     unmeasured=Unmeasured(cfg.unmeasured_groups, cfg.unmeasured_p_better), learned=learned,
+                     unmeasured=Unmeasured.of(cfg), learned=learned,
                      guard_compares=cfg.guard_compares)
     chosen = outcome.verdict.submitted
     print(("" if chosen == "student" else "WARNING: ") + outcome.verdict.reason,
