@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,17 @@ def test_numeric_statistics_on_a_hand_case_match_scipy():
     assert compare_numeric(np.full(5, 7.0), np.full(9, 7.0)).emd_norm == 0.0  # same constant: no shift, no 0/0
 
 
+
+def test_a_property_with_two_values_gives_the_asymptotic_p_value_without_a_warning():
+    # Seen on the hand photos: file sizes of 981 public and 981 private images, two values each. scipy's exact
+    # two-sided p-value overflows there, it warns and falls back to the asymptotic one; the user saw the warning.
+    a, b = np.zeros(981), np.zeros(981)
+    a[:2], b[:1] = 1.0, 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = compare_numeric(a, b)
+    assert c.ks_d == pytest.approx(1 / 981)
+    assert c.ks_p == pytest.approx(stats.ks_2samp(a, b, method="asymp").pvalue)
 def test_cramers_v_matches_scipy_and_the_extremes():
     a, b = ["JPEG"] * 30 + ["PNG"] * 10, ["JPEG"] * 10 + ["PNG"] * 30
     v, p = cramers_v(a, b)

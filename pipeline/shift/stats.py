@@ -4,6 +4,7 @@ Each function compares set A with set B and returns plain numbers; deciding OK/W
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,7 +37,11 @@ def compare_numeric(a: np.ndarray, b: np.ndarray) -> NumericComparison:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if len(a) == 0 or len(b) == 0:
         raise ValueError(f"compare_numeric needs two non-empty samples, got sizes {len(a)} and {len(b)}")
-    ks = stats.ks_2samp(a, b)
+    with warnings.catch_warnings():
+        # scipy tries the exact p-value first and, where it cannot compute it (large samples with ties), warns and
+        # falls back to the asymptotic one: the answer the user gets either way, and a RuntimeWarning in their output
+        warnings.filterwarnings("ignore", message="ks_2samp: Exact calculation unsuccessful", category=RuntimeWarning)
+        ks = stats.ks_2samp(a, b)
     emd = float(stats.wasserstein_distance(a, b))
     scale = float(np.std(np.concatenate([a, b])))
     return NumericComparison(
