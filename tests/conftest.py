@@ -28,10 +28,11 @@ def tiny_config(data: Path, tmp: Path, **changes):
     tested in test_student_batches.py and the Amazon end-to-end run keeps it), every selected pseudo-label at weight
     1 and no batch-norm adaptation (a tiny teacher scored on a few rows earns no pseudo-label under the default
     --pseudo-weight net, and the tests of selection, rounds and folds need some; net weights and --adapt-bn foreign
-    have their own tests), everything written under tmp."""
+    have their own tests), one holdout (--folds auto would train 5 of everything on a test's few labeled images; the
+    cross-validated run and the auto rule have their own tests), everything written under tmp."""
     from pipeline.run.config import RunConfig
 
-    values = dict(competition="fisheries", data=str(data), image_size=32, epochs=3, batch_size=32, min_steps=10, width=8,
+    values = dict(competition="fisheries", data=str(data), image_size=32, epochs=3, batch_size=32, min_steps=10, width=8, folds=1,
                   student_epochs=1, pseudo_rounds=1, on_shift="ignore", student_batch="pooled", pseudo_weight="none",
                   adapt_bn="none",
                   runs_dir=str(tmp / "runs"), cache_dir=str(tmp / "cache"), record=False)

@@ -234,7 +234,7 @@ def test_the_teacher_key_changes_with_the_labels_the_split_and_every_teacher_opt
     from pipeline.run.config import RunConfig, teacher_settings
     from pipeline.cache.teachers import teacher_key
 
-    cfg = RunConfig(competition="fisheries", data="d")
+    cfg = RunConfig(competition="fisheries", data="d", folds=5)  # a run settles --folds auto before any key
     spec = SimpleNamespace(n_classes=3, multi_label=False, flips="horizontal")
     y = np.eye(3, dtype=np.float32)[np.arange(30) % 3]
     items = SimpleNamespace(fingerprint="f", y=y, fold=np.arange(30) % 5, adapted=())
@@ -259,7 +259,8 @@ def test_cache_keys_are_the_ones_existing_entries_were_written_under():
     function (ff373dc), so a change to what goes into a key, or to how it is written, cannot slip in unnoticed.
     Changed on purpose since: students and controls at model-cache version 5 (a first-round student shares its
     control's seed), a student's key with the augmentation it trained with. Added: the keys of a teacher and a
-    control trained with XLA (--jit on); without XLA (--jit off, or auto resolved off) every key is as before."""
+    control trained with XLA (--jit on); without XLA (--jit off, or auto resolved off) every key is as before. --folds
+    auto settles to a number before any key is made, so its keys are those of that number given explicitly."""
     from types import SimpleNamespace
 
     from pipeline.cache.features import features_key
@@ -270,7 +271,7 @@ def test_cache_keys_are_the_ones_existing_entries_were_written_under():
 
     # the options' values of the pinned runs (the defaults then: what older entries were written under)
     cfg = RunConfig(competition="fisheries", data="d", adapt_bn="none", pseudo_weight="none", jit="off",
-                    pseudo_labeler="teacher")
+                    pseudo_labeler="teacher", folds=1)
     other = RunConfig(competition="amazon", data="d2", folds=3, seed=5, pseudo_groups=("public",), plugin_options={"a": "b"},
                       backbone="MobileNetV2", image_size=32, adapt_bn="all", pseudo_weight="none", jit="off",
                       pseudo_labeler="teacher")

@@ -332,7 +332,7 @@ def test_sweep_end_to_end_reuses_the_teacher_and_ends_with_the_table(
     code = main(["sweep", "--competition", "fisheries", "--data", str(tiny_fisheries / "data"),
                  "--solution", str(tiny_fisheries / "solution.csv"), "--ratios", "0.25", "0",
                  "--groups", "public", "public,private", "--epochs", "2", "--image-size", "32", "--min-steps", "10",
-                 "--width", "8", "--student-epochs", "1", "--pseudo-rounds", "1", "--on-shift", "ignore",
+                 "--width", "8", "--folds", "1", "--student-epochs", "1", "--pseudo-rounds", "1", "--on-shift", "ignore",
                  "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
                  "--ledger", str(ledger_path), "--resamples", "100"])
     out = capsys.readouterr().out

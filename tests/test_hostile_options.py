@@ -8,6 +8,7 @@ line, which stops before training) is tested.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ from PIL import Image
 
 from pipeline.run import preflight
 from pipeline.__main__ import main
-from pipeline.run.config import MAX_FOLDS, MAX_PSEUDO_FOLDS, MAX_PSEUDO_ROUNDS, MAX_SEED, RunConfig
+from pipeline.run.config import AUTO_FOLDS, MAX_FOLDS, MAX_PSEUDO_FOLDS, MAX_PSEUDO_ROUNDS, MAX_SEED, RunConfig, folds_for
 from pipeline.run.seeds import SEED_LIMIT, largest_derived_seed
 from pipeline.errors import UserError
 from pipeline.plugin.registry import get_competition
@@ -152,6 +153,29 @@ def test_folds_and_pseudo_folds_the_images_cannot_fill_are_refused_before_traini
     assert "(1) --folds 7 leaves fewer than 2 of the 12 train images per fold; use at most 6" in message
     assert "(2) --pseudo-folds 4: the largest test group (public) has 3 image(s)" in message and "use at most 3" in message
     check(cfg.replace(pseudo_folds=4, pseudo_ratio=0.0), data)  # no students: no pseudo-folds to fill
+
+
+def test_folds_auto_is_five_folds_for_few_labels_and_one_holdout_for_many():
+    assert folds_for(100, 0.2) == AUTO_FOLDS == 5  # 10 labels a class: a holdout of 20
+    assert folds_for(245, 0.2) == 5 and folds_for(246, 0.2) == 1  # a holdout of 49, then 50 (ceil, as sklearn)
+    assert folds_for(640, 0.2) == 1  # the fisheries sample: 128 held out
+    assert folds_for(90, 0.5) == 5 and folds_for(100, 0.5) == 1  # --val-fraction counts
+    assert folds_for(10, 0.2) == 5 and folds_for(9, 0.2) == 1  # 5 folds need 2 images each
+
+
+def test_a_run_settles_folds_auto_before_its_checks_and_says_so(tmp_path, capsys):
+    from pipeline.run.stages import run_pipeline, settle_folds
+
+    data = imagefolder(tmp_path / "data")  # 12 train images; test: public 3, private 2
+    cfg = tiny_config(data, tmp_path, competition="imagefolder", folds="auto", pseudo_folds=4)
+    with pytest.raises(UserError, match="--pseudo-folds 4"):  # refused before any training, after the line below
+        run_pipeline(cfg)
+    assert ("--folds auto: 5 cross-validated folds, every labeled image scored out of fold: a holdout would hold 3 of "
+            "the 12 (under 50)") in capsys.readouterr().out
+    # what config.json, the ledger and the cache keys get: the number the run had, not the word
+    assert settle_folds(cfg, 100).folds == 5 and settle_folds(cfg, 640).folds == 1
+    assert "--folds auto: one holdout of 128 of the 640 labeled images" in capsys.readouterr().out
+    assert settle_folds(cfg.replace(folds=3), 640).folds == 3 and capsys.readouterr().out == ""  # a number stands
 
 
 # ---- no output inside the data folder --------------------------------------------------------------------------

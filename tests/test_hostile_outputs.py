@@ -83,7 +83,7 @@ def one_line(stderr: str, prefix: str) -> str:
 def submit_args(data: Path, tmp: Path, *more: str) -> list[str]:
     """A run of the tiny fisheries sample; its training is replaced by `replay_training` in these tests."""
     return ["submit", "--competition", "fisheries", "--data", str(data), "--run-name", RUN, "--image-size", "32",
-            "--on-shift", "ignore", "--runs-dir", str(tmp / "runs"), "--cache-dir", str(tmp / "cache"),
+            "--folds", "1", "--on-shift", "ignore", "--runs-dir", str(tmp / "runs"), "--cache-dir", str(tmp / "cache"),
             "--ledger", str(tmp / "ledger.sqlite"), *more]
 
 

@@ -77,11 +77,12 @@ def test_the_default_run_and_cache_folders_are_the_repositorys_submissions_and_c
 # ---- constraints ------------------------------------------------------------------------------------------
 
 def test_every_numeric_option_has_a_finite_range_that_holds_its_default():
-    numeric = {f.name for f in OPTIONS if f.type in ("int", "float")}
+    numeric = {f.name for f in OPTIONS if f.type in ("int", "float", "int | str")}  # int | str: a number or auto
     assert numeric and numeric == {f.name for f in BOUNDED}, numeric ^ {f.name for f in BOUNDED}
     for f in BOUNDED:
-        b = f.metadata["check"]
-        assert math.isfinite(b.high) and b.low <= getattr(TABLE, f.name) <= b.high, f.name
+        b, default = f.metadata["check"], getattr(TABLE, f.name)
+        assert math.isfinite(b.high) and b(default) is None, f.name
+        assert (b.auto and default == "auto") or b.low <= default <= b.high, f.name
 
 
 def past(b: Bounds) -> list[int | float]:
@@ -120,6 +121,10 @@ def test_a_choice_outside_the_list_is_refused_naming_the_choices_and_each_named_
     assert choices, line
     for choice in re.split(r",\s*", choices.group(1)):  # "warn, fail, ignore"; groups: "public,private"
         assert getattr(parsed(flag_of(f), choice), f.name) in (choice, (choice,)), (f.name, choice)
+
+
+def test_folds_takes_a_number_or_auto():
+    assert parsed().folds == "auto" and parsed("--folds", "auto").folds == "auto" and parsed("--folds", "3").folds == 3
 
 
 # ---- --help -----------------------------------------------------------------------------------------------

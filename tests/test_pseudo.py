@@ -323,3 +323,31 @@ def test_an_aligned_round_rescales_each_group_on_its_own_and_the_scored_rows_as_
     np.testing.assert_allclose(out.scored_probs, aligned(scored, align_to_prior(test, prior)), rtol=1e-5)
     assert out.fit_rows is chain.fit_rows and out.init_key == "k"  # only the probabilities change
     assert "rescaled to the train share" in capsys.readouterr().out
+
+
+def test_with_k_folds_a_rounds_labels_are_weighed_on_every_folds_scored_rows(capsys):
+    """Five folds of 20 scored rows: one fold's handful cannot vouch for a label (the net weight's Wilson bound on
+    3 right of 3 is low), every fold's 100 rows pooled can. The cut follows the pooled rows once the chain has them."""
+    from types import SimpleNamespace
+
+    from pipeline.method.rounds import Chain, fit_round, pooled_evidence
+    from pipeline.run.config import RunConfig
+
+    n_classes, y = 3, np.eye(3, dtype=np.float32)[np.arange(100) % 3]
+    right = (0.9 * y + 0.05).astype(np.float32)  # sure and right on every labeled row
+    chains = [Chain(model=m, n_models=5, fit_rows=np.flatnonzero(np.arange(100) % 5 != m),
+                    scored_rows=np.flatnonzero(np.arange(100) % 5 == m), thresholds=np.zeros(n_classes),
+                    test_probs=np.tile([[0.9, 0.05, 0.05]], (30, 1)).astype(np.float32),
+                    scored_probs=right[np.arange(100) % 5 == m], init=[], init_key="k") for m in range(5)]
+    chains[0] = dataclasses.replace(chains[0], scored_probs=np.roll(chains[0].scored_probs, 1, axis=1))  # fold 0's rows: all wrong
+    evidence = pooled_evidence(chains, y)
+    assert evidence.probs.shape == (100, 3) and evidence.where == "the 100 out-of-fold rows of the 5 folds' labeling models"
+    np.testing.assert_array_equal(evidence.y, np.concatenate([y[c.scored_rows] for c in chains]))
+    assert chains[0].trust(y).where == "the 20 scored rows"  # without pooled evidence: its own rows
+
+    cfg = RunConfig(competition="fisheries", data="d", folds=5, pseudo_ratio=0.0, pseudo_weight="net")
+    inputs = SimpleNamespace(cfg=cfg, items=SimpleNamespace(y=y, test_groups=np.array(["public"] * 30)),
+                             competition=SimpleNamespace(multi_label=False), pseudo_fold=np.zeros(30, dtype=int))
+    alone, pooled = fit_round(inputs, chains[0], 1), fit_round(inputs, dataclasses.replace(chains[0], evidence=evidence), 1)
+    assert np.isinf(alone.cutoff)  # its own 20 rows are all wrong: no label is likelier right than wrong
+    assert pooled.cutoff == pytest.approx(0.95)  # 80 of the 100 pooled rows are right at that confidence: they pass

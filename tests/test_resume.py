@@ -25,8 +25,8 @@ from tests.conftest import tiny_config
 tensorflow = pytest.mark.xdist_group("resume")  # its own group: its session-scoped kill-and-resume runs stay on one worker
 REPO = Path(__file__).resolve().parent.parent
 # tiny_config's training settings, as command-line options too (the killed run is a real `python -m pipeline submit`)
-SETTINGS = dict(image_size=32, epochs=3, batch_size=32, min_steps=10, width=8, student_epochs=1, pseudo_rounds=2, student_batch="pooled",
-                on_shift="ignore", pseudo_weight="none", adapt_bn="none")
+SETTINGS = dict(image_size=32, epochs=3, batch_size=32, min_steps=10, width=8, folds=1, student_epochs=1, pseudo_rounds=2,
+                student_batch="pooled", on_shift="ignore", pseudo_weight="none", adapt_bn="none")
 
 
 def cli_options(settings: dict) -> list[str]:

@@ -4,6 +4,10 @@ then fit (or load from the cache) the student of each pseudo-fold and predict wi
 The chain's model labels the round: the teacher model in round 1, then the previous round's students. Its
 scored rows (which no model of the chain trains on) say how far its labels can be trusted: the confidence cut of
 --pseudo-precision and --pseudo-weight net, the certain tags of a multi-label item, the loss weights of --pseudo-weight.
+With K folds every chain's labeling model is one of K trained alike, each scored on its own fold: their scored rows
+pooled (every labeled row, each predicted by the model of its fold's chain) are the evidence for all of them, instead
+of one fold's handful (20 rows at 10 labels a class and 5 folds). A chain's own scored rows are among them, as the
+holdout is with one fold: a curve of confidence against correctness is all that reaches its students.
 """
 from __future__ import annotations
 
@@ -42,6 +46,23 @@ class Inputs:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """Labeled rows that no labeling model of a round trained on: their probabilities by it, and their truth."""
+
+    probs: np.ndarray
+    y: np.ndarray
+    where: str  # for the log: "the 20 scored rows", "the 100 out-of-fold rows of the 5 folds' labeling models"
+
+
+def pooled_evidence(chains: list[Chain], y: np.ndarray) -> Evidence:
+    """Every chain's labeling model on its own scored rows, pooled (K folds: every labeled row out of fold)."""
+    probs = np.concatenate([chain.scored_probs for chain in chains])
+    return Evidence(probs, np.concatenate([y[chain.scored_rows] for chain in chains]),
+                    f"the {len(probs)} out-of-fold rows of the {len(chains)} folds' labeling models" if len(chains) > 1
+                    else f"the {len(probs)} scored rows")
+
+
+@dataclass(frozen=True)
 class Chain:
     """One teacher model's chain as a round starts: its rows, and the model that labels the round."""
 
@@ -55,10 +76,15 @@ class Chain:
     init: Path | list[np.ndarray]  # the weights the next student continues (--student-init teacher)
     init_key: str  # their cache key
     labeled: bool = False  # whether an earlier round selected any pseudo-label
+    evidence: Evidence | None = None  # how far the labels can be trusted (pooled_evidence); None: the scored rows
 
     @property
     def prefix(self) -> str:
         return f"model {self.model + 1}/{self.n_models} " if self.n_models > 1 else ""
+
+    def trust(self, y: np.ndarray) -> Evidence:
+        """The evidence for this chain's labels (`y`: every labeled row's truth)."""
+        return self.evidence if self.evidence is not None else pooled_evidence([self], y)
 
 
 @dataclass
@@ -100,7 +126,6 @@ def fit_round(inputs: Inputs, chain: Chain, r: int) -> Round:
     and the control is its student (see selftrain.fit_students).
     """
     cfg = inputs.cfg
-    y_scored = inputs.items.y[chain.scored_rows]
     multi_label = inputs.competition.multi_label
     settings = pseudo.PseudoSettings.of(cfg)
     online = cfg.pseudo_labels == "online"
@@ -115,14 +140,15 @@ def fit_round(inputs: Inputs, chain: Chain, r: int) -> Round:
         labeler = _aligned(inputs, chain, r, settings.groups)
     # the confidence its labels must reach, from how often the labeling model is right on the scored rows; an online
     # student labels its test images itself, with a cut of its own (pipeline/model/online.py)
-    cutoff = trust.precision_threshold(labeler.scored_probs, y_scored, cfg.pseudo_precision, multi_label, chain.thresholds)
+    evidence = labeler.trust(inputs.items.y)
+    cutoff = trust.precision_threshold(evidence.probs, evidence.y, cfg.pseudo_precision, multi_label, chain.thresholds)
     if cfg.pseudo_weight == "net" and not online:  # only labels whose net weight is above 0: likelier right than wrong
-        cutoff = max(cutoff, trust.net_threshold(labeler.scored_probs, y_scored, multi_label, chain.thresholds))
+        cutoff = max(cutoff, trust.net_threshold(evidence.probs, evidence.y, multi_label, chain.thresholds))
     round_settings = replace(settings, threshold=max(settings.threshold, cutoff))
     band = None  # only hard multi-label targets have tags to leave out
     if multi_label and cfg.pseudo_labels == "hard":
-        band = trust.certain_tag_band(chain.scored_probs, y_scored, cfg.pseudo_tag_confidence)
-    _print_cuts(cfg, chain, r, cutoff, band)
+        band = trust.certain_tag_band(evidence.probs, evidence.y, cfg.pseudo_tag_confidence)
+    _print_cuts(cfg, chain, r, cutoff, band, evidence)
     selections = [_select(inputs, labeler, r, k, round_settings, band) for k in range(cfg.pseudo_folds)]
     labeled = chain.labeled or any(len(selection) > 0 for selection in selections)
     if cfg.pseudo_ratio == 0 or (r == cfg.pseudo_rounds and not labeled):
@@ -144,7 +170,7 @@ def fit_round(inputs: Inputs, chain: Chain, r: int) -> Round:
         if cfg.pseudo_folds == 1:
             init, init_key = student.weights, key  # the next round's student continues from this one
     after = replace(chain, test_probs=next_probs, scored_probs=scored_sum / cfg.pseudo_folds, init=init,
-                    init_key=init_key, labeled=labeled)
+                    init_key=init_key, labeled=labeled, evidence=None)  # the next round's: its own labeling models
     return Round(r, after, steps, selections, info, cutoff, band)
 
 
@@ -165,8 +191,10 @@ def _aligned(inputs: Inputs, chain: Chain, r: int, groups: tuple[str, ...]) -> C
         spread.append(f"{g} {weights.min():.2f}-1")
     print(f"{chain.prefix}round {r}: class probabilities rescaled to the train share before labeling (class weights "
           f"{', '.join(spread)})", flush=True)
+    evidence = None if chain.evidence is None else replace(
+        chain.evidence, probs=pseudo.aligned(chain.evidence.probs, pooled).astype(np.float32))
     return replace(chain, test_probs=test.astype(np.float32),
-                   scored_probs=pseudo.aligned(chain.scored_probs, pooled).astype(np.float32))
+                   scored_probs=pseudo.aligned(chain.scored_probs, pooled).astype(np.float32), evidence=evidence)
 
 
 def _label(cfg: RunConfig, chain: Chain, r: int, k: int) -> str:
@@ -195,14 +223,15 @@ def _select(inputs: Inputs, chain: Chain, r: int, k: int, settings: pseudo.Pseud
     return selection
 
 
-def _print_cuts(cfg: RunConfig, chain: Chain, r: int, cutoff: float, band: tuple[float, float] | None) -> None:
+def _print_cuts(cfg: RunConfig, chain: Chain, r: int, cutoff: float, band: tuple[float, float] | None,
+                evidence: Evidence) -> None:
     if band is not None:
         print(f"{chain.prefix}round {r}: tags at <= {band[0]:.3f} become 0 and at >= {band[1]:.3f} become 1 (right "
-              f">= {cfg.pseudo_tag_confidence:g} of the time on the scored rows); the tags between stay unlabeled",
+              f">= {cfg.pseudo_tag_confidence:g} of the time on {evidence.where}); the tags between stay unlabeled",
               flush=True)
     if cfg.pseudo_precision > 0:
         print(f"{chain.prefix}round {r}: confidence >= {cutoff:.3f} keeps pseudo-label precision >= "
-              f"{cfg.pseudo_precision:g} on the {len(chain.scored_rows)} scored rows", flush=True)
+              f"{cfg.pseudo_precision:g} on {evidence.where}", flush=True)
 
 
 def _fit_student(inputs: Inputs, chain: Chain, r: int, k: int, selection: pseudo.PseudoSelection, steps: int,
@@ -218,10 +247,11 @@ def _fit_student(inputs: Inputs, chain: Chain, r: int, k: int, selection: pseudo
     weights, online = None, cfg.pseudo_labels == "online"
     if cfg.pseudo_weight in ("calibrated", "net") and len(selection) and not online:
         weigh = trust.net_weights if cfg.pseudo_weight == "net" else trust.correctness_weights
-        weights = weigh(chain.scored_probs, items.y[chain.scored_rows], selection.confidence,
-                        inputs.competition.multi_label, chain.thresholds)
+        evidence = chain.trust(items.y)
+        weights = weigh(evidence.probs, evidence.y, selection.confidence, inputs.competition.multi_label,
+                        chain.thresholds)
         print(f"{label}: loss weights {weights.min():.2f}-{weights.max():.2f}, mean {weights.mean():.2f} "
-              f"(how often the labeling model is right at each confidence on the scored rows)", flush=True)
+              f"(how often the labeling model is right at each confidence on {evidence.where})", flush=True)
     pooled = cfg.student_batch == "pooled"
     passes = train.labeled_passes(steps, cfg.batch_size, len(x_fit), len(selection), pooled=pooled)
     noise = train.applied_augmentation(spec, train.student_augment_level(cfg.student_augment, passes, cfg.augment))

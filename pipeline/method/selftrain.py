@@ -3,7 +3,8 @@
 Each teacher model m (one per fold) starts its own chain, so its scored rows stay unseen by every model of
 the chain and the verdict is honest: round r's student trains on m's train rows plus the test items its
 predecessor labels most confidently (r/R of the share; round 1's labels are the control's, or with --pseudo-labeler
-teacher or --no-control the teacher model's), then relabels the test set for round r + 1. The
+teacher or --no-control the teacher model's), then relabels the test set for round r + 1. The chains go round by
+round together, so that with K folds a round's labels are weighed on every chain's scored rows (rounds.pooled_evidence). The
 control gets the same optimizer steps on the same train rows without any pseudo-label: what the student
 gains over it is the pseudo-labels' doing, not the longer training. A round's budget is counted in labeled
 batches (rounds.round_steps), so the control's (--pseudo-rounds times it) depends on the teacher and the train
@@ -14,7 +15,7 @@ pseudo-labeled items on top, so the pseudo-labels add to the labeled data instea
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from pipeline.cache import models as model_cache
 from pipeline.cache.stage import folder_of
 from pipeline.data import split
 from pipeline.method import pseudo
-from pipeline.method.rounds import Chain, Inputs, Round, chain_budget, fit_round
+from pipeline.method.rounds import Chain, Inputs, Round, chain_budget, fit_round, pooled_evidence
 from pipeline.model.family import FoldModel, fit_family, mean_over_models
 from pipeline.run.config import RunConfig
 from pipeline.run.seeds import control_seed
@@ -68,18 +69,19 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
               "trains as long as the control did", flush=True)
     labeler, labeled_by = (teacher, "teacher") if control is None else (control, "control")
     started = time.perf_counter()
-    chains: list[list[Round]] = []
+    states: list[Chain] = []
     for m, fit_rows, scored_rows in every_rows:
         scored_probs = labeler.scored_probs[scored_rows]
         test_probs = teacher.test_probs[m] if control is None else control.per_model_test[m]
         thresholds = competition.fit_decision(items.y[scored_rows], scored_probs).threshold_array
-        chain = Chain(m, n_models, fit_rows, scored_rows, thresholds, test_probs, scored_probs, teacher.weights[m],
-                      f"{inputs.teacher_key}/teacher {m}")
-        rounds = []
-        for r in range(1, cfg.pseudo_rounds + 1):
-            rounds.append(fit_round(inputs, chain, r))
-            chain = rounds[-1].chain
-        chains.append(rounds)
+        states.append(Chain(m, n_models, fit_rows, scored_rows, thresholds, test_probs, scored_probs, teacher.weights[m],
+                            f"{inputs.teacher_key}/teacher {m}"))
+    chains: list[list[Round]] = [[] for _ in states]
+    for r in range(1, cfg.pseudo_rounds + 1):  # round by round: a round's evidence is every chain's labeling model
+        evidence = pooled_evidence(states, items.y) if len(states) > 1 else None
+        for m, state in enumerate(states):
+            chains[m].append(fit_round(inputs, replace(state, evidence=evidence), r))
+            states[m] = chains[m][-1].chain
     every = [done for rounds in chains for done in rounds]  # chain by chain, round by round
     seconds = time.perf_counter() - started  # the students' own: the controls are timed on their own
     budgets = [sum(done.steps for done in rounds) for rounds in chains]  # --pseudo-rounds x a round's (0: ratio 0)
