@@ -16,7 +16,9 @@ set, halved into public and private (benchmarks/real.py's split). A variant chan
 a new camera or season would: `dark` (x0.55 brightness), `cast` (a warm colour cast), `blur` (Gaussian, radius
 1.5 px at 64 px), `night` (a green night-vision look: grey, brightened, green, with sensor noise), `half-night` (a
 group that mixes conditions: a random half of it night-vision, like a deck camera filming day and night). The pipeline
-runs as `submit` would (an imagefolder competition) and is scored on the hidden labels.
+runs as `submit` would (an imagefolder competition) and is scored on the hidden labels. At 10 labels a class (100
+labeled images) `--folds auto` makes that 5 cross-validated folds, five times the training of one holdout (`-- --folds
+1`: the single-holdout runs of the tables before 2026-12-03's fourth session).
 
 Printed per set and variant: private accuracy and log loss of teacher, control, student and the submitted
 model for each seed, the class prior's log loss, a scikit-learn LogisticRegression on 32x32 grey pixels, what
