@@ -18,7 +18,7 @@ a new camera or season would: `dark` (x0.55 brightness), `cast` (a warm colour c
 group that mixes conditions: a random half of it night-vision, like a deck camera filming day and night). The pipeline
 runs as `submit` would (an imagefolder competition) and is scored on the hidden labels. At 10 labels a class (100
 labeled images) `--folds auto` makes that 5 cross-validated folds, five times the training of one holdout (`-- --folds
-1`: the single-holdout runs of the tables before 2026-12-03's fourth session).
+1`: one holdout, as in benchmarks/RESULTS.md's earlier tables).
 
 Printed per set and variant: private accuracy and log loss of teacher, control, student and the submitted
 model for each seed, the class prior's log loss, a scikit-learn LogisticRegression on 32x32 grey pixels, what
