@@ -23,7 +23,8 @@ from PIL import Image
 
 from pipeline.run import preflight
 from pipeline.__main__ import main
-from pipeline.run.config import AUTO_FOLDS, MAX_FOLDS, MAX_PSEUDO_FOLDS, MAX_PSEUDO_ROUNDS, MAX_SEED, RunConfig, folds_for
+from pipeline.run.config import MAX_FOLDS, MAX_PSEUDO_FOLDS, MAX_PSEUDO_ROUNDS, MAX_SEED, RunConfig
+from pipeline.run.folds import AUTO_FOLDS, folds_for, settle
 from pipeline.run.seeds import SEED_LIMIT, largest_derived_seed
 from pipeline.errors import UserError
 from pipeline.plugin.registry import get_competition
@@ -164,7 +165,7 @@ def test_folds_auto_is_five_folds_for_few_labels_and_one_holdout_for_many():
 
 
 def test_a_run_settles_folds_auto_before_its_checks_and_says_so(tmp_path, capsys):
-    from pipeline.run.stages import run_pipeline, settle_folds
+    from pipeline.run.stages import run_pipeline
 
     data = imagefolder(tmp_path / "data")  # 12 train images; test: public 3, private 2
     cfg = tiny_config(data, tmp_path, competition="imagefolder", folds="auto", pseudo_folds=4)
@@ -172,10 +173,7 @@ def test_a_run_settles_folds_auto_before_its_checks_and_says_so(tmp_path, capsys
         run_pipeline(cfg)
     assert ("--folds auto: 5 cross-validated folds, every labeled image scored out of fold: a holdout would hold 3 of "
             "the 12 (under 50)") in capsys.readouterr().out
-    # what config.json, the ledger and the cache keys get: the number the run had, not the word
-    assert settle_folds(cfg, 100).folds == 5 and settle_folds(cfg, 640).folds == 1
-    assert "--folds auto: one holdout of 128 of the 640 labeled images" in capsys.readouterr().out
-    assert settle_folds(cfg.replace(folds=3), 640).folds == 3 and capsys.readouterr().out == ""  # a number stands
+    assert settle(640, 0.2) == (1, "--folds auto: one holdout of 128 of the 640 labeled images")
 
 
 # ---- no output inside the data folder --------------------------------------------------------------------------

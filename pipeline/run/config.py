@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.plugin.api import GROUPS
-from pipeline.run.options import (AUTO, Bounds, between, flag_of, groups_subset, integer, one_of, option,
-                                  parse_auto_or_int, parse_groups)
+from pipeline.run.options import AUTO, Bounds, between, flag_of, groups_subset, integer, one_of, option, parse_auto_or_int, parse_groups
+from pipeline.run.folds import AUTO_FOLDS, FEW_SCORED_ROWS
 from pipeline.run.seeds import SEED_LIMIT, largest_derived_seed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # pipeline/run/config.py -> the checkout
@@ -36,20 +35,6 @@ ADAPT_BN_MODES = ("none", "foreign", "shifted", "all")  # pipeline/method/adapta
 CALIBRATIONS = ("temperature", "none")  # pipeline/method/calibration.py
 UNMEASURED_GROUP_CHOICES = ("student", "average", "verdict")  # pipeline/method/group_verdict.py
 DISTRIBUTE_MODES = ("auto", "none", "mirrored", "multiworker")  # pipeline/model/distribute.py builds them
-# --folds auto: a holdout of fewer rows than this is too few to measure the pseudo-labels' precision and the student's
-# gain on (20 held-out rows at 10 labels a class: three right of three is little evidence, one confident mistake sets a
-# temperature); K folds score every labeled image out of fold, and the test predictions average K models
-FEW_SCORED_ROWS = 50
-AUTO_FOLDS = 5
-
-
-def folds_for(n_labeled: int, val_fraction: float) -> int:
-    """What --folds auto means for `n_labeled` labeled images: AUTO_FOLDS when a holdout would hold fewer than
-    FEW_SCORED_ROWS of them (and each fold keeps at least 2), else one holdout."""
-    holdout = math.ceil(n_labeled * val_fraction)  # as train_test_split rounds
-    if holdout < FEW_SCORED_ROWS and n_labeled // AUTO_FOLDS >= 2:
-        return AUTO_FOLDS
-    return 1
 
 
 # ---- upper bounds: past them a value crashes, hangs or fills the disk instead of making a better run ------------
@@ -107,14 +92,11 @@ class RunConfig:
     # float16 activations change every prediction well beyond float noise: a different teacher, so it keys the cache
     mixed_precision: bool = option(False, "GPU only: mixed_float16 layers (float32 variables, loss scaling and output "
                                           "layer): faster where the GPU has float16 tensor cores", teacher=True)
-    # "auto" becomes a number before anything reads it (pipeline.run.stages, from the labeled image count): config.json,
-    # the ledger and every cache key hold the folds the run had
-    folds: int | str = option(AUTO, f"auto: {AUTO_FOLDS} folds when a holdout at --val-fraction would hold fewer than "
-                                    f"{FEW_SCORED_ROWS} labeled images, else 1 (with few labels the pseudo-labels' precision "
-                                    "and the verdict then rest on every labeled image instead of a handful; "
-                                    f"{AUTO_FOLDS} times the training); 1: one stratified holdout (--val-fraction); K > 1: K "
-                                    "cross-validated teachers, out-of-fold predictions for the verdict, test predictions "
-                                    "averaged", check=integer(1, MAX_FOLDS, auto=True), parse=parse_auto_or_int, teacher=True)
+    folds: int | str = option(AUTO, f"auto: {AUTO_FOLDS} when a holdout would hold under {FEW_SCORED_ROWS} labeled images "
+                                    f"(pseudo-labels and verdict then rest on every labeled image; {AUTO_FOLDS}x the training), "
+                                    "else 1; 1: one stratified holdout (--val-fraction); K > 1: K cross-validated teachers, out-of-fold "
+                                    "predictions for the verdict, test predictions averaged", check=integer(1, MAX_FOLDS, auto=True),
+                              parse=parse_auto_or_int, teacher=True)
     val_fraction: float = option(0.2, "with --folds 1: stratified holdout share, never trained on nor pseudo-labeled",
                                  check=between(0.05, 0.5), teacher=True)
     # ---- pseudo-labels and students ----

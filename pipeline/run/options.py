@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from pipeline.plugin.api import GROUPS
 
-AUTO = "auto"  # the value of an option the run settles from its data (--folds: pipeline.run.stages.settle_folds)
+AUTO = "auto"  # the value of an option the run settles from its data (--folds: pipeline/run/folds.py)
 
 
 @dataclass(frozen=True)

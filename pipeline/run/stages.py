@@ -11,7 +11,6 @@ import sys
 import time
 import traceback
 import dataclasses
-import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,8 @@ import numpy as np
 
 from pipeline.run import outputs
 from pipeline.run import preflight
-from pipeline.run.config import FEW_SCORED_ROWS, RunConfig, folds_for
+from pipeline.run.config import RunConfig
+from pipeline.run import folds
 from pipeline.run.options import AUTO
 from pipeline.run.decision import decide
 from pipeline.run.folder import RUN_NAME, SHIFT, RunFolder
@@ -63,7 +63,10 @@ def run_pipeline(cfg: RunConfig) -> RunResult:
     if run_dir.exists():
         raise UserError(f"run folder {run_dir} already exists; pick another --run-name")
     train, test = competition.train_items(data_dir), competition.test_items(data_dir)  # listed once, for both
-    cfg = settle_folds(cfg, len(train))
+    if cfg.folds == AUTO:  # a number before anything reads it: config.json and every cache key get that number
+        settled, line = folds.settle(len(train), cfg.val_fraction)
+        print(line, flush=True)
+        cfg = cfg.replace(folds=settled)
     preflight.check_before_training(cfg, competition, data_dir, train, test)
     ledger = _open_ledger(cfg)  # a corrupt ledger stops the run before it leaves a folder behind
     run_dir.mkdir(parents=True)
@@ -271,21 +274,6 @@ def _teacher_only_selection(cfg: RunConfig, items: Items, teacher) -> tuple:
                                           len(items.y), items.y.mean(axis=0), pseudo.PseudoSettings.of(cfg))
     provenance = selftrain.provenance_rows(items.test_ids, items.test_groups, nothing, 0, 0, items.classes)
     return provenance, {**nothing.summary(items.classes), "rounds": 0, "selected_per_round": {}}
-
-
-def settle_folds(cfg: RunConfig, n_labeled: int) -> RunConfig:
-    """`cfg` with --folds auto made a number for `n_labeled` labeled images (config.folds_for), said in one line."""
-    if cfg.folds != AUTO:
-        return cfg
-    folds = folds_for(n_labeled, cfg.val_fraction)
-    holdout = math.ceil(n_labeled * cfg.val_fraction)
-    if folds == 1:
-        print(f"--folds auto: one holdout of {holdout} of the {n_labeled} labeled images", flush=True)
-    else:
-        print(f"--folds auto: {folds} cross-validated folds, every labeled image scored out of fold: a holdout would "
-              f"hold {holdout} of the {n_labeled} (under {FEW_SCORED_ROWS}), too few to measure the pseudo-labels and "
-              f"the student on; --folds 1 trains {folds} times less", flush=True)
-    return cfg.replace(folds=folds)
 
 
 def _run_id(cfg: RunConfig) -> str:
