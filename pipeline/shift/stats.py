@@ -38,8 +38,8 @@ def compare_numeric(a: np.ndarray, b: np.ndarray) -> NumericComparison:
     if len(a) == 0 or len(b) == 0:
         raise ValueError(f"compare_numeric needs two non-empty samples, got sizes {len(a)} and {len(b)}")
     with warnings.catch_warnings():
-        # scipy tries the exact p-value first and, where it cannot compute it (large samples with ties), warns and
-        # falls back to the asymptotic one: the answer the user gets either way, and a RuntimeWarning in their output
+        # scipy tries the exact p-value first and, where that overflows (two equal-size groups of a two-valued
+        # property: the hand photos' file sizes), warns and falls back to the asymptotic one, the answer either way
         warnings.filterwarnings("ignore", message="ks_2samp: Exact calculation unsuccessful", category=RuntimeWarning)
         ks = stats.ks_2samp(a, b)
     emd = float(stats.wasserstein_distance(a, b))
