@@ -78,7 +78,7 @@ def fit_students(cfg: RunConfig, spec, competition, items, teacher) -> SelfTrain
                             f"{inputs.teacher_key}/teacher {m}"))
     chains: list[list[Round]] = [[] for _ in states]
     for r in range(1, cfg.pseudo_rounds + 1):  # round by round: a round's evidence is every chain's labeling model
-        evidence = pooled_evidence(states, items.y) if len(states) > 1 else None
+        evidence = pooled_evidence(states, items.y)  # one fold: its own scored rows, as Chain.trust
         for m, state in enumerate(states):
             chains[m].append(fit_round(inputs, replace(state, evidence=evidence), r))
             states[m] = chains[m][-1].chain
