@@ -154,7 +154,7 @@ def test_a_models_key_changes_with_every_option_but_those_declared_not_to_change
     from pipeline.run.config import RunConfig
     from pipeline.cache.models import NOT_CONTROL_SETTINGS, NOT_MODEL_SETTINGS, control_key, student_key
 
-    cfg = tiny_config(tmp_path / "data", tmp_path)
+    cfg = tiny_config(tmp_path / "data", tmp_path).replace(student_batch="real+pseudo")  # --pseudo-augment needs it
     # a renamed option is not silently keyed
     assert NOT_MODEL_SETTINGS <= NOT_CONTROL_SETTINGS <= {f.name for f in dataclasses.fields(RunConfig)}
     key = student_key("teacher", cfg, 0, 1, 0, "selection", "init", 30, "standard")
@@ -162,7 +162,8 @@ def test_a_models_key_changes_with_every_option_but_those_declared_not_to_change
                             on_shift="fail", solution="s.csv", output="o.csv", record=True, ledger="l.sqlite")
     assert student_key("teacher", unchanged, 0, 1, 0, "selection", "init", 30, "standard") == key
     changes = [dict(pseudo_ratio=0.5), dict(pseudo_groups=("private",)), dict(student_epochs=2), dict(seed=1),
-               dict(student_augment="light"), dict(augment="light"), dict(plugin_options={"a": "b"}), dict(metric="x")]
+               dict(student_augment="light"), dict(augment="light"), dict(plugin_options={"a": "b"}), dict(metric="x"),
+               dict(pseudo_augment="strong")]
     keys = {student_key("teacher", cfg.replace(**change), 0, 1, 0, "selection", "init", 30, "standard") for change in changes}
     keys |= {student_key(*args) for args in [("teacher2", cfg, 0, 1, 0, "selection", "init", 30, "standard"),
                                              ("teacher", cfg, 1, 1, 0, "selection", "init", 30, "standard"),
@@ -177,7 +178,8 @@ def test_a_models_key_changes_with_every_option_but_those_declared_not_to_change
     # a control never sees the pseudo-labels: a sweep over them reuses it; what it trains with still keys it
     control = control_key("teacher", cfg, 0, 20)
     assert control_key("teacher", cfg.replace(**{k: v for change in changes[:3] for k, v in change.items()},
-                                              student_augment="light", pseudo_precision=0.9), 0, 20) == control
+                                              student_augment="light", pseudo_precision=0.9, pseudo_augment="strong"),
+                                   0, 20) == control
     kept = [dict(seed=1), dict(augment="light"), dict(plugin_options={"a": "b"}), dict(label_smoothing=0.2)]
     assert len({control_key("teacher", cfg.replace(**change), 0, 20) for change in kept} | {control}) == len(kept) + 1
 

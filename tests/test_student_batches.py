@@ -52,6 +52,44 @@ def test_pseudo_labeled_items_carry_their_own_loss_weights_and_real_ones_weigh_1
         np.testing.assert_allclose(wm.numpy()[8:], weights[which])  # each item with its own weight
 
 
+@pytest.mark.parametrize("foreign", [None, np.ones(40, bool)], ids=["one batch", "foreign apart"])
+def test_pseudo_labeled_items_can_get_noise_of_their_own_and_the_labeled_items_keep_the_controls(foreign):
+    """--pseudo-augment strong: the labeled part of each step is the control's (here no augmentation), and only the
+    pseudo-labeled items are warped (FixMatch's strong view of an item labeled from its plain view)."""
+    from pipeline.model.batches import fit_batches, training_batches
+    from pipeline.model.spec import ModelSpec, TrainSettings
+
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 255, (40, 16, 16, 3), dtype=np.uint8), np.eye(3, dtype=np.float32)[np.arange(40) % 3]
+    x_pseudo = rng.integers(0, 255, (40, 16, 16, 3), dtype=np.uint8)
+    spec = ModelSpec(TrainSettings.defaults(image_size=16, batch_size=8), n_classes=3, multi_label=False)
+    control, _ = training_batches(x, y, 8, seed=3)
+    batches, added = fit_batches(spec, x, y, 3, "none", (x_pseudo, y), None, None, None, foreign, "strong")
+    assert added == 8  # as many as the labeled items (all in a pass of their own when foreign)
+    for (xc, _, _), batch in zip(control.take(6), batches.take(6)):
+        if foreign is None:
+            mixed, apart = batch[0], np.zeros((0, 16, 16, 3))
+        else:
+            (mixed, _, _), (apart, _, _) = batch
+        mixed, apart = np.asarray(mixed), np.asarray(apart)
+        np.testing.assert_array_equal(mixed[:8], xc.numpy())  # the control's items, untouched
+        pseudo = np.concatenate([mixed[8:], apart])
+        assert len(pseudo) == 8
+        assert not any(np.allclose(p, raw) for p in pseudo for raw in x_pseudo)  # every pseudo-labeled item is warped
+
+
+def test_pseudo_augment_needs_a_students_labeled_batch_with_items_on_top():
+    from pipeline.errors import UserError
+    from pipeline.run.config import RunConfig
+
+    assert RunConfig(pseudo_augment="strong").pseudo_augment == "strong"
+    for other in (dict(student_batch="pooled"), dict(pseudo_labels="online")):
+        with pytest.raises(UserError, match="--pseudo-augment .* --student-batch real\\+pseudo"):
+            RunConfig(pseudo_augment="strong", **other)
+    with pytest.raises(UserError, match="--pseudo-augment"):
+        RunConfig(pseudo_augment="wild")
+
+
 def test_calibrated_weights_follow_how_often_the_labeler_is_right_at_each_confidence():
     from pipeline.method.trust import correctness_weights
 

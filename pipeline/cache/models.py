@@ -46,7 +46,7 @@ NOT_MODEL_SETTINGS = frozenset({"data", "output", "solution", "run_name", "guard
 # sweep over pseudo-label settings retrained the same control for every setting.
 NOT_CONTROL_SETTINGS = NOT_MODEL_SETTINGS | frozenset({
     "pseudo_ratio", "pseudo_rounds", "pseudo_weight", "pseudo_threshold", "pseudo_precision", "pseudo_tag_confidence", "pseudo_balance", "pseudo_class_cap",
-    "pseudo_groups", "pseudo_labels", "pseudo_labeler", "pseudo_folds", "student_init", "student_epochs", "student_batch", "student_augment", "control"})
+    "pseudo_groups", "pseudo_labels", "pseudo_labeler", "pseudo_folds", "student_init", "student_epochs", "student_batch", "student_augment", "pseudo_augment", "control"})
 
 
 @dataclass
@@ -83,6 +83,8 @@ def student_key(teacher_key: str, cfg: RunConfig, model: int, round: int, pseudo
     settings = model_settings(cfg)
     if settings["pseudo_labeler"] == "teacher":  # as every student before the option was labeled: those keys stay
         del settings["pseudo_labeler"]
+    if settings["pseudo_augment"] == "same":  # as every student before the option was augmented: those keys stay
+        del settings["pseudo_augment"]
     fields = {"version": CACHE_VERSION, "kind": "student", "teacher": teacher_key, "settings": settings,
               "model": model, "round": round, "pseudo_fold": pseudo_fold, "selection": selection, "init": init,
               "steps": steps, "augmentation": augmentation}

@@ -255,6 +255,8 @@ def _fit_student(inputs: Inputs, chain: Chain, r: int, k: int, selection: pseudo
     pooled = cfg.student_batch == "pooled"
     passes = train.labeled_passes(steps, cfg.batch_size, len(x_fit), len(selection), pooled=pooled)
     noise = train.applied_augmentation(spec, train.student_augment_level(cfg.student_augment, passes, cfg.augment))
+    # --pseudo-augment: the pseudo-labeled items' own noise (FixMatch: labeled from a plain view, learned under noise)
+    pseudo_noise = None if cfg.pseudo_augment == "same" else train.applied_augmentation(spec, cfg.pseudo_augment)
     starts_from = chain.init_key if cfg.student_init == "teacher" else "scratch"
     # the pseudo-labeled items predicted with statistics of their own (--adapt-bn) train under their own too
     foreign = None
@@ -270,6 +272,8 @@ def _fit_student(inputs: Inputs, chain: Chain, r: int, k: int, selection: pseudo
         what = f" (online: it labels these {len(selection)} test images itself at every step)"
     if apart:
         what += f" ({apart} foreign pseudo-labeled items in a batch-norm pass of their own)"
+    if pseudo_noise not in (None, noise) and len(selection):
+        what += f" (the pseudo-labeled items: augmentation {pseudo_noise})"
     print(f"{label}: {steps} steps, {passes:.0f} passes over each labeled item, augmentation {noise}{why}{what}",
           flush=True)
     seed, start = student_seed(cfg.seed, r, k, chain.model), chain.init if cfg.student_init == "teacher" else None
@@ -284,8 +288,8 @@ def _fit_student(inputs: Inputs, chain: Chain, r: int, k: int, selection: pseudo
             pool_weights = None if weights is None else np.concatenate([np.ones(len(x_fit), np.float32), weights])
             return train.fit(spec, label, np.concatenate([x_fit, x_pseudo]), np.concatenate([y_fit, selection.targets]),
                              steps, seed, noise, init=start, weights=pool_weights)
-        return train.fit(spec, label, x_fit, y_fit, steps, seed, noise, init=start,
-                         pseudo=(x_pseudo, selection.targets), pseudo_weights=weights, pseudo_foreign=foreign)
+        return train.fit(spec, label, x_fit, y_fit, steps, seed, noise, init=start, pseudo=(x_pseudo, selection.targets),
+                         pseudo_weights=weights, pseudo_foreign=foreign, pseudo_augment_level=pseudo_noise)
 
     def predict(model):
         return (items.predict_test(model, spec, np.flatnonzero(predict_rows)),

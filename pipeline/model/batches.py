@@ -27,14 +27,18 @@ def training_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
 def fit_batches(spec: ModelSpec, x: np.ndarray, y: np.ndarray, seed: int, augment_level: str,
                 pseudo: tuple[np.ndarray, np.ndarray] | None, weights: np.ndarray | None,
                 pseudo_weights: np.ndarray | None, unlabeled: np.ndarray | None,
-                pseudo_foreign: np.ndarray | None) -> tuple[tf.data.Dataset, int]:
-    """A fit's batches with `augment_level` applied to every labeled and pseudo-labeled item, and how many items
-    each step adds to its --batch-size labeled ones. Three shapes, for three train steps (train.fit attaches them):
-    one batch (labeled + pseudo-labeled), labeled + test images in two views (`unlabeled`: online.py), or one batch
-    and the foreign pseudo-labeled items apart (`pseudo_foreign`: own_statistics.py)."""
+                pseudo_foreign: np.ndarray | None, pseudo_level: str | None = None) -> tuple[tf.data.Dataset, int]:
+    """A fit's batches with `augment_level` applied to every labeled and pseudo-labeled item (`pseudo_level`, when
+    given and different, to the pseudo-labeled ones), and how many items each step adds to its --batch-size labeled
+    ones. Three shapes, for three train steps (train.fit attaches them): one batch (labeled + pseudo-labeled), labeled
+    + test images in two views (`unlabeled`: online.py), or one batch and the foreign pseudo-labeled items apart
+    (`pseudo_foreign`: own_statistics.py)."""
     batch_size = spec.settings.batch_size
     noise = augment.augmenter(augment_level, spec.flips)
     noisy = lambda items: noise(tf.cast(items, tf.float32), training=True)  # noqa: E731  (used where noise is set)
+    if pseudo is not None and unlabeled is None and pseudo_level not in (None, augment_level):
+        return _apart_noise(spec, x, y, seed, noise, augment.augmenter(pseudo_level, spec.flips), pseudo, weights,
+                            pseudo_weights, pseudo_foreign)
     if unlabeled is not None or pseudo_foreign is not None:
         labeled = data.training_stream(x, y, seed, weights).batch(batch_size)  # the control's own stream
     if unlabeled is not None:
@@ -53,3 +57,29 @@ def fit_batches(spec: ModelSpec, x: np.ndarray, y: np.ndarray, seed: int, augmen
         batches = batches.map(lambda items, targets, loss_weights: (noisy(items), targets, loss_weights),
                               num_parallel_calls=tf.data.AUTOTUNE)
     return batches, extra
+
+
+def _apart_noise(spec: ModelSpec, x: np.ndarray, y: np.ndarray, seed: int, noise, pseudo_noise,
+                 pseudo: tuple[np.ndarray, np.ndarray], weights: np.ndarray | None, pseudo_weights: np.ndarray | None,
+                 pseudo_foreign: np.ndarray | None) -> tuple[tf.data.Dataset, int]:
+    """fit_batches' one-batch and two-pass shapes with the pseudo-labeled items under noise of their own
+    (--pseudo-augment): each stream is augmented before the step's batch is put together, so the labeled items get
+    the control's augmentation, drawn apart from the pseudo-labeled items' (FixMatch: labels from a plain view,
+    learned under strong noise)."""
+    batch_size = spec.settings.batch_size
+
+    def noisy(stream: tf.data.Dataset, layers) -> tf.data.Dataset:
+        if layers is None:
+            return stream
+        return stream.map(lambda items, targets, w: (layers(tf.cast(items, tf.float32), training=True), targets, w),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+
+    labeled = noisy(data.training_stream(x, y, seed, weights).batch(batch_size), noise)
+    if pseudo_foreign is not None:
+        return own_statistics.batches(labeled, *pseudo, pseudo_weights, pseudo_foreign,
+                                      pseudo_batch_size(batch_size, len(x), len(pseudo[0])), seed,
+                                      lambda stream: noisy(stream, pseudo_noise))
+    extra = pseudo_batch_size(batch_size, len(x), len(pseudo[0]))
+    on_top = noisy(data.training_stream(*pseudo, seed + 1, pseudo_weights).batch(extra), pseudo_noise)
+    return tf.data.Dataset.zip((labeled, on_top)).map(
+        lambda a, b: tuple(tf.concat([tf.cast(a[i], tf.float32), tf.cast(b[i], tf.float32)], axis=0) for i in range(3))), extra

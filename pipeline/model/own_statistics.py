@@ -11,6 +11,8 @@ in one batch, exactly as before, the foreign ones in a second, whose statistics 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -43,18 +45,22 @@ def needed(pseudo: tuple[np.ndarray, np.ndarray] | None, pseudo_foreign: np.ndar
 
 
 def batches(labeled: tf.data.Dataset, pseudo_x: np.ndarray, pseudo_y: np.ndarray, pseudo_weights: np.ndarray | None,
-            foreign: np.ndarray, extra: int, seed: int) -> tuple[tf.data.Dataset, int]:
+            foreign: np.ndarray, extra: int, seed: int,
+            noisy: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None) -> tuple[tf.data.Dataset, int]:
     """((labeled + like-train pseudo items, targets, weights), (foreign items, targets, weights)) batches, and how many
-    pseudo-labeled items each step adds in all. `labeled` is the control's own batched stream."""
+    pseudo-labeled items each step adds in all. `labeled` is the control's own batched stream; `noisy`, when given,
+    augments each batched pseudo-labeled stream before it joins a step (--pseudo-augment)."""
+    noisy = noisy or (lambda stream: stream)
     weights = np.ones(len(pseudo_x), np.float32) if pseudo_weights is None else np.asarray(pseudo_weights, np.float32)
     foreign = np.asarray(foreign, dtype=bool)
     like_train, own = split_sizes(extra, len(pseudo_x), int(foreign.sum()))
     mixed = labeled
     if like_train:
         rest = ~foreign
-        on_top = data.training_stream(pseudo_x[rest], pseudo_y[rest], seed + 1, weights[rest]).batch(like_train)
-        mixed = tf.data.Dataset.zip((labeled, on_top)).map(lambda a, b: tuple(tf.concat([a[i], b[i]], 0) for i in range(3)))
-    apart = data.training_stream(pseudo_x[foreign], pseudo_y[foreign], seed + 2, weights[foreign]).batch(own)
+        on_top = noisy(data.training_stream(pseudo_x[rest], pseudo_y[rest], seed + 1, weights[rest]).batch(like_train))
+        mixed = tf.data.Dataset.zip((labeled, on_top)).map(
+            lambda a, b: tuple(tf.concat([tf.cast(a[i], tf.float32), tf.cast(b[i], tf.float32)], 0) for i in range(3)))
+    apart = noisy(data.training_stream(pseudo_x[foreign], pseudo_y[foreign], seed + 2, weights[foreign]).batch(own))
     return tf.data.Dataset.zip((mixed, apart)), like_train + own
 
 

@@ -137,7 +137,7 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
         init: Path | list[np.ndarray] | None = None,
         pseudo: tuple[np.ndarray, np.ndarray] | None = None, weights: np.ndarray | None = None,
         pseudo_weights: np.ndarray | None = None, unlabeled: np.ndarray | None = None,
-        pseudo_foreign: np.ndarray | None = None) -> tuple[keras.Model, dict]:
+        pseudo_foreign: np.ndarray | None = None, pseudo_augment_level: str | None = None) -> tuple[keras.Model, dict]:
     """Train on (x, targets) for exactly `steps` optimizer steps; `init` starts from saved or given weights.
 
     With `pseudo` (items, targets), every step takes --batch-size items of (x, y), the very stream a fit without
@@ -146,7 +146,8 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
     `weights` (per item of x) and `pseudo_weights` (per pseudo-labeled item) scale each item's loss; default 1.
     With `unlabeled` test items instead, the student labels them itself at every step (pipeline/model/online.py).
     `pseudo_foreign` marks the pseudo-labeled items predicted with batch-norm statistics of their own (--adapt-bn):
-    they train in a batch-norm pass of their own too (pipeline/model/own_statistics.py).
+    they train in a batch-norm pass of their own too (pipeline/model/own_statistics.py). `pseudo_augment_level`: the
+    pseudo-labeled items' augmentation when it is not `augment_level` (--pseudo-augment).
 
     Under the run's strategy (pipeline/model/distribute.py) each global batch of --batch-size items is split across
     the replicas and their gradients all-reduced into the global batch's, so the steps and schedule do not depend on
@@ -183,8 +184,9 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
         if distribute.is_multiworker():
             distribute.detach_for_multiworker(model)
     augment_level = applied_augmentation(spec, augment_level)
+    pseudo_level = None if pseudo_augment_level is None else applied_augmentation(spec, pseudo_augment_level)
     batches, extra = fit_batches(spec, x, y, seed, augment_level, pseudo, weights, pseudo_weights, unlabeled,
-                                 pseudo_foreign if own else None)
+                                 pseudo_foreign if own else None, pseudo_level)
     batches = distribute.shard_by_data(data.without_autotuning(batches.prefetch(tf.data.AUTOTUNE)))
     chunk = max(1, math.ceil(steps / 10))
     started = time.perf_counter()
@@ -201,6 +203,7 @@ def fit(spec: ModelSpec, name: str, x: np.ndarray, y: np.ndarray, steps: int, se
     shares = history.history.get("online_share")
     return model, {"steps": int(math.ceil(steps / chunk) * chunk), "items": int(len(x)) + n_pseudo,
                    "batch": settings.batch_size + extra, "pseudo_per_batch": extra, "augment": augment_level,
+                   **({"pseudo_augment": pseudo_level} if pseudo_level not in (None, augment_level) else {}),
                    "final_loss": float(losses[-1]), "seconds": round(time.perf_counter() - started, 2),
                    "strategy": type(distribute.strategy()).__name__, "replicas": distribute.replicas(), "xla": xla,
                    **({"online_share": float(shares[-1])} if shares else {})}

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.plugin.api import GROUPS
-from pipeline.run.options import AUTO, Bounds, between, flag_of, groups_subset, integer, one_of, option, parse_auto_or_int, parse_groups
+from pipeline.run.options import (AUTO, Bounds, between, flag_of, groups_subset, integer, one_of, option, parse_auto_or_int,
+                                  parse_groups, parse_options)
 from pipeline.run.folds import AUTO_FOLDS, FEW_SCORED_ROWS
 from pipeline.run.seeds import SEED_LIMIT, largest_derived_seed
 
@@ -147,6 +148,8 @@ class RunConfig:
                                           f"goes over each labeled item more than {STRONG_NOISE_PASSES} times; the control's "
                                           "--augment for a shorter fine-tune) | "
                                   + "|".join(AUGMENT_LEVELS), check=one_of("auto", *AUGMENT_LEVELS))
+    pseudo_augment: str = option("same", "augmentation of a student's pseudo-labeled items: same (as its labeled items) | "
+                                 + "|".join(AUGMENT_LEVELS), check=one_of("same", *AUGMENT_LEVELS))
     control: bool = option(True, "also train the control: the teacher continued on train only for the students' budget; "
                                  "the verdict compares the student with it")
     guard_confidence: float = option(0.8, "the student is submitted only if it beats the control in at least this share of "
@@ -209,6 +212,9 @@ class RunConfig:
                             f"hold; at {sizes}, --batch-size must be between 1 and {most}")
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise UserError(f"--weights must be imagenet, none or an existing weights file; {self.weights!r} is none of these")
+        if self.pseudo_augment != "same" and (self.student_batch == "pooled" or self.pseudo_labels == "online"):
+            raise UserError("--pseudo-augment sets the noise of the pseudo-labeled items a student step adds to its labeled "
+                            "batch: use it with --student-batch real+pseudo and --pseudo-labels hard or soft")
         if self.backbone in ("resnet", "small-cnn") and self.weights != "none":
             raise UserError(f"--weights applies to keras.applications backbones; {self.backbone} always trains from scratch")
 
@@ -289,12 +295,3 @@ def config_from_args(args: argparse.Namespace, **overrides) -> RunConfig:
     values.update(overrides)
     return RunConfig(**values)
 
-
-def parse_options(pairs: list[str]) -> dict[str, str]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--option {pair!r} must look like KEY=VALUE")
-        options[key.strip()] = value.strip()
-    return options

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pipeline.errors import UserError
 from pipeline.plugin.api import GROUPS
 
 AUTO = "auto"  # the value of an option the run settles from its data (--folds: pipeline/run/folds.py)
@@ -72,3 +73,14 @@ def option(default, help: str, *, check=None, teacher: bool = False, parse=None,
 
 def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    """--option KEY=VALUE pairs (a plugin's settings) as a dict."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--option {pair!r} must look like KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options
