@@ -113,3 +113,10 @@ def prediction_batches(pixels: np.ndarray, rows: np.ndarray, batch_size: int) ->
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
     n_batches = -(-len(rows) // batch_size)  # known length: Keras then stops without an "ran out of data" warning
     return without_autotuning(dataset.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(AUTOTUNE))
+
+
+def joined(first: tf.data.Dataset, second: tf.data.Dataset) -> tf.data.Dataset:
+    """Each (items, targets, loss weights) batch of `first` with `second`'s on top, as float32 (either may be
+    augmented already, the other not)."""
+    return tf.data.Dataset.zip((first, second)).map(
+        lambda a, b: tuple(tf.concat([tf.cast(a[i], tf.float32), tf.cast(b[i], tf.float32)], 0) for i in range(3)))

@@ -1,6 +1,7 @@
 """What each optimizer step of a fit sees: the labeled stream, and what a student adds on top of it, augmented."""
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -12,16 +13,30 @@ from pipeline.model.spec import ModelSpec, pseudo_batch_size
 
 def training_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
                      pseudo: tuple[np.ndarray, np.ndarray] | None = None, weights: np.ndarray | None = None,
-                     pseudo_weights: np.ndarray | None = None) -> tuple[tf.data.Dataset, int]:
+                     pseudo_weights: np.ndarray | None = None,
+                     apart: tuple[keras.Sequential | None, keras.Sequential | None] | None = None
+                     ) -> tuple[tf.data.Dataset, int]:
     """Endless (items, targets, loss weights) batches of a fit, and how many pseudo-labeled items each batch adds
-    (see train.fit)."""
-    batches = data.training_stream(x, y, seed, weights).batch(batch_size)
+    (see train.fit). `apart`: (the labeled items' augmentation, the pseudo-labeled items') applied to each stream
+    before they join a batch (--pseudo-augment); without it the batches are as drawn, for fit_batches to augment."""
+    noise, pseudo_noise = apart or (None, None)
+    batches = augmented(data.training_stream(x, y, seed, weights).batch(batch_size), noise)
     if pseudo is None or len(pseudo[0]) == 0:
         return batches, 0
     extra = pseudo_batch_size(batch_size, len(x), len(pseudo[0]))
-    on_top = data.training_stream(*pseudo, seed + 1, pseudo_weights).batch(extra)
+    on_top = augmented(data.training_stream(*pseudo, seed + 1, pseudo_weights).batch(extra), pseudo_noise)
+    if apart:
+        return data.joined(batches, on_top), extra
     return tf.data.Dataset.zip((batches, on_top)).map(
         lambda a, b: tuple(tf.concat([a[i], b[i]], axis=0) for i in range(3))), extra
+
+
+def augmented(stream: tf.data.Dataset, layers: keras.Sequential | None) -> tf.data.Dataset:
+    """(items, targets, loss weights) batches with `layers` applied to the items; the stream itself without."""
+    if layers is None:
+        return stream
+    return stream.map(lambda items, targets, w: (layers(tf.cast(items, tf.float32), training=True), targets, w),
+                      num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def fit_batches(spec: ModelSpec, x: np.ndarray, y: np.ndarray, seed: int, augment_level: str,
@@ -42,9 +57,8 @@ def fit_batches(spec: ModelSpec, x: np.ndarray, y: np.ndarray, seed: int, augmen
     if unlabeled is not None or pseudo_foreign is not None:
         labeled = data.training_stream(x, y, seed, weights).batch(batch_size)  # the control's own stream
     if unlabeled is not None:
-        if noise is not None:
-            labeled = labeled.map(lambda items, targets, w: (noisy(items), targets, w), num_parallel_calls=tf.data.AUTOTUNE)
-        return online.batches(labeled, len(x), unlabeled, batch_size, seed, spec.flips, images=spec.feature_dim is None)
+        return online.batches(augmented(labeled, noise), len(x), unlabeled, batch_size, seed, spec.flips,
+                              images=spec.feature_dim is None)
     if pseudo_foreign is not None:
         batches, extra = own_statistics.batches(labeled, *pseudo, pseudo_weights, pseudo_foreign,
                                                 pseudo_batch_size(batch_size, len(x), len(pseudo[0])), seed)
@@ -53,10 +67,8 @@ def fit_batches(spec: ModelSpec, x: np.ndarray, y: np.ndarray, seed: int, augmen
         return batches.map(lambda a, b: ((noisy(a[0]), a[1], a[2]), (noisy(b[0]), b[1], b[2])),
                            num_parallel_calls=tf.data.AUTOTUNE), extra
     batches, extra = training_batches(x, y, batch_size, seed, pseudo, weights, pseudo_weights)
-    if noise is not None:
-        batches = batches.map(lambda items, targets, loss_weights: (noisy(items), targets, loss_weights),
-                              num_parallel_calls=tf.data.AUTOTUNE)
-    return batches, extra
+    return augmented(batches, noise), extra  # one warp over the step's whole batch, as drawn
+
 
 
 def _apart_noise(spec: ModelSpec, x: np.ndarray, y: np.ndarray, seed: int, noise, pseudo_noise,
@@ -67,19 +79,9 @@ def _apart_noise(spec: ModelSpec, x: np.ndarray, y: np.ndarray, seed: int, noise
     the control's augmentation, drawn apart from the pseudo-labeled items' (FixMatch: labels from a plain view,
     learned under strong noise)."""
     batch_size = spec.settings.batch_size
-
-    def noisy(stream: tf.data.Dataset, layers) -> tf.data.Dataset:
-        if layers is None:
-            return stream
-        return stream.map(lambda items, targets, w: (layers(tf.cast(items, tf.float32), training=True), targets, w),
-                          num_parallel_calls=tf.data.AUTOTUNE)
-
-    labeled = noisy(data.training_stream(x, y, seed, weights).batch(batch_size), noise)
-    if pseudo_foreign is not None:
-        return own_statistics.batches(labeled, *pseudo, pseudo_weights, pseudo_foreign,
-                                      pseudo_batch_size(batch_size, len(x), len(pseudo[0])), seed,
-                                      lambda stream: noisy(stream, pseudo_noise))
-    extra = pseudo_batch_size(batch_size, len(x), len(pseudo[0]))
-    on_top = noisy(data.training_stream(*pseudo, seed + 1, pseudo_weights).batch(extra), pseudo_noise)
-    return tf.data.Dataset.zip((labeled, on_top)).map(
-        lambda a, b: tuple(tf.concat([tf.cast(a[i], tf.float32), tf.cast(b[i], tf.float32)], axis=0) for i in range(3))), extra
+    if pseudo_foreign is None:
+        return training_batches(x, y, batch_size, seed, pseudo, weights, pseudo_weights, apart=(noise, pseudo_noise))
+    labeled = augmented(data.training_stream(x, y, seed, weights).batch(batch_size), noise)
+    return own_statistics.batches(labeled, *pseudo, pseudo_weights, pseudo_foreign,
+                                  pseudo_batch_size(batch_size, len(x), len(pseudo[0])), seed,
+                                  lambda stream: augmented(stream, pseudo_noise))

@@ -58,8 +58,7 @@ def batches(labeled: tf.data.Dataset, pseudo_x: np.ndarray, pseudo_y: np.ndarray
     if like_train:
         rest = ~foreign
         on_top = noisy(data.training_stream(pseudo_x[rest], pseudo_y[rest], seed + 1, weights[rest]).batch(like_train))
-        mixed = tf.data.Dataset.zip((labeled, on_top)).map(
-            lambda a, b: tuple(tf.concat([tf.cast(a[i], tf.float32), tf.cast(b[i], tf.float32)], 0) for i in range(3)))
+        mixed = data.joined(labeled, on_top)
     apart = noisy(data.training_stream(pseudo_x[foreign], pseudo_y[foreign], seed + 2, weights[foreign]).batch(own))
     return tf.data.Dataset.zip((mixed, apart)), like_train + own
 
